@@ -1,0 +1,29 @@
+"""Samplers by the names the paper uses, built from any diffusers scheduler config."""
+
+from __future__ import annotations
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    PNDMScheduler,
+)
+
+SAMPLERS = {
+    # name: (class, overrides)
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver", "solver_order": 2}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+
+
+def make_scheduler(name: str, config):
+    """Build sampler ``name`` (one of :data:`SAMPLERS`) from a scheduler config (dict or FrozenDict)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    cls, overrides = SAMPLERS[name]
+    return cls.from_config(dict(config), **overrides)
