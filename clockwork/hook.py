@@ -1,0 +1,138 @@
+"""Attach Clockwork to a UNet (or a whole diffusers pipeline) through a diffusers ``ModelHook``.
+
+    import clockwork
+    clockwork.enable(pipe, adaptor="identity", clock=2)      # or a trained adaptor / its folder
+    image = pipe(prompt, num_inference_steps=8).images[0]
+    clockwork.disable(pipe)                                   # the original forward, exactly
+
+The hook replaces ``unet.forward``: per call it reads the sampler step from the pipeline's scheduler,
+asks the clock, and runs either :meth:`UNetCut.full_step` or :meth:`UNetCut.adaptor_step`. Both are
+stateless functions (optionally ``torch.compile``-d once each, ``fast=True``); the only state is the
+previous r_out per UNet call slot, overwritten at every full step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from clockwork.adaptors import AdaptorBase, build_adaptor, check_compatible, load_adaptor
+from clockwork.clock import Clock, sampler_step, scheduler_loop_index
+from clockwork.cut import UNetCut
+
+HOOK_NAME = "clockwork"
+
+
+class ClockworkHook(ModelHook):
+    def __init__(self, cut: UNetCut, adaptor: torch.nn.Module, clock: Clock, get_scheduler: Callable, fast: bool | str = False):
+        super().__init__()
+        self.cut, self.adaptor, self.clock, self.get_scheduler = cut, adaptor, clock, get_scheduler
+        self._full = cut.full_step
+        self._adapt = cut.adaptor_step
+        self.fast = fast
+        if fast:
+            mode = fast if isinstance(fast, str) else None
+            self._full = torch.compile(cut.full_step, fullgraph=True, mode=mode)
+            self._adapt = torch.compile(cut.adaptor_step, fullgraph=True, mode=mode)
+        self._r_out: dict[int, torch.Tensor] = {}
+        self._loop = -1
+        self._slot = 0
+        self.trace: list[tuple[int, bool]] = []  # (sampler step, full?) of the last calls, for inspection
+
+    def new_forward(self, module, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
+        if args:
+            raise TypeError("Clockwork's UNet forward takes sample, timestep, encoder_hidden_states positionally; pass the rest by name")
+        if kwargs.get("down_intrablock_additional_residuals") is not None:
+            raise ValueError("T2I-Adapter residuals (down_intrablock_additional_residuals) are not supported by Clockwork")
+        kwargs.pop("down_intrablock_additional_residuals", None)
+        scheduler = self.get_scheduler()
+        loop = scheduler_loop_index(scheduler, timestep)
+        step = sampler_step(scheduler, timestep)
+        # Several UNet calls in one loop iteration (CFG as two calls) each get their own r_out slot.
+        self._slot = self._slot + 1 if loop == self._loop else 0
+        self._loop = loop
+        full = self.clock.is_full(step)
+        if not full and step == 0 and getattr(self.adaptor, "uses_r_out_prev", True):
+            full = True
+        if full:
+            out, _, r_out = self._full(sample, timestep, encoder_hidden_states, **kwargs)
+        else:
+            prev = self._r_out.get(self._slot)
+            if getattr(self.adaptor, "uses_r_out_prev", True) and (prev is None or prev.shape[0] != sample.shape[0]):
+                raise RuntimeError(
+                    f"adaptor step {step} has no r_out from a previous full step for this call "
+                    "(was the scheduler's set_timesteps called before sampling?)"
+                )
+            out, _, r_out = self._adapt(self.adaptor, prev, sample, timestep, encoder_hidden_states, **kwargs)
+        self._r_out[self._slot] = r_out.clone() if self.fast else r_out
+        self.trace.append((step, full))
+        if len(self.trace) > 4096:
+            del self.trace[:2048]
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+def _resolve_adaptor(adaptor, cut: UNetCut, device, dtype) -> torch.nn.Module:
+    if isinstance(adaptor, str) and not Path(adaptor).exists():
+        adaptor = build_adaptor(adaptor, cut)
+    elif isinstance(adaptor, (str, Path)):
+        adaptor = load_adaptor(adaptor)
+    if not isinstance(adaptor, torch.nn.Module):
+        raise ValueError(f"adaptor must be a name ('identity', 'resnet', ...), a saved adaptor folder or an nn.Module, got {type(adaptor).__name__}")
+    check_compatible(adaptor, cut.signature())
+    return adaptor.to(device=device, dtype=dtype).eval()
+
+
+def enable(
+    pipe_or_unet,
+    adaptor: str | Path | torch.nn.Module = "identity",
+    clock: int | Clock = 2,
+    cut: int = 1,
+    scheduler=None,
+    fast: bool | str = False,
+) -> ClockworkHook:
+    """Turn Clockwork on for a diffusers pipeline (anything with ``.unet`` and ``.scheduler``) or a bare UNet.
+
+    For a bare UNet pass the ``scheduler`` the sampling loop uses. ``fast=True`` compiles the full and
+    the adaptor step as two static graphs (``fast="reduce-overhead"`` adds CUDA graphs).
+    """
+    if hasattr(pipe_or_unet, "unet"):
+        unet = pipe_or_unet.unet
+        pipe_ref = weakref.ref(pipe_or_unet)
+        get_scheduler = (lambda: scheduler) if scheduler is not None else (lambda: pipe_ref().scheduler)
+    else:
+        unet = pipe_or_unet
+        if scheduler is None:
+            raise ValueError("enable(unet, ...) needs scheduler=<the scheduler of your sampling loop> to read the step from")
+        get_scheduler = lambda: scheduler  # noqa: E731
+    clock = clock if isinstance(clock, Clock) else Clock(clock)
+    ucut = UNetCut(unet, cut)
+    adaptor = _resolve_adaptor(adaptor, ucut, unet.device, unet.dtype)
+    if clock.adaptor_steps is not None and 0 in clock.adaptor_steps and getattr(adaptor, "uses_r_out_prev", True):
+        raise ValueError("step 0 cannot be an adaptor step for an adaptor that uses r_out(t+1)")
+    registry = HookRegistry.check_if_exists_or_initialize(unet)
+    if registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME)
+    hook = ClockworkHook(ucut, adaptor, clock, get_scheduler, fast=fast)
+    registry.register_hook(hook, HOOK_NAME)
+    return hook
+
+
+def disable(pipe_or_unet) -> None:
+    """Remove Clockwork; the UNet's original forward is restored."""
+    unet = pipe_or_unet.unet if hasattr(pipe_or_unet, "unet") else pipe_or_unet
+    registry = HookRegistry.check_if_exists_or_initialize(unet)
+    if registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME)
+
+
+def get_hook(pipe_or_unet) -> ClockworkHook | None:
+    unet = pipe_or_unet.unet if hasattr(pipe_or_unet, "unet") else pipe_or_unet
+    return HookRegistry.check_if_exists_or_initialize(unet).get_hook(HOOK_NAME)
+
+
+__all__ = ["enable", "disable", "get_hook", "ClockworkHook", "AdaptorBase"]
