@@ -74,6 +74,22 @@ def scheduler_loop_index(scheduler, timestep=None) -> int:
     return int(matches[0])
 
 
+def loop_to_step(scheduler, i: int) -> int:
+    """Map a denoising-loop iteration to its 0-based sampler step (see :func:`sampler_step`)."""
+    if hasattr(scheduler, "counter") and hasattr(scheduler, "ets"):
+        return max(i - 1, 0)
+    if getattr(scheduler, "order", 1) == 2 and hasattr(scheduler, "state_in_first_order"):
+        return i // 2
+    return i
+
+
+def adaptor_loop_indices(scheduler, num_steps: int, clock: "Clock") -> list[int]:
+    """Loop iterations (model evaluations) that run the adaptor for ``num_steps`` sampler steps."""
+    scheduler.set_timesteps(num_steps)
+    clock.validate(num_steps)
+    return [i for i in range(len(scheduler.timesteps)) if not clock.is_full(loop_to_step(scheduler, i))]
+
+
 def sampler_step(scheduler, timestep=None) -> int:
     """The 0-based *sampler* step of the current model evaluation.
 
@@ -81,12 +97,7 @@ def sampler_step(scheduler, timestep=None) -> int:
     twice: loop iterations 2k and 2k+1 belong to step k. PNDM (PLMS) evaluates twice in its first
     step (counters 0 and 1), then once per step.
     """
-    i = scheduler_loop_index(scheduler, timestep)
-    if hasattr(scheduler, "counter") and hasattr(scheduler, "ets"):
-        return max(i - 1, 0)
-    if getattr(scheduler, "order", 1) == 2 and hasattr(scheduler, "state_in_first_order"):
-        return i // 2
-    return i
+    return loop_to_step(scheduler, scheduler_loop_index(scheduler, timestep))
 
 
 def num_sampler_steps(scheduler) -> int | None:

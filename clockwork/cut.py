@@ -202,13 +202,16 @@ class UNetCut:
             skips = tuple(a + b for a, b in zip(skips, down_residuals[: len(skips)]))
         return h, skips
 
-    def _decode(self, r_out: torch.Tensor, skips: tuple, s: StepInputs) -> torch.Tensor:
-        """upsampler of the boundary block + kept up blocks + head."""
-        u = self.unet
+    def _upsample(self, r_out: torch.Tensor, skips: tuple, s: StepInputs) -> torch.Tensor:
         upsample_size = skips[-1].shape[2:] if s.forward_upsample_size else None
-        h = r_out
-        for up in u.up_blocks[self.boundary_up].upsamplers:
-            h = up(h, upsample_size)
+        for up in self.unet.up_blocks[self.boundary_up].upsamplers:
+            r_out = up(r_out, upsample_size)
+        return r_out
+
+    def _decode(self, r_out: torch.Tensor, skips: tuple, s: StepInputs, upsampled: bool = False) -> torch.Tensor:
+        """upsampler of the boundary block (unless ``upsampled``) + kept up blocks + head."""
+        u = self.unet
+        h = r_out if upsampled else self._upsample(r_out, skips, s)
         for i in self.kept_up:
             n_res = len(u.up_blocks[i].resnets)
             res, skips = skips[-n_res:], skips[:-n_res]
@@ -222,9 +225,13 @@ class UNetCut:
 
     def full_step(
         self, sample, timestep, encoder_hidden_states, down_block_additional_residuals=None,
-        mid_block_additional_residual=None, **kwargs
+        mid_block_additional_residual=None, upsampled: bool = False, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The whole UNet; returns (output, r_in, r_out). Bitwise equal to ``unet(...).sample``."""
+        """The whole UNet; returns (output, r_in, r_out). Bitwise equal to ``unet(...).sample``.
+
+        ``upsampled=True`` returns r_out after the boundary upsampler instead (what the identity
+        adaptor reuses: upsampling an unchanged r_out again would recompute the same tensor).
+        """
         s = self.prepare(sample, timestep, encoder_hidden_states, **kwargs)
         u = self.unet
         h = u.conv_in(sample)
@@ -253,18 +260,23 @@ class UNetCut:
         n_res = len(u.up_blocks[self.boundary_up].resnets)
         res, skips = skips[-n_res:], skips[:-n_res]
         r_out = self._up_body(self.boundary_up, h, res, s)
-        return self._decode(r_out, skips, s), r_in, r_out
+        if upsampled:
+            r_out = self._upsample(r_out, skips, s)
+        return self._decode(r_out, skips, s, upsampled=upsampled), r_in, r_out
 
     def adaptor_step(
         self, adaptor: nn.Module, r_out_prev: torch.Tensor | None, sample, timestep, encoder_hidden_states,
-        down_block_additional_residuals=None, mid_block_additional_residual=None, **kwargs
+        down_block_additional_residuals=None, mid_block_additional_residual=None, upsampled: bool = False, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """High-res part only; the adaptor predicts r_out. Returns (output, r_in, r_out_hat)."""
+        """High-res part only; the adaptor predicts r_out. Returns (output, r_in, r_out_hat).
+
+        ``upsampled=True`` means r_out_prev was taken after the upsampler (identity adaptor only).
+        """
         s = self.prepare(sample, timestep, encoder_hidden_states, **kwargs)
         r_in, skips = self._encode(sample, s, down_block_additional_residuals)
         r_out = adaptor(r_in=r_in, r_out_prev=r_out_prev, temb=s.emb, text=s.text)
         kept = skips[: len(skips) - self.shared_skips]
-        return self._decode(r_out, kept, s), r_in, r_out
+        return self._decode(r_out, kept, s, upsampled=upsampled), r_in, r_out
 
     def replaced_modules(self) -> list[nn.Module]:
         """Modules that never run on an adaptor step (for tests and FLOPs accounting)."""

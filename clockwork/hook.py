@@ -21,7 +21,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from clockwork.adaptors import AdaptorBase, build_adaptor, check_compatible, load_adaptor
+from clockwork.adaptors import AdaptorBase, IdentityAdaptor, build_adaptor, check_compatible, load_adaptor
 from clockwork.clock import Clock, sampler_step, scheduler_loop_index
 from clockwork.cut import UNetCut
 
@@ -39,6 +39,8 @@ class ClockworkHook(ModelHook):
             mode = fast if isinstance(fast, str) else None
             self._full = torch.compile(cut.full_step, fullgraph=True, mode=mode)
             self._adapt = torch.compile(cut.adaptor_step, fullgraph=True, mode=mode)
+        # The identity adaptor reuses r_out unchanged, so caching it after the upsampler skips that conv too.
+        self.upsampled = isinstance(adaptor, IdentityAdaptor)
         self._r_out: dict[int, torch.Tensor] = {}
         self._loop = -1
         self._slot = 0
@@ -60,7 +62,7 @@ class ClockworkHook(ModelHook):
         if not full and step == 0 and getattr(self.adaptor, "uses_r_out_prev", True):
             full = True
         if full:
-            out, _, r_out = self._full(sample, timestep, encoder_hidden_states, **kwargs)
+            out, _, r_out = self._full(sample, timestep, encoder_hidden_states, upsampled=self.upsampled, **kwargs)
         else:
             prev = self._r_out.get(self._slot)
             if getattr(self.adaptor, "uses_r_out_prev", True) and (prev is None or prev.shape[0] != sample.shape[0]):
@@ -68,7 +70,8 @@ class ClockworkHook(ModelHook):
                     f"adaptor step {step} has no r_out from a previous full step for this call "
                     "(was the scheduler's set_timesteps called before sampling?)"
                 )
-            out, _, r_out = self._adapt(self.adaptor, prev, sample, timestep, encoder_hidden_states, **kwargs)
+            out, _, r_out = self._adapt(self.adaptor, prev, sample, timestep, encoder_hidden_states,
+                                        upsampled=self.upsampled, **kwargs)
         self._r_out[self._slot] = r_out.clone() if self.fast else r_out
         self.trace.append((step, full))
         if len(self.trace) > 4096:
@@ -84,7 +87,10 @@ def _resolve_adaptor(adaptor, cut: UNetCut, device, dtype) -> torch.nn.Module:
     if not isinstance(adaptor, torch.nn.Module):
         raise ValueError(f"adaptor must be a name ('identity', 'resnet', ...), a saved adaptor folder or an nn.Module, got {type(adaptor).__name__}")
     check_compatible(adaptor, cut.signature())
-    return adaptor.to(device=device, dtype=dtype).eval()
+    first = next(adaptor.parameters(), None)
+    if first is not None and first.dtype != dtype:
+        adaptor = adaptor.to(dtype=dtype)
+    return adaptor.to(device=device).eval()
 
 
 def enable(

@@ -1,0 +1,195 @@
+"""Unrolled trajectories: what the teacher's low-res path sees and outputs along its own sampling runs.
+
+The paper trains adaptors on trajectories unrolled from pure noise with the target sampler and step
+count (no images needed). For every step we keep, per cut, the teacher's r_in(t) and r_out(t), plus the
+time embedding and the pooled prompt embedding an adaptor may use. Shards are safetensors files written
+atomically, so an interrupted unroll resumes at the first missing shard. One unroll serves every
+adaptor width and every cut listed when it was made.
+
+:func:`forward_noised_shard` builds the same records from *forward-noised training images* instead
+(the classic distillation the paper compares against in Fig. 7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from clockwork.cut import UNetCut
+
+
+def _time_embedding(unet, sample: torch.Tensor, t) -> torch.Tensor:
+    u = unet
+    emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=t), None)
+    return u.time_embed_act(emb) if u.time_embed_act is not None else emb
+
+
+@torch.no_grad()
+def unroll_batch(
+    unet,
+    scheduler,
+    cuts: Sequence[int],
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Sample ``len(prompt_embeds)`` trajectories with batch CFG; return the per-step features (fp16)."""
+    dev, dtype = unet.device, unet.dtype
+    b = prompt_embeds.shape[0]
+    views = {c: UNetCut(unet, c) for c in cuts}
+    ctx = torch.cat([negative_embeds.to(dev, dtype).expand_as(prompt_embeds), prompt_embeds.to(dev, dtype)])
+    shape = (b, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(dev, dtype)
+    scheduler.set_timesteps(steps, device=dev)
+    latents = latents * scheduler.init_noise_sigma
+    rec: dict[str, list] = {"latents": [], "temb": []}
+    for c in cuts:
+        rec[f"r_in.c{c}"], rec[f"r_out.c{c}"] = [], []
+    for t in scheduler.timesteps:
+        x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        rec["latents"].append(latents.half().cpu())
+        with capture_cuts(unet, views) as feats:  # one teacher pass gives r_in / r_out at every cut
+            out = unet(x, t, encoder_hidden_states=ctx).sample
+        for k, v in feats.items():
+            rec[k].append(v.half().cpu())
+        rec["temb"].append(_time_embedding(unet, x, t)[:1].half().cpu())
+        u, c_ = out.chunk(2)
+        latents = scheduler.step(u + guidance * (c_ - u), t, latents, return_dict=False)[0]
+    rec["latents"].append(latents.half().cpu())
+    res = {k: torch.stack(v) for k, v in rec.items()}
+    res["temb"] = res["temb"][:, 0]
+    res["text"] = ctx.mean(dim=1).half().cpu()
+    res["timesteps"] = scheduler.timesteps.detach().cpu().to(torch.float32)
+    return res
+
+
+@contextmanager
+def capture_cuts(unet, views: dict[int, UNetCut]):
+    """Record r_in / r_out of every cut during one plain ``unet(...)`` call, with forward hooks."""
+    feats: dict[str, torch.Tensor] = {}
+    handles = []
+    for c, v in views.items():
+        handles.append(unet.down_blocks[c - 1].register_forward_hook(
+            lambda m, a, out, c=c: feats.__setitem__(f"r_in.c{c}", out[0])))
+        handles.append(unet.up_blocks[v.boundary_up].upsamplers[0].register_forward_pre_hook(
+            lambda m, a, c=c: feats.__setitem__(f"r_out.c{c}", a[0])))
+    try:
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class TrajectoryStore:
+    """A folder of trajectory shards + ``meta.json``; written by :func:`unroll_to_store`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def meta(self) -> dict:
+        f = self.root / "meta.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"no trajectories at {self.root} (meta.json missing); run the `trajectories` stage")
+        return json.loads(f.read_text())
+
+    def shard_path(self, i: int) -> Path:
+        return self.root / f"shard-{i:05d}.safetensors"
+
+    def shards(self) -> list[Path]:
+        n = self.meta["num_shards"]
+        paths = [self.shard_path(i) for i in range(n)]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.root}: {len(missing)} shard(s) missing, e.g. {missing[0]}; re-run `trajectories` to resume")
+        return paths
+
+    def load(self, cut: int, max_shards: int | None = None) -> dict[str, torch.Tensor]:
+        """All shards of one cut, concatenated along the batch axis (dim 1 of per-step tensors)."""
+        meta = self.meta
+        if cut not in meta["cuts"]:
+            raise ValueError(f"trajectories at {self.root} hold cuts {meta['cuts']}, not cut={cut}; add it to trajectories.cuts")
+        parts = [load_file(str(p)) for p in self.shards()[:max_shards]]
+        out = {
+            "r_in": torch.cat([p[f"r_in.c{cut}"] for p in parts], dim=1),
+            "r_out": torch.cat([p[f"r_out.c{cut}"] for p in parts], dim=1),
+            "text": torch.cat([p["text"] for p in parts], dim=0),
+            "temb": parts[0]["temb"],
+            "timesteps": parts[0]["timesteps"],
+        }
+        return out
+
+
+def unroll_to_store(
+    root: str | os.PathLike,
+    unet,
+    scheduler,
+    cuts: Iterable[int],
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    shard_size: int = 64,
+    meta_extra: dict | None = None,
+    progress: bool = True,
+) -> TrajectoryStore:
+    """Unroll trajectories for every prompt into shards; skips shards already on disk (resume)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cuts = sorted(set(int(c) for c in cuts))
+    for c in cuts:
+        UNetCut(unet, c)  # validates early, before any work
+    n = prompt_embeds.shape[0]
+    num_shards = (n + shard_size - 1) // shard_size
+    meta = {"num_prompts": n, "num_shards": num_shards, "shard_size": shard_size, "cuts": cuts, "steps": steps,
+            "guidance": guidance, "seed": seed, "sampler": type(scheduler).__name__, **(meta_extra or {})}
+    meta_file = root / "meta.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
+        for p in root.glob("shard-*.safetensors"):  # made with other settings: start over
+            p.unlink()
+    meta_file.write_text(json.dumps(meta, indent=1))
+    store = TrajectoryStore(root)
+    todo = [i for i in range(num_shards) if not store.shard_path(i).is_file()]
+    for i in tqdm(todo, desc="trajectories", unit="shard", disable=not progress):
+        gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + i)
+        rec = unroll_batch(unet, scheduler, cuts, prompt_embeds[i * shard_size:(i + 1) * shard_size], negative_embeds,
+                           steps, guidance, gen)
+        rec = {k: v.contiguous() for k, v in rec.items()}
+        tmp = store.shard_path(i).with_suffix(".tmp")
+        save_file(rec, str(tmp))
+        os.replace(tmp, store.shard_path(i))
+    return store
+
+
+@torch.no_grad()
+def forward_noised_shard(unet, scheduler, cut: int, images: torch.Tensor, prompt_embeds: torch.Tensor,
+                         negative_embeds: torch.Tensor, steps: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Classic distillation data: noise real images to each sampler timestep (same noise along the steps)
+    and record the teacher's r_in / r_out there, in the layout of :func:`unroll_batch`."""
+    dev, dtype = unet.device, unet.dtype
+    view = UNetCut(unet, cut)
+    b = images.shape[0]
+    ctx = torch.cat([negative_embeds.to(dev, dtype).expand_as(prompt_embeds), prompt_embeds.to(dev, dtype)])
+    scheduler.set_timesteps(steps, device=dev)
+    noise = torch.randn(images.shape, generator=generator, device=generator.device).to(dev, dtype)
+    x0 = images.to(dev, dtype)
+    r_in, r_out, temb = [], [], []
+    for t in scheduler.timesteps:
+        x_t = scheduler.add_noise(x0, noise, t.reshape(1).expand(b)) if hasattr(scheduler, "add_noise") else x0
+        x = scheduler.scale_model_input(torch.cat([x_t] * 2), t)
+        _, ri, ro = view.full_step(x, t, ctx)
+        r_in.append(ri.half().cpu())
+        r_out.append(ro.half().cpu())
+        temb.append(_time_embedding(unet, x, t)[:1].half().cpu())
+    return {f"r_in.c{cut}": torch.stack(r_in), f"r_out.c{cut}": torch.stack(r_out), "temb": torch.stack(temb)[:, 0],
+            "text": ctx.mean(dim=1).half().cpu(), "timesteps": scheduler.timesteps.detach().cpu().to(torch.float32)}
