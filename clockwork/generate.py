@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -32,13 +31,11 @@ def generate_grid(prompts: list[str], clock: int = 2, cut: int = 1, adaptor: str
         if enabled:
             clockwork.enable(pipe, adaptor=adaptor, clock=clock, cut=cut)
         gen = torch.Generator().manual_seed(seed)
-        t0 = time.perf_counter()
         imgs = pipe(ctx, neg, num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="uint8")
-        dt = time.perf_counter() - t0
         clockwork.disable(pipe)
         for p_i, prompt in enumerate(prompts):
             rows.append(imgs[p_i * n_per_prompt:(p_i + 1) * n_per_prompt])
-            titles.append(f"{label} {dt:.1f}s")
+            titles.append(label)
             caps += [prompt] * n_per_prompt
     grid = image_grid(torch.cat(rows), caps, ncols=n_per_prompt, scale=3, row_titles=titles)
     out_path = Path(out)
