@@ -1,0 +1,167 @@
+"""SYNTHETIC results for the analysis tests: well-formed files in the formats of docs/CONTRACTS.md.
+
+Every number here is made up (seeded random around plausible values). The files are written only
+into a scratch directory, which gets a ``SYNTHETIC`` marker file and ``"_synthetic": true`` in
+each JSON; :class:`analysis.loader.Results` refuses to write reports from such a root into the
+repository's ``reports/``.
+
+    python -m analysis.fixtures /tmp/fx [--no-mlflow] [--minimal]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.loader import SYNTHETIC_MARKER
+
+FULL_STEP_GFLOPS = 1.6  # made-up per-step cost of a small teacher (batch 2)
+ADAPTOR_STEP_SHARE = 0.4
+
+
+def _gflops(steps: int, clock: int | None, adaptor_extra: float = 0.0) -> float:
+    if not clock:
+        return steps * FULL_STEP_GFLOPS
+    n_adapt = sum(1 for s in range(steps) if s % clock)
+    return (steps - n_adapt) * FULL_STEP_GFLOPS + n_adapt * FULL_STEP_GFLOPS * (ADAPTOR_STEP_SHARE + adaptor_extra)
+
+
+def _metrics(rng, fid: float, gflops: float, latency: float) -> dict:
+    return dict(fid=round(fid, 3), fid_std=round(float(rng.uniform(0.1, 0.3)), 3),
+                kid=round(fid / 2500, 5), kid_std=round(float(rng.uniform(2e-4, 5e-4)), 5),
+                clip=round(0.300 - fid / 2000, 4), clip_std=round(float(rng.uniform(0.001, 0.003)), 4),
+                gflops=round(gflops, 3), latency_ms=round(latency, 2), n_samples=5000)
+
+
+def evaluate(rng) -> dict:
+    base = dict(sampler="dpm++", cut=None, clock=None, adaptor=None, adaptor_params=0)
+    cw = dict(sampler="dpm++", cut=1, clock=2, steps=8)
+    out = {"_synthetic": True}
+    for steps, fid in ((8, 20.0), (6, 21.2), (4, 24.5)):
+        key = "baseline" if steps == 8 else f"baseline_{steps}steps"
+        out[key] = {**base, "steps": steps, **_metrics(rng, fid, _gflops(steps, None), 4.0 * steps)}
+    out["clockwork"] = {**cw, "adaptor": "resnet", "adaptor_params": 410_000,
+                        **_metrics(rng, 19.7, _gflops(8, 2, 0.03), 24.5)}
+    out["clockwork_identity"] = {**cw, "adaptor": "identity", "adaptor_params": 0,
+                                 **_metrics(rng, 20.4, _gflops(8, 2), 23.0)}
+    return out
+
+
+def ablate(rng) -> dict:
+    rows = []
+
+    def add(ablation, variant, fid, *, adaptor="resnet", clock=2, cut=1, inputs=("r_in", "r_out_prev", "time"),
+            training="unrolled", sampler="dpm++", steps=8, params=410_000, extra=0.03):
+        g = _gflops(steps, clock if isinstance(clock, int) else None, extra) if adaptor else _gflops(steps, None)
+        if isinstance(clock, list):
+            g = (steps - len(clock)) * FULL_STEP_GFLOPS + len(clock) * FULL_STEP_GFLOPS * ADAPTOR_STEP_SHARE
+        rows.append(dict(ablation=ablation, variant=variant, sampler=sampler, steps=steps, clock=clock if adaptor else None,
+                         cut=cut if adaptor else None, adaptor=adaptor, inputs=list(inputs) if adaptor else None,
+                         training=training if adaptor else None, adaptor_params=params if adaptor else 0,
+                         **_metrics(rng, fid + float(rng.normal(0, 0.05)), g, 3.0 * steps)))
+
+    add("adaptor_type", "identity", 20.4, adaptor="identity", inputs=("r_out_prev",), params=0, extra=0)
+    add("adaptor_type", "resnet", 19.7)
+    add("adaptor_type", "unet-light", 20.1, adaptor="unet-light", params=90_000, extra=0.01)
+    for st, fid in (([1, 3, 5, 7], 19.7), ([4, 5, 6, 7], 23.0), ([2, 3, 4, 5], 26.0)):
+        add("schedule", "adaptor at {" + ",".join(str(s + 1) for s in st) + "}", fid, clock=st)
+    add("cut", "stage 1", 19.7, cut=1)
+    add("cut", "stage 2", 20.9, cut=2, extra=0.35)
+    for s, b, c in (("dpm++", 20.0, 19.7), ("dpm", 20.1, 19.8), ("pndm", 27.0, 25.9), ("ddim", 26.0, 28.9)):
+        add("sampler", f"{s} baseline", b, adaptor=None, sampler=s)
+        add("sampler", f"{s} clockwork", c, sampler=s)
+    add("inputs", "r_in only", 31.0, inputs=("r_in", "time"))
+    add("inputs", "r_out(t+1) only", 20.2, inputs=("r_out_prev", "time"))
+    add("inputs", "r_in + r_out(t+1)", 19.7)
+    add("inputs", "+ text", 19.75, inputs=("r_in", "r_out_prev", "time", "text"))
+    add("inputs", "every step, no r_out(t+1)", 80.0, inputs=("r_in", "time", "text"), clock=[1, 2, 3, 4, 5, 6, 7])
+    for steps, fu, ff in ((4, 23.8, 25.2), (6, 20.9, 21.0), (8, 19.7, 19.8), (16, 19.0, 19.05)):
+        add("training", f"unrolled {steps}", fu, steps=steps)
+        add("training", f"forward-noised {steps}", ff, steps=steps, training="forward_noised")
+    for steps, fid in ((4, 23.9), (6, 20.9), (16, 19.0)):
+        add("steps", f"clockwork {steps}", fid, steps=steps)
+    add("steps", "baseline 16", 19.2, adaptor=None, steps=16)
+    return {"_synthetic": True, "rows": rows}
+
+
+def sweep(rng, n: int = 14) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        clock, width, cut = int(rng.choice([2, 3, 4])), int(rng.choice([32, 64, 128])), int(rng.choice([1, 2]))
+        g = _gflops(8, clock, width / 2000 + (0.3 if cut == 2 else 0))
+        fid = 19.5 + 1.5 * (clock - 2) - width / 200 + (0.8 if cut == 2 else 0) + float(rng.normal(0, 0.2))
+        rows.append(dict(trial_id=f"t{i:03d}", clock=clock, width=width, cut=cut, steps=8, adaptor="resnet",
+                         fid=round(fid, 3), fid_std=0.2, kid=round(fid / 2500, 5), clip=round(0.3 - fid / 2000, 4),
+                         gflops=round(g, 3), gflops_ratio=round(g / _gflops(8, None), 4), latency_ms=round(3 * g, 2),
+                         adaptor_params=width * 6000, status="ok"))
+    rows[-1].update(status="failed", fid=np.nan, kid=np.nan, clip=np.nan)
+    df = pd.DataFrame(rows)
+    from analysis.tables import pareto_mask  # the sweep writes its own flags; reuse ours for the fixture
+
+    ok = df["status"] == "ok"
+    for col, metric, hib, cost in (("pareto_fid_gflops", "fid", False, "gflops"),
+                                   ("pareto_clip_gflops", "clip", True, "gflops"),
+                                   ("pareto_fid_latency", "fid", False, "latency_ms")):
+        df[col] = False
+        df.loc[ok, col] = pareto_mask(df.loc[ok, cost], df.loc[ok, metric], hib)
+    return df
+
+
+def log_mlflow(root: Path, df: pd.DataFrame, name: str) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(f"clockwork-sweep-{name}")
+    with mlflow.start_run(run_name=name, tags={"sweep": name, "synthetic": "true"}):
+        for _, r in df.iterrows():
+            with mlflow.start_run(run_name=r["trial_id"], nested=True, tags={"trial_id": r["trial_id"]}):
+                mlflow.log_params({"clockwork.clock": r["clock"], "adaptor.width": r["width"], "cut": r["cut"],
+                                   "steps": r["steps"], "adaptor.kind": r["adaptor"], "status": r["status"]})
+                mlflow.log_metrics({k: float(r[k]) for k in ("fid", "fid_std", "kid", "clip", "gflops", "gflops_ratio",
+                                                             "latency_ms", "adaptor_params") if pd.notna(r[k])})
+    return uri
+
+
+def write_fixtures(root: str | Path, *, mlflow_store: bool = True, minimal: bool = False, seed: int = 0,
+                   sweep_name: str = "smoke") -> Path:
+    """Write SYNTHETIC metrics/, plots/, sweeps/ (and an MLflow sqlite store) under ``root``.
+
+    ``minimal``: only metrics/evaluate.json, to check that optional inputs may be missing."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / SYNTHETIC_MARKER).write_text("Synthetic fixtures written by analysis/fixtures.py - not results.\n")
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(evaluate(rng), indent=1))
+    if minimal:
+        return root
+    (root / "metrics" / "ablate.json").write_text(json.dumps(ablate(rng), indent=1))
+    (root / "metrics" / "distill.json").write_text(json.dumps(
+        {"_synthetic": True, "final_loss": 0.0123, "heldout_mse": 0.0141, "steps": 600, "adaptor_params": 410_000}))
+    (root / "plots").mkdir(exist_ok=True)
+    steps = np.arange(0, 600, 10)
+    pd.DataFrame({"step": steps, "loss": 0.012 + 0.2 * np.exp(-steps / 80) * (1 + 0.1 * rng.standard_normal(len(steps)))}
+                 ).to_csv(root / "plots" / "distill_loss.csv", index=False)
+    df = sweep(rng)
+    (root / "sweeps" / sweep_name).mkdir(parents=True, exist_ok=True)
+    df.to_csv(root / "sweeps" / sweep_name / "results.csv", index=False)
+    if mlflow_store:
+        log_mlflow(root, df, sweep_name)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root")
+    ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--minimal", action="store_true")
+    a = ap.parse_args()
+    print(write_fixtures(a.root, mlflow_store=not a.no_mlflow, minimal=a.minimal))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""One place that reads this project's results (DVC metrics files, sweep CSVs, MLflow) into DataFrames.
+
+Everything here only reads. Where results live:
+- ``CLOCKWORK_RESULTS``: root holding ``metrics/``, ``plots/``, ``sweeps/`` (default: the repository root);
+- ``CLOCKWORK_REPORTS``: where tables and figures are written (default: ``<repo>/reports``);
+- MLflow: ``CLOCKWORK_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else ``<results>/mlflow.db`` if it exists.
+The formats are those of docs/CONTRACTS.md. ``metrics/evaluate.json`` is required and is validated
+strictly (a malformed file raises :class:`ResultsError`); every other input is optional: when it is
+missing the loader returns ``None`` and :meth:`Results.note` says what was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SYNTHETIC_MARKER = "SYNTHETIC"  # file in a results root (and "_synthetic" key in JSON) written by analysis.fixtures
+
+ADAPTOR_INPUTS = ("r_in", "r_out_prev", "time", "text")  # clockwork.adaptors.INPUTS, in the paper's words
+INPUT_LABELS = {"r_in": "r_in", "r_out_prev": "r_out(t+1)", "time": "time", "text": "text"}
+NO_ADAPTOR = {"", "none", "null", "nan", "baseline", "-"}
+
+EVALUATE_REQUIRED = ("fid", "gflops", "steps")
+EVALUATE_NUMERIC = ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms",
+                    "adaptor_params", "steps", "n_samples")
+ABLATE_REQUIRED = ("ablation", "variant", "fid")
+ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps")
+SWEEP_REQUIRED = ("trial_id", "fid", "gflops")
+
+
+class ResultsError(ValueError):
+    """A results file exists but does not follow docs/CONTRACTS.md (or a required one is missing)."""
+
+
+# ----------------------------------------------------------------------------------------------- normalisers
+
+def is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def norm_adaptor(v: Any) -> str | None:
+    if is_missing(v) or str(v).strip().lower() in NO_ADAPTOR:
+        return None
+    return str(v).strip().lower()
+
+
+def norm_inputs(v: Any) -> tuple[str, ...] | None:
+    """``["r_in", "r_out_prev"]`` / ``"r_in,r_out_prev"`` / ``"r_in+r_out_prev"`` -> ordered tuple."""
+    if is_missing(v):
+        return None
+    if isinstance(v, str):
+        parts = [p for p in re.split(r"[\s,+;|]+", v.strip("[]() ")) if p]
+        parts = [p.strip("'\"") for p in parts]
+    else:
+        parts = [str(p) for p in v]
+    if not parts:
+        return None
+    bad = [p for p in parts if p not in ADAPTOR_INPUTS]
+    if bad:
+        raise ResultsError(f"unknown adaptor inputs {bad}; expected a subset of {list(ADAPTOR_INPUTS)}")
+    return tuple(i for i in ADAPTOR_INPUTS if i in parts)
+
+
+def inputs_label(inputs: tuple[str, ...] | None) -> str:
+    return " + ".join(INPUT_LABELS[i] for i in inputs) if inputs else "-"
+
+
+def adaptor_steps(clock: Any, steps: Any) -> tuple[int, ...] | None:
+    """0-based sampler steps that run the adaptor: clock ``2`` / ``"Clock(2)"`` / ``[1,3,5,7]`` /
+    ``"Clock(adaptor_steps=[1, 3])"``. ``None`` for no clock (a baseline)."""
+    if is_missing(clock) or (isinstance(clock, str) and clock.strip().lower() in NO_ADAPTOR):
+        return None
+    if isinstance(clock, str):
+        nums = [int(x) for x in re.findall(r"\d+", clock)]
+        if "[" in clock or "{" in clock or "," in clock or "adaptor_steps" in clock:
+            clock = nums
+        elif len(nums) == 1:
+            clock = nums[0]
+        else:
+            raise ResultsError(f"cannot read clock {clock!r}: use an int period or a list of 0-based adaptor steps")
+    if isinstance(clock, (list, tuple, set, frozenset)):
+        return tuple(sorted(int(s) for s in clock))
+    period = int(clock)
+    if is_missing(steps):
+        return None
+    return tuple(s for s in range(int(steps)) if period > 0 and s % period != 0)
+
+
+def clock_label(clock: Any, steps: Any) -> str:
+    """The paper's wording: ``clock 2`` for a period, ``adaptor at {2,4,6,8}`` (1-based) for a step list."""
+    if is_missing(clock):
+        return "-"
+    if isinstance(clock, (int, float)) or (isinstance(clock, str) and re.fullmatch(r"\s*(Clock\()?\d+\)?\s*", clock)):
+        period = int(re.findall(r"\d+", str(clock))[0])
+        return f"clock {period}"
+    st = adaptor_steps(clock, steps)
+    return "adaptor at {" + ",".join(str(s + 1) for s in st) + "}" if st is not None else str(clock)
+
+
+def _num(v: Any, what: str) -> float:
+    if is_missing(v):
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise ResultsError(f"{what} must be a number, got {v!r}") from None
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if is_missing(v):
+        return False
+    if isinstance(v, str):
+        return v.strip().lower() in {"1", "true", "yes", "y"}
+    return bool(v)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is not valid JSON: {e}") from None
+
+
+def parse_method(method: str) -> dict:
+    """``baseline_6steps`` -> kind baseline, steps 6; ``clockwork_identity`` -> kind clockwork, adaptor identity;
+    ``<teacher>/<method>`` names a teacher."""
+    teacher = None
+    if "/" in method:
+        teacher, method = method.split("/", 1)
+    m = re.fullmatch(r"(baseline|clockwork)(?:_(.*?))?(?:_?(\d+)steps?)?", method)
+    if not m:
+        return dict(teacher=teacher, kind=None, variant=method, steps=None)
+    return dict(teacher=teacher, kind=m.group(1), variant=m.group(2), steps=int(m.group(3)) if m.group(3) else None)
+
+
+def load_evaluate(path: str | os.PathLike) -> pd.DataFrame:
+    """``metrics/evaluate.json`` -> one row per (teacher, method); raises :class:`ResultsError` when malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"required file {path} is missing: run `dvc repro evaluate` (docs/CONTRACTS.md)")
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected an object keyed by method (baseline, clockwork, ...), "
+                           f"got {type(data).__name__}")
+    rows = []
+    for method, entry in data.items():
+        if method.startswith("_"):
+            continue
+        where = f"{path}: [{method!r}]"
+        if not isinstance(entry, dict):
+            raise ResultsError(f"{where} must be an object of metrics, got {type(entry).__name__}")
+        missing = [k for k in EVALUATE_REQUIRED if is_missing(entry.get(k))]
+        if missing:
+            raise ResultsError(f"{where} lacks required field(s) {missing} (docs/CONTRACTS.md)")
+        row = dict(entry)
+        for k in EVALUATE_NUMERIC:
+            row[k] = _num(entry.get(k), f"{where}.{k}")
+        for k in EVALUATE_REQUIRED:
+            if not math.isfinite(row[k]):
+                raise ResultsError(f"{where}.{k} must be a finite number, got {entry.get(k)!r}")
+        if row["gflops"] <= 0 or row["steps"] < 1:
+            raise ResultsError(f"{where}: gflops must be > 0 and steps >= 1, got {row['gflops']}, {row['steps']}")
+        parsed = parse_method(method)
+        adaptor = norm_adaptor(entry.get("adaptor"))
+        kind = parsed["kind"] or ("clockwork" if adaptor else "baseline")
+        if kind == "baseline" and adaptor is not None:
+            raise ResultsError(f"{where}: a baseline entry names adaptor {entry.get('adaptor')!r}")
+        row.update(method=method if parsed["teacher"] is None else method.split("/", 1)[1],
+                   teacher=str(entry.get("teacher") or parsed["teacher"] or "embedded"),
+                   kind=kind, adaptor=adaptor, steps=int(row["steps"]),
+                   inputs=norm_inputs(entry.get("inputs")), clock=entry.get("clock"))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty or "baseline" not in set(df["kind"]):
+        raise ResultsError(f"{path}: needs a 'baseline' entry (docs/CONTRACTS.md), got keys {list(data)}")
+    if "clockwork" not in set(df["kind"]):
+        raise ResultsError(f"{path}: needs at least one 'clockwork' entry, got keys {list(data)}")
+    for c in ("sampler", "cut", "latency_ms", "clip", "kid", "fid_std", "kid_std", "clip_std", "adaptor_params",
+              "n_samples", "device"):
+        if c not in df:
+            df[c] = math.nan
+    return df
+
+
+def load_ablate(path: str | os.PathLike) -> pd.DataFrame | None:
+    """``metrics/ablate.json`` -> one row per ablation run, or ``None`` if the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ResultsError(f"{path}: expected {{\"rows\": [...]}} (docs/CONTRACTS.md)")
+    return ablate_frame(rows, str(path))
+
+
+def ablate_frame(rows: list[dict], where: str = "ablate rows") -> pd.DataFrame:
+    out = []
+    for i, r in enumerate(rows):
+        w = f"{where}[{i}]"
+        if not isinstance(r, dict):
+            raise ResultsError(f"{w} must be an object")
+        missing = [k for k in ABLATE_REQUIRED if is_missing(r.get(k))]
+        if missing:
+            raise ResultsError(f"{w} lacks required field(s) {missing}")
+        if r["ablation"] not in ABLATIONS:
+            raise ResultsError(f"{w}: ablation {r['ablation']!r} is not one of {list(ABLATIONS)}")
+        row = dict(r)
+        for k in ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params",
+                  "n_samples", "steps"):
+            row[k] = _num(r.get(k), f"{w}.{k}")
+        row["adaptor"] = norm_adaptor(r.get("adaptor"))
+        row["inputs"] = norm_inputs(r.get("inputs")) if row["adaptor"] else None
+        row["is_baseline"] = row["adaptor"] is None or str(r["variant"]).lower().startswith("baseline")
+        row["adaptor_steps"] = None if row["is_baseline"] else adaptor_steps(r.get("clock"), r.get("steps"))
+        row["training"] = None if row["is_baseline"] or is_missing(r.get("training")) else str(r["training"]).lower()
+        row["sampler"] = None if is_missing(r.get("sampler")) else str(r["sampler"]).lower()
+        out.append(row)
+    df = pd.DataFrame(out)
+    for c in ("teacher", "clock", "cut", "sampler", "steps", "training"):
+        if c not in df:
+            df[c] = None
+    return df
+
+
+def load_distill(root: Path) -> tuple[dict | None, pd.DataFrame | None]:
+    js, csv = root / "metrics" / "distill.json", root / "plots" / "distill_loss.csv"
+    summary = _read_json(js) if js.is_file() else None
+    if summary is not None and not isinstance(summary, dict):
+        raise ResultsError(f"{js}: expected an object")
+    curve = None
+    if csv.is_file():
+        curve = pd.read_csv(csv)
+        if not {"step", "loss"} <= set(curve.columns):
+            raise ResultsError(f"{csv}: expected columns step,loss; got {list(curve.columns)}")
+    return summary, curve
+
+
+# ------------------------------------------------------------------------------------------------- sweeps
+
+def load_sweep_csv(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    df = pd.read_csv(path)
+    missing = [c for c in SWEEP_REQUIRED if c not in df]
+    if missing:
+        raise ResultsError(f"{path}: missing column(s) {missing} (docs/CONTRACTS.md)")
+    for c in ("pareto_fid_gflops", "pareto_clip_gflops", "pareto_fid_latency", "recommended"):
+        if c in df:
+            df[c] = df[c].map(_bool)
+    df["sweep"] = path.parent.name
+    df["trial_id"] = df["trial_id"].astype(str)
+    return df
+
+
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that finished with numbers (status ok/terminated/..., fid and gflops present)."""
+    ok = df["fid"].notna() & df["gflops"].notna()
+    if "status" in df:
+        ok &= ~df["status"].astype(str).str.lower().isin({"failed", "error", "errored", "crashed", "killed", "pruned"})
+    return df[ok].copy()
+
+
+def mlflow_runs(uri: str) -> pd.DataFrame:
+    """All runs of all experiments at ``uri`` as one DataFrame (``mlflow.search_runs``)."""
+    import mlflow  # slow to import; only when there is a store to read
+
+    client_uri = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        return mlflow.search_runs(search_all_experiments=True, output_format="pandas")
+    finally:
+        mlflow.set_tracking_uri(client_uri)
+
+
+def sweep_trials_from_mlflow(runs: pd.DataFrame) -> pd.DataFrame:
+    """Nested child runs of sweep parents -> one row per trial, columns named as in results.csv.
+
+    ``metrics.fid`` -> ``fid``, ``params.adaptor.width`` -> ``adaptor.width`` (and ``width``); the sweep
+    name is the parent's ``sweep`` tag or run name; ``trial_id`` is the child's tag/param or run name."""
+    if runs.empty or "tags.mlflow.parentRunId" not in runs:
+        return pd.DataFrame()
+    parents = runs.set_index("run_id")
+    kids = runs[runs["tags.mlflow.parentRunId"].notna()].copy()
+    rows = []
+    for _, r in kids.iterrows():
+        pid = r["tags.mlflow.parentRunId"]
+        parent = parents.loc[pid] if pid in parents.index else None
+        row: dict[str, Any] = {"run_id": r["run_id"], "parent_run_id": pid}
+        if parent is not None:
+            row["sweep"] = _first(parent, "tags.sweep", "params.sweep", "tags.mlflow.runName")
+            row["recommended_trial_id"] = _first(parent, "tags.recommended_trial_id", "tags.recommended_trial",
+                                                 "params.recommended_trial_id")
+        for col, v in r.items():
+            for prefix in ("params.", "metrics.", "tags."):
+                if col.startswith(prefix) and not col.startswith("tags.mlflow."):
+                    key = col[len(prefix):]
+                    if prefix == "tags." and key in row:
+                        continue
+                    row[key] = v
+        row["trial_id"] = str(_first(r, "tags.trial_id", "params.trial_id", "metrics.trial_id",
+                                     "tags.mlflow.runName") or r["run_id"])
+        row["mlflow_status"] = r.get("status")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in df.columns:  # params come back as strings
+        if df[c].dtype == object and c not in {"trial_id", "sweep", "run_id", "parent_run_id", "status"}:
+            conv = pd.to_numeric(df[c], errors="coerce")
+            if conv.notna().sum() == df[c].notna().sum():
+                df[c] = conv
+    for dotted, plain in (("adaptor.width", "width"), ("clockwork.clock", "clock"), ("adaptor.kind", "adaptor")):
+        if dotted in df and plain not in df:
+            df[plain] = df[dotted]
+    if "status" not in df:
+        df["status"] = df["mlflow_status"]
+    for c in ("pareto_fid_gflops", "pareto_clip_gflops", "pareto_fid_latency", "recommended"):
+        if c in df:
+            df[c] = df[c].map(_bool)
+    return df
+
+
+def _first(row, *keys):
+    for k in keys:
+        if k in row and not is_missing(row[k]) and str(row[k]) != "":
+            return row[k]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ Results
+
+@dataclass
+class Results:
+    """Where the results are read from and where the reports go; records what was written or skipped."""
+
+    root: Path
+    reports: Path
+    mlflow_uri: str | None = None
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> "Results":
+        root = Path(os.environ.get("CLOCKWORK_RESULTS") or REPO_ROOT).resolve()
+        reports = Path(os.environ.get("CLOCKWORK_REPORTS") or REPO_ROOT / "reports").resolve()
+        uri = os.environ.get("CLOCKWORK_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri and (root / "mlflow.db").is_file():
+            uri = f"sqlite:///{root / 'mlflow.db'}"
+        res = cls(root=root, reports=reports, mlflow_uri=uri or None)
+        res._guard_synthetic()
+        return res
+
+    def __repr__(self) -> str:
+        syn = "  [SYNTHETIC fixtures]" if self.synthetic else ""
+        return f"Results(root={self.root}, reports={self.reports}, mlflow={self.mlflow_uri}){syn}"
+
+    @property
+    def synthetic(self) -> bool:
+        return (self.root / SYNTHETIC_MARKER).exists()
+
+    def _guard_synthetic(self) -> None:
+        # Synthetic fixture numbers must never land in the committed reports/ folder.
+        if self.synthetic and self.reports == (REPO_ROOT / "reports").resolve():
+            raise ResultsError(f"{self.root} holds SYNTHETIC fixtures; refusing to write them into {self.reports}. "
+                               "Set CLOCKWORK_REPORTS to a scratch folder.")
+
+    # ---- inputs
+    def evaluate(self) -> pd.DataFrame:
+        return load_evaluate(self.root / "metrics" / "evaluate.json")
+
+    def ablate(self) -> pd.DataFrame | None:
+        df = load_ablate(self.root / "metrics" / "ablate.json")
+        if df is None:
+            self.note("metrics/ablate.json not found: skipping the ablation tables and figures")
+        return df
+
+    def distill(self) -> tuple[dict | None, pd.DataFrame | None]:
+        summary, curve = load_distill(self.root)
+        if summary is None:
+            self.note("metrics/distill.json not found: skipping the distillation summary")
+        if curve is None:
+            self.note("plots/distill_loss.csv not found: skipping the distillation loss curve")
+        return summary, curve
+
+    def sweep_csvs(self) -> dict[str, pd.DataFrame]:
+        found = {p.parent.name: load_sweep_csv(p) for p in sorted((self.root / "sweeps").glob("*/results.csv"))}
+        if not found:
+            self.note("no sweeps/<name>/results.csv found")
+        return found
+
+    def sweep_mlflow(self) -> pd.DataFrame | None:
+        if not self.mlflow_uri:
+            self.note("no MLflow store (CLOCKWORK_MLFLOW_URI / MLFLOW_TRACKING_URI / mlflow.db): MLflow view skipped")
+            return None
+        if self.mlflow_uri.startswith("sqlite:///") and not Path(self.mlflow_uri[len("sqlite:///"):]).is_file():
+            self.note(f"MLflow store {self.mlflow_uri} does not exist: MLflow view skipped")
+            return None
+        trials = sweep_trials_from_mlflow(mlflow_runs(self.mlflow_uri))
+        if trials.empty:
+            self.note(f"MLflow store {self.mlflow_uri} has no nested sweep runs")
+            return None
+        return trials
+
+    def merge_sweeps(self, csvs: dict[str, pd.DataFrame], ml: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+        """Sweep trials by sweep name: results.csv (the DVC output) where it exists, else the MLflow runs.
+        A recommendation recorded on the MLflow parent run is carried over to the CSV's trials."""
+        out = dict(csvs)
+        if ml is None:
+            return out
+        for name, g in ml.groupby(ml["sweep"].fillna("mlflow").astype(str)):
+            if name in out:
+                rec = g["recommended_trial_id"].dropna() if "recommended_trial_id" in g else pd.Series(dtype=str)
+                if len(rec) and "recommended_trial_id" not in out[name]:
+                    out[name] = out[name].assign(recommended_trial_id=str(rec.iloc[0]))
+            elif {"fid", "gflops"} <= set(g.columns):
+                self.note(f"sweep {name!r}: no results.csv, using its {len(g)} MLflow child runs")
+                out[name] = g.assign(sweep=name)
+        return out
+
+    # ---- outputs
+    def note(self, msg: str) -> None:
+        self.skipped.append(msg)
+        print(f"NOTE: {msg}")
+
+    def _path(self, name: str, ext: str) -> Path:
+        self.reports.mkdir(parents=True, exist_ok=True)
+        p = self.reports / f"{name}.{ext}"
+        self.written.append(p)
+        return p
+
+    def write_table(self, table, name: str, missing: str = "no input rows"):
+        """Write ``name.md`` and ``name.tex`` and return the table (a notebook displays it); a ``None`` table
+        (its input is missing) is noted and skipped."""
+        if table is None:
+            self.note(f"{name}: {missing}; skipped")
+            return None
+        self._path(name, "md").write_text(table.to_markdown())
+        self._path(name, "tex").write_text(table.to_latex())
+        return table
+
+    def save_figure(self, fig, name: str) -> None:
+        """Write ``name.png`` and ``name.svg`` (metadata without dates so reruns give the same bytes)."""
+        import matplotlib
+
+        matplotlib.rcParams["svg.hashsalt"] = "clockwork"
+        fig.savefig(self._path(name, "png"), dpi=150, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(self._path(name, "svg"), bbox_inches="tight", metadata={"Date": None, "Creator": None})
+
+    def summary(self) -> pd.DataFrame:
+        """What this notebook wrote and skipped."""
+        rows = [("wrote", str(p.relative_to(self.reports))) for p in self.written]
+        return pd.DataFrame(rows + [("skipped", s) for s in self.skipped], columns=["", "what"])

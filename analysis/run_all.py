@@ -1,0 +1,101 @@
+"""Execute the analysis notebooks headlessly (nbclient, kernel python3); exit non-zero if any fails.
+
+    python analysis/run_all.py                                 # repo results -> reports/ (the `report` DVC stage)
+    python analysis/run_all.py --results /tmp/fx --reports /tmp/fx/reports --only 01 04
+    python analysis/run_all.py --save-executed out/notebooks   # keep the executed notebooks to look at
+
+The notebooks read ``CLOCKWORK_RESULTS`` / ``CLOCKWORK_REPORTS`` (set here from --results / --reports)
+and run with analysis/ as their working directory. Committed notebooks carry no outputs; executed
+copies are written only where --save-executed points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+KERNEL = "python3"
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    found = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [p for p in found if any(p.name.startswith(o) or o in p.stem for o in only)]
+    return found
+
+
+def ensure_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL not in KernelSpecManager().find_kernel_specs():
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL], check=True)
+
+
+def execute(path: Path, timeout: int, save_to: Path | None = None) -> str | None:
+    """Run one notebook; returns the error text, or None on success."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(HERE)}})
+    err = None
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        err = str(e)
+    except Exception as e:  # kernel died, timeout, ...
+        err = f"{type(e).__name__}: {e}"
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save_to / path.name)
+    return err
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", help="results root (sets CLOCKWORK_RESULTS; default: env or the repo root)")
+    ap.add_argument("--reports", help="output folder (sets CLOCKWORK_REPORTS; default: env or reports/)")
+    ap.add_argument("--only", nargs="+", help="run only notebooks whose name starts with / contains these")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per cell")
+    ap.add_argument("--save-executed", type=Path, help="write executed notebooks (with outputs) here")
+    args = ap.parse_args(argv)
+
+    if args.results:
+        os.environ["CLOCKWORK_RESULTS"] = str(Path(args.results).resolve())
+    if args.reports:
+        os.environ["CLOCKWORK_REPORTS"] = str(Path(args.reports).resolve())
+    # the kernel inherits this environment: make `import analysis` work from analysis/ as cwd
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if args.save_executed is None:  # no one looks at the outputs: skip rendering figures inline
+        os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+    nbs = notebooks(args.only)
+    if not nbs:
+        print(f"no notebooks match {args.only}", file=sys.stderr)
+        return 2
+    ensure_kernel()
+    failed = []
+    for nb in nbs:
+        t0 = time.time()
+        err = execute(nb, args.timeout, args.save_executed)
+        status = "ok" if err is None else "FAILED"
+        print(f"{nb.name}: {status} in {time.time() - t0:.1f}s", flush=True)
+        if err is not None:
+            failed.append(nb.name)
+            print(f"--- {nb.name} ---\n{err}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

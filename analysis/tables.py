@@ -1,0 +1,455 @@
+"""The paper's tables built from loaded results, rendered as Markdown and LaTeX.
+
+Builders take the DataFrames of :mod:`analysis.loader` and return a :class:`Table` whose cells are
+already formatted strings (``23.21 ± 0.31``); numbers are never typed here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.loader import clock_label, completed, inputs_label, is_missing
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def fmt(x, digits: int = 2) -> str:
+    return "-" if is_missing(x) else f"{x:.{digits}f}"
+
+
+def pm(mean, std=None, digits: int = 2) -> str:
+    """``23.21 ± 0.31`` (or ``23.21`` without a std)."""
+    if is_missing(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if is_missing(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def sig(x, n: int = 3) -> str:
+    """``n`` significant digits without exponent notation: 0.0123, 7.30, 10800."""
+    if is_missing(x):
+        return "-"
+    if x == 0:
+        return "0"
+    digits = max(0, n - 1 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:.{digits}f}"
+
+
+def pct(new, ref) -> str:
+    if is_missing(new) or is_missing(ref) or ref == 0:
+        return "-"
+    return f"{100 * (new / ref - 1):+.1f}%"
+
+
+def params(n) -> str:
+    if is_missing(n):
+        return "-"
+    n = float(n)
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{int(n)}"
+
+
+def flops_unit(gflops_values) -> tuple[float, str]:
+    """Divide GFLOPs by the returned scale to get the unit named: TFLOPs when the values reach 1 TFLOP."""
+    vals = [v for v in gflops_values if not is_missing(v)]
+    return (1000.0, "TFLOPs") if vals and max(vals) >= 1000 else (1.0, "GFLOPs")
+
+
+def kid_scaled(v) -> float:
+    return v * 1e3 if not is_missing(v) else v
+
+
+# ------------------------------------------------------------------------------------------------ Table
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\to$", "≈": r"$\approx$", "≤": r"$\le$", "≥": r"$\ge$", "×": r"$\times$",
+                  "−": "-", "σ": r"$\sigma$", "⁻": "-", "³": r"$^3$", "✓": r"\checkmark{}", "✗": r"$\times$",
+                  "★": r"$\star$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "Δ": r"$\Delta$"}
+
+
+def latex_escape(s: str) -> str:
+    s = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(s))
+    return "".join(_LATEX_SYMBOLS.get(ch, ch) for ch in s)
+
+
+def md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass
+class Table:
+    df: pd.DataFrame  # formatted strings
+    caption: str
+    source: str = ""  # which files the numbers come from
+    label: str = ""
+    colspec: str | None = None  # LaTeX column spec; default r for numeric columns, l otherwise
+
+    def to_markdown(self) -> str:
+        cols = [md_escape(c) for c in self.df.columns]
+        num = [self._numeric(c) for c in self.df.columns]
+        lines = [f"**{self.caption}**", "", "| " + " | ".join(cols) + " |",
+                 "|" + "|".join("---:" if n else ":---" for n in num) + "|"]
+        for _, r in self.df.iterrows():
+            lines.append("| " + " | ".join(md_escape(v) for v in r.values) + " |")
+        if self.source:
+            lines += ["", f"<sub>{self.source}</sub>"]
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        align = self.colspec or "".join("r" if self._numeric(c) else "l" for c in self.df.columns)
+        lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+                 " & ".join(latex_escape(c) for c in self.df.columns) + r" \\", r"\midrule"]
+        for _, r in self.df.iterrows():
+            lines.append(" & ".join(latex_escape(v) for v in r.values) + r" \\")
+        cap = self.caption + (f" Source: {self.source}." if self.source else "")
+        lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(cap)}}}"]
+        if self.label:
+            lines.append(rf"\label{{{self.label}}}")
+        lines.append(r"\end{table}")
+        return "\n".join(lines) + "\n"
+
+    def _numeric(self, col) -> bool:
+        vals = [str(v) for v in self.df[col] if str(v) not in {"-", ""}]
+        return bool(vals) and all(v[:1].isdigit() or v[:1] in "+-." for v in vals)
+
+    def _repr_html_(self):  # notebooks show the formatted frame
+        return f"<p><b>{self.caption}</b></p>" + self.df.to_html(index=False)
+
+
+# ------------------------------------------------------------------------------------------------ Pareto
+
+
+def pareto_mask(cost, value, higher_is_better: bool = False) -> np.ndarray:
+    """Points not dominated by another (lower-or-equal cost and better-or-equal value, one strictly)."""
+    c = np.asarray(cost, dtype=float)
+    v = -np.asarray(value, dtype=float) if higher_is_better else np.asarray(value, dtype=float)
+    ok = ~(np.isnan(c) | np.isnan(v))
+    mask = np.zeros(len(c), dtype=bool)
+    for i in np.flatnonzero(ok):
+        dominated = ok & (c <= c[i]) & (v <= v[i]) & ((c < c[i]) | (v < v[i]))
+        mask[i] = not dominated.any()
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------- Table 1
+
+
+def main_steps(ev: pd.DataFrame, teacher: str) -> int:
+    """The step count of the teacher's ``baseline`` entry (8 in the paper)."""
+    t = ev[(ev["teacher"] == teacher) & (ev["kind"] == "baseline")]
+    named = t[t["method"] == "baseline"]
+    return int((named if len(named) else t)["steps"].max())
+
+
+def method_label(r) -> str:
+    if r["kind"] == "baseline":
+        return "baseline (full UNet)"
+    parts = [f"Clockwork ({r['adaptor']} adaptor" if r["adaptor"] else "Clockwork ("]
+    if not is_missing(r.get("clock")):
+        parts.append(", " + clock_label(r.get("clock"), r["steps"]))
+    return "".join(parts) + ")"
+
+
+def table1(ev: pd.DataFrame) -> Table:
+    """Table 1: per teacher, the baseline and every Clockwork variant at the baseline's step count."""
+    scale, unit = flops_unit(ev["gflops"])
+    rows = []
+    for teacher in ev["teacher"].unique():
+        steps = main_steps(ev, teacher)
+        t = ev[(ev["teacher"] == teacher) & (ev["steps"] == steps)]
+        base = t[t["kind"] == "baseline"].iloc[0]
+        for _, r in pd.concat([t[t["kind"] == "baseline"], t[t["kind"] == "clockwork"]]).iterrows():
+            rows.append({
+                "teacher": teacher, "method": method_label(r), "steps": int(r["steps"]),
+                "sampler": "-" if is_missing(r.get("sampler")) else r["sampler"],
+                "FID ↓": pm(r["fid"], r["fid_std"]), "KID×10³ ↓": pm(kid_scaled(r["kid"]), kid_scaled(r["kid_std"])),
+                "CLIP ↑": pm(r["clip"], r["clip_std"], 4),
+                f"{unit}/image": sig(r["gflops"] / scale), f"Δ{unit}": pct(r["gflops"], base["gflops"]) if
+                r["kind"] != "baseline" else "-",
+                "latency (ms)": fmt(r["latency_ms"], 1),
+                "Δlatency": pct(r["latency_ms"], base["latency_ms"]) if r["kind"] != "baseline" else "-",
+                "samples": "-" if is_missing(r["n_samples"]) else f"{int(r['n_samples'])}",
+            })
+    devices = sorted({str(d) for d in ev["device"] if not is_missing(d)})
+    lat = f"latency of the UNet loop on {', '.join(devices)}" if devices else "latency of the UNet loop on this machine"
+    return Table(pd.DataFrame(rows), label="tab:main",
+                 caption=f"Table 1: baseline vs Clockwork per teacher. FLOPs per image include CFG; {lat}; "
+                         "± is the std over evaluation splits.",
+                 source="metrics/evaluate.json")
+
+
+def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
+    """All (teacher, kind, adaptor, steps) points for FID vs FLOPs: evaluate.json plus ablate's ``steps`` rows."""
+    cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "latency_ms", "source"]
+    pts = ev.assign(source="evaluate")[cols[:-1] + ["source"]]
+    if ab is not None and len(ab[ab["ablation"] == "steps"]):
+        s = ab[ab["ablation"] == "steps"].copy()
+        s["kind"] = np.where(s["is_baseline"], "baseline", "clockwork")
+        s["teacher"] = s["teacher"].fillna(ev["teacher"].iloc[0]) if "teacher" in s else ev["teacher"].iloc[0]
+        s["source"] = "ablate"
+        pts = pd.concat([pts, s[[c for c in cols if c in s]]], ignore_index=True)
+    pts = pts.dropna(subset=["fid", "gflops"])
+    pts["series"] = np.where(pts["kind"] == "baseline", "baseline",
+                             "Clockwork (" + pts["adaptor"].fillna("?").astype(str) + ")")
+    # evaluate.json wins over an ablation run of the same configuration
+    pts = pts.drop_duplicates(subset=["teacher", "series", "steps"], keep="first")
+    pts["pareto"] = False
+    for teacher, g in pts.groupby("teacher"):
+        pts.loc[g.index, "pareto"] = pareto_mask(g["gflops"], g["fid"])
+    return pts.sort_values(["teacher", "series", "steps"]).reset_index(drop=True)
+
+
+def fig4_table(pts: pd.DataFrame) -> Table:
+    scale, unit = flops_unit(pts["gflops"])
+    df = pd.DataFrame({
+        "teacher": pts["teacher"], "method": pts["series"], "steps": pts["steps"].astype(int),
+        "FID ↓": [pm(a, b) for a, b in zip(pts["fid"], pts["fid_std"])],
+        f"{unit}/image": [sig(g / scale) for g in pts["gflops"]],
+        "on Pareto front": np.where(pts["pareto"], "yes", "no"), "from": pts["source"]})
+    return Table(df, caption="Fig. 4 points: FID vs FLOPs over step counts (Pareto front over all points).",
+                 source="metrics/evaluate.json, metrics/ablate.json (ablation=steps)", label="tab:fig4")
+
+
+# -------------------------------------------------------------------------------------------- ablations
+
+
+def _rows(ab: pd.DataFrame | None, ablation: str) -> pd.DataFrame:
+    if ab is None:
+        return pd.DataFrame()
+    return ab[ab["ablation"] == ablation].copy()
+
+
+def reference_baseline(ab_rows: pd.DataFrame, ev: pd.DataFrame | None) -> pd.Series | None:
+    """The ablation's own baseline row, else evaluate.json's baseline at the same steps (and sampler)."""
+    if len(ab_rows) and ab_rows["is_baseline"].any():
+        return ab_rows[ab_rows["is_baseline"]].iloc[0]
+    if ev is None or not len(ab_rows):
+        return None
+    b = ev[ev["kind"] == "baseline"]
+    steps = ab_rows["steps"].dropna()
+    if len(steps):
+        b = b[b["steps"] == steps.mode().iloc[0]]
+    samplers = ab_rows["sampler"].dropna()
+    if len(samplers) and b["sampler"].notna().any():
+        b = b[b["sampler"] == samplers.mode().iloc[0]]
+    return b.iloc[0] if len(b) else None
+
+
+def _metric_cols(r, base, scale, unit) -> dict:
+    return {"FID ↓": pm(r["fid"], r.get("fid_std")), "KID×10³ ↓": pm(kid_scaled(r.get("kid")), kid_scaled(r.get("kid_std"))),
+            "CLIP ↑": pm(r.get("clip"), r.get("clip_std"), 4),
+            f"{unit}/image": sig(r["gflops"] / scale) if not is_missing(r.get("gflops")) else "-",
+            "FLOPs vs baseline": ("-" if base is None or is_missing(r.get("gflops")) or is_missing(base.get("gflops"))
+                                  else f"{r['gflops'] / base['gflops']:.3f}×")}
+
+
+def _ablation_table(rows: pd.DataFrame, base, first_cols, caption, label, ablation) -> Table:
+    allg = list(rows["gflops"]) + ([base["gflops"]] if base is not None else [])
+    scale, unit = flops_unit(allg)
+    out = []
+    if base is not None and not rows["is_baseline"].any():
+        out.append({**{k: "baseline (full UNet)" if i == 0 else "-" for i, k in enumerate(first_cols(None))},
+                    **_metric_cols(base, base, scale, unit)})
+    for _, r in rows.iterrows():
+        out.append({**first_cols(r), **_metric_cols(r, base, scale, unit)})
+    return Table(pd.DataFrame(out), caption=caption, label=label,
+                 source=f"metrics/ablate.json (ablation={ablation})"
+                 + ("" if base is None or rows["is_baseline"].any() else "; baseline from metrics/evaluate.json"))
+
+
+def _variant_first(extra):
+    def cols(r):
+        if r is None:
+            return {"variant": "", **{k: "" for k in extra(None)}}
+        return {"variant": "baseline (full UNet)" if r["is_baseline"] else str(r["variant"]), **extra(r)}
+    return cols
+
+
+def adaptor_type_table(ab, ev) -> Table | None:
+    rows = _rows(ab, "adaptor_type")
+    if rows.empty:
+        return None
+    extra = lambda r: {"adaptor": "", "params": ""} if r is None else {  # noqa: E731
+        "adaptor": r["adaptor"] or "-", "params": params(r.get("adaptor_params")) if r["adaptor"] else "-"}
+    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+                           "Table 3a: adaptor type (parameter count of the adaptor).", "tab:adaptor", "adaptor_type")
+
+
+def schedule_table(ab, ev) -> Table | None:
+    rows = _rows(ab, "schedule")
+    if rows.empty:
+        return None
+    extra = lambda r: {"adaptor steps (1-based)": ""} if r is None else {  # noqa: E731
+        "adaptor steps (1-based)": "-" if r["adaptor_steps"] is None
+        else "{" + ",".join(str(s + 1) for s in r["adaptor_steps"]) + "}"}
+    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+                           "Table 3b: which sampler steps use the adaptor.", "tab:schedule", "schedule")
+
+
+def cut_table(ab, ev) -> Table | None:
+    rows = _rows(ab, "cut")
+    if rows.empty:
+        return None
+    names = {1: "stage 1", 2: "stage 2", 3: "stage 3"}
+    extra = lambda r: {"cut": ""} if r is None else {  # noqa: E731
+        "cut": "-" if r["is_baseline"] or is_missing(r.get("cut")) else names.get(int(r["cut"]), str(r["cut"]))}
+    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+                           "Table 3c: where the UNet is cut.", "tab:cut", "cut")
+
+
+def inputs_table(ab, ev) -> Table | None:
+    rows = _rows(ab, "inputs")
+    if rows.empty:
+        return None
+    extra = lambda r: {"adaptor inputs": "", "schedule": ""} if r is None else {  # noqa: E731
+        "adaptor inputs": inputs_label(r["inputs"]),
+        "schedule": "-" if r["is_baseline"] else clock_label(r.get("clock"), r.get("steps"))}
+    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+                           "Table 5: adaptor inputs.", "tab:inputs", "inputs")
+
+
+def sampler_pairs(ab: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per sampler: baseline and Clockwork FID/CLIP side by side (Table 4)."""
+    rows = _rows(ab, "sampler")
+    out = []
+    for s, g in rows.groupby("sampler", sort=False):
+        b, c = g[g["is_baseline"]], g[~g["is_baseline"]]
+        if b.empty or c.empty:
+            continue
+        b, c = b.iloc[0], c.iloc[0]
+        out.append(dict(sampler=s, fid_base=b["fid"], fid_base_std=b.get("fid_std"), fid_cw=c["fid"],
+                        fid_cw_std=c.get("fid_std"), clip_base=b.get("clip"), clip_cw=c.get("clip"),
+                        gflops_base=b.get("gflops"), gflops_cw=c.get("gflops"), steps=c.get("steps")))
+    return pd.DataFrame(out)
+
+
+def sampler_table(ab) -> Table | None:
+    p = sampler_pairs(ab)
+    if p.empty:
+        return None
+    df = pd.DataFrame({
+        "sampler": p["sampler"], "steps": [fmt(s, 0) for s in p["steps"]],
+        "baseline FID": [pm(a, b) for a, b in zip(p["fid_base"], p["fid_base_std"])],
+        "Clockwork FID": [pm(a, b) for a, b in zip(p["fid_cw"], p["fid_cw_std"])],
+        "ΔFID": [f"{c - b:+.2f}" for b, c in zip(p["fid_base"], p["fid_cw"])],
+        "baseline CLIP": [fmt(v, 4) for v in p["clip_base"]], "Clockwork CLIP": [fmt(v, 4) for v in p["clip_cw"]]})
+    return Table(df, caption="Table 4: samplers, baseline -> Clockwork (lower FID is better).",
+                 source="metrics/ablate.json (ablation=sampler)", label="tab:samplers")
+
+
+def training_points(ab: pd.DataFrame | None, ev: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Fig. 7: FID per (training method, steps); baselines per step count from ablate or evaluate.json."""
+    rows = _rows(ab, "training")
+    if rows.empty:
+        return rows
+    pts = rows[~rows["is_baseline"]][["training", "steps", "fid", "fid_std", "clip", "gflops"]].copy()
+    base = rows[rows["is_baseline"]][["steps", "fid", "fid_std", "clip", "gflops"]]
+    if base.empty:
+        extra = [_rows(ab, "steps"), None if ev is None else ev.assign(is_baseline=ev["kind"] == "baseline")]
+        base = pd.concat([e[e["is_baseline"]][["steps", "fid", "fid_std", "clip", "gflops"]] for e in extra
+                          if e is not None and len(e)], ignore_index=True)
+        base = base[base["steps"].isin(pts["steps"])]
+    if len(base):
+        pts = pd.concat([pts, base.drop_duplicates("steps").assign(training="baseline (no adaptor)")])
+    return pts.sort_values(["training", "steps"]).reset_index(drop=True)
+
+
+def training_table(pts: pd.DataFrame) -> Table:
+    wide = pts.assign(cell=[pm(a, b) for a, b in zip(pts["fid"], pts["fid_std"])]).pivot_table(
+        index="steps", columns="training", values="cell", aggfunc="first").reset_index()
+    wide["steps"] = wide["steps"].astype(int)
+    wide.columns.name = None
+    return Table(wide.fillna("-").rename(columns={c: f"FID, {c}" for c in wide.columns if c != "steps"}),
+                 caption="Fig. 7: adaptor distilled on unrolled trajectories vs on forward-noised images, FID by step count.",
+                 source="metrics/ablate.json (ablation=training)", label="tab:training")
+
+
+def distill_table(summary: dict) -> Table:
+    keys = [k for k in ("steps", "final_loss", "heldout_mse", "adaptor_params") if k in summary]
+    keys += [k for k, v in summary.items() if k not in keys and isinstance(v, (int, float, str)) and not k.startswith("_")]
+    val = {"adaptor_params": params}
+    df = pd.DataFrame({"quantity": keys, "value": [
+        val[k](summary[k]) if k in val else (sig(summary[k], 4) if isinstance(summary[k], float) else str(summary[k]))
+        for k in keys]})
+    return Table(df, caption="Adaptor distillation summary.", source="metrics/distill.json", label="tab:distill")
+
+
+# ------------------------------------------------------------------------------------------------- sweeps
+
+RECOMMEND_REL_TOL = 0.05  # within 5% of the baseline's FID
+
+
+def recommend(trials: pd.DataFrame, baseline_fid: float | None) -> tuple[str | None, str]:
+    """The recommended trial: one the sweep recorded (``recommended`` column / MLflow parent tag), else the
+    cheapest trial on the FID-FLOPs front whose FID is within 5% of the baseline (or of the best trial)."""
+    if "recommended" in trials and trials["recommended"].any():
+        return str(trials[trials["recommended"]]["trial_id"].iloc[0]), "recorded by the sweep"
+    if "recommended_trial_id" in trials and trials["recommended_trial_id"].notna().any():
+        return str(trials["recommended_trial_id"].dropna().iloc[0]), "recorded by the sweep (MLflow)"
+    done = completed(trials)
+    if done.empty:
+        return None, "no completed trial"
+    ref = baseline_fid if baseline_fid is not None and not is_missing(baseline_fid) else done["fid"].min()
+    front = done[pareto_mask(done["gflops"], done["fid"])]
+    ok = front[front["fid"] <= ref * (1 + RECOMMEND_REL_TOL)]
+    what = "baseline" if ref is baseline_fid else "best trial"
+    if ok.empty:
+        return str(front.sort_values("fid")["trial_id"].iloc[0]), f"lowest FID (none within 5% of the {what})"
+    return str(ok.sort_values("gflops")["trial_id"].iloc[0]), f"cheapest with FID within 5% of the {what}"
+
+
+def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline: pd.Series | None) -> Table:
+    done = completed(trials)
+    done = done.assign(front_fid=pareto_mask(done["gflops"], done["fid"]),
+                       front_clip=pareto_mask(done["gflops"], done["clip"], higher_is_better=True)
+                       if "clip" in done else False)
+    front = done[done["front_fid"] | done["front_clip"]].sort_values("gflops")
+    cfg_cols = [c for c in ("clock", "cut", "width", "adaptor", "steps") if c in front]
+    df = pd.DataFrame({"trial": front["trial_id"].astype(str),
+                       **{c: [str(v) if not is_missing(v) else "-" for v in front[c]] for c in cfg_cols},
+                       "FID ↓": [pm(a, b) for a, b in zip(front["fid"], front.get("fid_std", [None] * len(front)))],
+                       "CLIP ↑": [fmt(v, 4) for v in front.get("clip", [None] * len(front))],
+                       "GFLOPs/image": [sig(g) for g in front["gflops"]],
+                       "FLOPs vs baseline": [f"{g / baseline['gflops']:.3f}×" if baseline is not None else "-"
+                                             for g in front["gflops"]],
+                       "front": ["FID+CLIP" if a and b else ("FID" if a else "CLIP")
+                                 for a, b in zip(front["front_fid"], front["front_clip"])],
+                       "recommended": ["★" if str(t) == str(rec) else "" for t in front["trial_id"]]})
+    return Table(df, caption=f"Sweep '{name}': trials on the FID-FLOPs or CLIP-FLOPs Pareto front "
+                             f"({len(done)} completed of {len(trials)}).",
+                 source=f"sweeps/{name}/results.csv or its MLflow runs", label=f"tab:sweep-{name}")
+
+
+def mlflow_crosscheck(csvs: dict[str, pd.DataFrame], ml: pd.DataFrame | None) -> Table | None:
+    """Does the MLflow window show the same trials and numbers as the sweeps' results.csv?"""
+    if ml is None or not len(ml):
+        return None
+    names = sorted(set(csvs) | set(ml["sweep"].dropna().astype(str)))
+    rows = []
+    for name in names:
+        c = csvs.get(name)
+        m = ml[ml["sweep"].astype(str) == name]
+        both = (c.merge(m, on="trial_id", suffixes=("_csv", "_mlflow")) if c is not None and len(m) else pd.DataFrame())
+        diffs = {k: (both[f"{k}_csv"] - both[f"{k}_mlflow"]).abs().max() if f"{k}_csv" in both and f"{k}_mlflow" in both
+                 else math.nan for k in ("fid", "gflops")}
+        rows.append({"sweep": name, "trials in results.csv": "-" if c is None else str(len(c)),
+                     "child runs in MLflow": str(len(m)), "matched by trial_id": str(len(both)),
+                     "max |ΔFID|": sig(diffs["fid"]) if not is_missing(diffs["fid"]) else "-",
+                     "max |ΔGFLOPs|": sig(diffs["gflops"]) if not is_missing(diffs["gflops"]) else "-"})
+    return Table(pd.DataFrame(rows), caption="Sweep results.csv vs its MLflow runs (the DAG reads the CSV; "
+                 "MLflow is the window).", source="sweeps/*/results.csv, MLflow search_runs", label="tab:mlflow")
+
+
+def sweep_baseline(ev: pd.DataFrame, trials: pd.DataFrame) -> pd.Series | None:
+    """evaluate.json's baseline at the sweep's step count (its most common one)."""
+    b = ev[ev["kind"] == "baseline"]
+    if "steps" in trials and trials["steps"].notna().any():
+        at = b[b["steps"] == trials["steps"].mode().iloc[0]]
+        b = at if len(at) else b[b["method"] == "baseline"]
+    return b.iloc[0] if len(b) else None
