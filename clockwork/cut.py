@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import apply_freeu
 from torch import nn
 
 
@@ -34,10 +35,28 @@ class StepInputs:
     cross_attention_kwargs: dict[str, Any] | None
     forward_upsample_size: bool
     text: torch.Tensor  # pooled prompt embedding for adaptors
+    sample: torch.Tensor  # the UNet input after center_input_sample (what conv_in sees)
 
 
 def _num_res_outputs(block: nn.Module) -> int:
     return len(block.resnets) + (1 if getattr(block, "downsamplers", None) else 0)
+
+
+def _controlnet_residuals(down, mid):
+    """ControlNet residuals as diffusers' forward reads them: both or none.
+
+    diffusers treats ``down_block_additional_residuals`` without ``mid_block_additional_residual`` as the
+    deprecated T2I-Adapter form (added *inside* the down blocks), which Clockwork does not support, and
+    ignores a mid residual given without down residuals.
+    """
+    if down is not None and mid is None:
+        raise ValueError(
+            "down_block_additional_residuals without mid_block_additional_residual is diffusers' deprecated "
+            "T2I-Adapter form, which Clockwork does not support; pass ControlNet residuals (both down and mid)"
+        )
+    if down is None:
+        return None, None
+    return down, mid
 
 
 def valid_cuts(unet: nn.Module) -> list[int]:
@@ -156,7 +175,8 @@ class UNetCut:
             text = encoder_hidden_states.mean(dim=1)
         if cross_attention_kwargs is not None and cross_attention_kwargs.get("gligen") is not None:
             raise ValueError("GLIGEN cross_attention_kwargs are not supported by Clockwork")
-        return StepInputs(emb, ehs, attention_mask, encoder_attention_mask, cross_attention_kwargs, forward_upsample_size, text)
+        return StepInputs(emb, ehs, attention_mask, encoder_attention_mask, cross_attention_kwargs, forward_upsample_size,
+                          text, sample)
 
     def _down(self, i: int, h: torch.Tensor, s: StepInputs):
         block = self.unet.down_blocks[i]
@@ -169,12 +189,14 @@ class UNetCut:
     def _up_body(self, i: int, h: torch.Tensor, res: tuple, s: StepInputs) -> torch.Tensor:
         """up_blocks[i] without its upsampler (same op order as diffusers' forward)."""
         block = self.unet.up_blocks[i]
-        if getattr(block, "s1", None):
-            raise ValueError("FreeU is enabled on this UNet; disable it (unet.disable_freeu()) to use Clockwork")
+        freeu = all(getattr(block, k, None) for k in ("s1", "s2", "b1", "b2"))
         attentions = getattr(block, "attentions", None)
         for j, resnet in enumerate(block.resnets):
-            h = torch.cat([h, res[-1]], dim=1)
+            skip = res[-1]
             res = res[:-1]
+            if freeu:  # as diffusers' up blocks do (FreeU acts on the first two stages only)
+                h, skip = apply_freeu(block.resolution_idx, h, skip, s1=block.s1, s2=block.s2, b1=block.b1, b2=block.b2)
+            h = torch.cat([h, skip], dim=1)
             h = resnet(h, s.emb)
             if attentions is not None:
                 h = attentions[j](h, encoder_hidden_states=s.encoder_hidden_states,
@@ -191,9 +213,9 @@ class UNetCut:
                          encoder_attention_mask=s.encoder_attention_mask)
         return block(hidden_states=h, temb=s.emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
 
-    def _encode(self, sample: torch.Tensor, s: StepInputs, down_residuals=None):
+    def _encode(self, s: StepInputs, down_residuals=None):
         """conv_in + kept down blocks -> (r_in, skips of the kept part)."""
-        h = self.unet.conv_in(sample)
+        h = self.unet.conv_in(s.sample)
         skips = (h,)
         for i in self.kept_down:
             h, res = self._down(i, h, s)
@@ -232,9 +254,11 @@ class UNetCut:
         ``upsampled=True`` returns r_out after the boundary upsampler instead (what the identity
         adaptor reuses: upsampling an unchanged r_out again would recompute the same tensor).
         """
+        down_block_additional_residuals, mid_block_additional_residual = _controlnet_residuals(
+            down_block_additional_residuals, mid_block_additional_residual)
         s = self.prepare(sample, timestep, encoder_hidden_states, **kwargs)
         u = self.unet
-        h = u.conv_in(sample)
+        h = u.conv_in(s.sample)
         skips = (h,)
         r_in = None
         for i in range(self.n):
@@ -272,8 +296,10 @@ class UNetCut:
 
         ``upsampled=True`` means r_out_prev was taken after the upsampler (identity adaptor only).
         """
+        down_block_additional_residuals, _ = _controlnet_residuals(down_block_additional_residuals,
+                                                                   mid_block_additional_residual)
         s = self.prepare(sample, timestep, encoder_hidden_states, **kwargs)
-        r_in, skips = self._encode(sample, s, down_block_additional_residuals)
+        r_in, skips = self._encode(s, down_block_additional_residuals)
         r_out = adaptor(r_in=r_in, r_out_prev=r_out_prev, temb=s.emb, text=s.text)
         kept = skips[: len(skips) - self.shared_skips]
         return self._decode(r_out, kept, s, upsampled=upsampled), r_in, r_out

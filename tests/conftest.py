@@ -13,13 +13,16 @@ import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny tensors: one thread is fastest, and several OpenMP threads spin against each other (100x slower)
+# when other processes share the 2 cores. Also inherited by the subprocesses the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
 
 from clockwork.embedded.teacher import TEACHER_CONFIG
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)
 
 # SD 1.x: 4 levels, CrossAttnDown x3 + Down, layers_per_block 2, int attention_head_dim.
 SD15_TINY = dict(
