@@ -56,15 +56,22 @@ class Clock:
                                  f"{num_steps - 1}), unless the adaptor does not use r_out_prev")
 
 
+def _is_pndm(scheduler) -> bool:
+    return hasattr(scheduler, "counter") and hasattr(scheduler, "ets")
+
+
 def scheduler_loop_index(scheduler, timestep=None) -> int:
     """Index of the current iteration of the denoising loop, read from the scheduler's state."""
-    if hasattr(scheduler, "counter") and hasattr(scheduler, "ets"):  # PNDM counts its own steps
+    if _is_pndm(scheduler):  # PNDM counts its own steps
         return int(scheduler.counter)
     idx = getattr(scheduler, "step_index", None)
     if idx is not None:
         return int(idx)
-    if hasattr(scheduler, "_step_index"):  # schedulers with step_index start at None before the first step
-        return 0
+    if hasattr(scheduler, "_step_index"):
+        # Schedulers with step_index start at None before the first step; their first step() then starts
+        # at begin_index (set by img2img-style pipelines that skip the first steps), else at 0.
+        begin = getattr(scheduler, "begin_index", None)
+        return int(begin) if begin is not None else 0
     # Schedulers without step state (DDIM, DDPM, LCM...): find the timestep in the schedule.
     ts = scheduler.timesteps
     t = timestep.flatten()[0] if hasattr(timestep, "flatten") else timestep
@@ -76,8 +83,12 @@ def scheduler_loop_index(scheduler, timestep=None) -> int:
 
 def loop_to_step(scheduler, i: int) -> int:
     """Map a denoising-loop iteration to its 0-based sampler step (see :func:`sampler_step`)."""
-    if hasattr(scheduler, "counter") and hasattr(scheduler, "ets"):
-        return max(i - 1, 0)
+    if _is_pndm(scheduler):
+        prk = getattr(scheduler, "prk_timesteps", None)
+        n_prk = 0 if scheduler.config.get("skip_prk_steps", True) or prk is None else len(prk)
+        if n_prk:  # Runge-Kutta warm-up: 4 evaluations per step, then one per PLMS step
+            return i // 4 if i < n_prk else i - n_prk + n_prk // 4
+        return max(i - 1, 0)  # PLMS: counters 0 and 1 both belong to the first step
     if getattr(scheduler, "order", 1) == 2 and hasattr(scheduler, "state_in_first_order"):
         return i // 2
     return i
@@ -95,7 +106,8 @@ def sampler_step(scheduler, timestep=None) -> int:
 
     First-order and multistep samplers evaluate once per step. Heun / KDPM2 (``order == 2``) evaluate
     twice: loop iterations 2k and 2k+1 belong to step k. PNDM (PLMS) evaluates twice in its first
-    step (counters 0 and 1), then once per step.
+    step (counters 0 and 1), then once per step; with Runge-Kutta warm-up (``skip_prk_steps=False``)
+    its first three steps take four evaluations each.
     """
     return loop_to_step(scheduler, scheduler_loop_index(scheduler, timestep))
 
