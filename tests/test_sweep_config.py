@@ -1,0 +1,172 @@
+"""The `sweep:` section: parsing, the points a grid makes, and clear errors for every kind of mistake."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sweep = importlib.import_module("pipeline.sweep")
+
+SPACE = {"clock": [2, 3, 4], "width": [64, 128], "cut": [1, 2]}
+
+
+def parse(section):
+    return sweep.parse_sweep({"sweep": section})
+
+
+def problems(section):
+    with pytest.raises(sweep.SweepConfigError) as e:
+        parse(section)
+    return dict(e.value.problems), str(e.value)
+
+
+def test_defaults_and_grid_points():
+    sp = parse({"space": SPACE})
+    assert sp.search.algorithm == "grid" and sp.scheduler.name == "fifo" and sp.baseline == "trial"
+    assert sp.trial == "pipeline.common:train_and_evaluate" and sp.resources.gpus_per_trial == 1.0
+    pts = sweep.grid_points(sp)
+    assert len(pts) == 12 and pts[0] == {"clock": 2, "width": 64, "cut": 1}
+    assert {sweep.run_name(p) for p in pts} >= {"c2-w64-k1", "c4-w128-k2"}
+
+
+def test_identity_adaptor_ignores_width():
+    sp = parse({"space": {**SPACE, "adaptor": ["resnet", "identity"], "steps": [8]}})
+    pts = sweep.grid_points(sp)
+    # 3 clocks x 2 cuts x (2 resnet widths + 1 identity) - the identity has no width to sweep.
+    assert len(pts) == 18
+    assert {"clock": 2, "cut": 1, "steps": 8, "adaptor": "identity"} in pts
+    assert sweep.run_name(pts[0]) == "c2-resnet-w64-k1-s8"
+
+
+BASE = {"world": {"kind": "embedded"}, "cut": 1, "clock": {"period": 2, "adaptor_steps": [1, 3]},
+        "sampling": {"sampler": "dpm++", "steps": 8}, "distill": {"steps": 1500, "lr": 1e-3},
+        "adaptor": {"kind": "resnet", "width": 128, "depth": 2, "inputs": ["r_in", "r_out_prev"]},
+        "teacher": {"lr": 4e-4}, "sweep": {"space": SPACE}}
+
+
+def test_shorthands_and_baselines():
+    sp = parse({"space": {**SPACE, "steps": [4, 8]}, "search": "random", "scheduler": "asha"})
+    assert sp.search.algorithm == "random" and sp.scheduler.name == "asha"
+    assert sweep.baseline_points(sp, BASE) == [{"clock": 1, "steps": 4, "adaptor": "none"},
+                                               {"clock": 1, "steps": 8, "adaptor": "none"}]
+    assert sweep.baseline_points(parse({"space": SPACE}), BASE) == [{"clock": 1, "steps": 8, "adaptor": "none"}]
+    assert sweep.baseline_points(parse({"space": SPACE, "baseline": "none"}), BASE) == []
+
+
+def test_points_take_defaults_from_the_params_file():
+    sp = parse({"space": SPACE})
+    pts = sweep.grid_points(sp, BASE)
+    assert pts[0] == {"clock": 2, "width": 64, "cut": 1, "steps": 8, "adaptor": "resnet"}
+
+
+def test_trial_params_are_what_train_and_evaluate_takes():
+    sp = parse({"space": SPACE, "overrides": {"distill_steps": 300, "n_samples": 100}})
+    point = {"clock": 3, "width": 64, "cut": 2, "steps": 8, "adaptor": "resnet"}
+    p = sweep.trial_params(BASE, sp, point, "/repo/params.yaml")
+    assert p == {**point, "distill_steps": 300, "n_samples": 100, "params_file": "/repo/params.yaml"}
+    # MLflow sees the trial in params.yaml's dotted names, on top of the file's other settings.
+    flat = sweep.mlflow_params(BASE, p)
+    assert flat["clock.period"] == 3 and flat["adaptor.width"] == 64 and flat["cut"] == 2
+    assert flat["distill.steps"] == 300 and flat["evaluate.n_samples"] == 100 and flat["distill.lr"] == 1e-3
+    assert flat["clock.adaptor_steps"] is None and "teacher.lr" not in flat
+    base_flat = sweep.mlflow_params(BASE, sweep.trial_params(BASE, sp, {"clock": 1, "steps": 8, "adaptor": "none"}))
+    assert base_flat["adaptor.kind"] == "none" and "adaptor.width" not in base_flat and "cut" not in base_flat
+    nested = sweep.nested_params(BASE, {"clock": 1, "adaptor": "none"})
+    assert nested["adaptor"]["inputs"] == ["r_out_prev"] and nested["adaptor"]["kind"] == "identity"
+    assert "sweep" not in nested and BASE["adaptor"]["kind"] == "resnet"
+    # The cache key changes with the params file's other settings, so a stale result is never reused.
+    k1 = sweep.point_key("m:f", p, BASE, point)
+    k2 = sweep.point_key("m:f", p, {**BASE, "distill": {"steps": 1500, "lr": 1e-4}}, point)
+    assert k1 != k2 and k1.startswith("c3-resnet-w64-k2-s8-")
+
+
+def test_random_space_distributions():
+    pytest.importorskip("ray")
+    sp = parse({"space": {"clock": {"randint": [2, 6]}, "width": {"choice": [32, 64]}, "cut": [1]},
+                "search": {"algorithm": "random", "num_samples": 5}})
+    space = sweep.param_space(sp, [])
+    assert set(space) == {"clock", "width", "cut"}
+    assert type(space["clock"]).__name__ == "Integer" and space["width"].categories == [32, 64]
+
+
+@pytest.mark.parametrize("section, key, text", [
+    ({"space": {"clock": [2], "width": [64]}}, "sweep.space.cut", "Field required"),
+    ({"space": {**SPACE, "clock": [1, 2]}}, "sweep.space.clock", "clock 1 is the baseline"),
+    ({"space": {**SPACE, "clock": []}}, "sweep.space.clock", "empty list"),
+    ({"space": {**SPACE, "width": [64, 64]}}, "sweep.space.width", "duplicate"),
+    ({"space": {**SPACE, "cut": [0, 1]}}, "sweep.space.cut", "cuts are integers >= 1"),
+    ({"space": {**SPACE, "steps": [1]}}, "sweep.space.steps", ">= 2"),
+    ({"space": {**SPACE, "adaptor": ["resnet", "transformer"]}}, "sweep.space.adaptor", "unknown adaptor kind"),
+    ({"space": {**SPACE, "width": {"randint": [64]}}, "search": "random"}, "sweep.space.width", "randint takes"),
+    ({"space": {**SPACE, "width": {"normal": [0, 1]}}, "search": "random"}, "sweep.space.width", "unknown distribution"),
+    ({"space": {**SPACE, "width": {"randint": [64, 32]}}, "search": "random"}, "sweep.space.width", "below high"),
+    ({"space": {**SPACE, "width": "64"}}, "sweep.space.width", "64"),
+    ({"space": {**SPACE, "lr": [1e-4]}}, "sweep.space.lr", "unknown key"),
+    ({"space": SPACE, "serach": "random"}, "sweep.serach", "unknown key"),
+    ({"space": {**SPACE, "width": {"randint": [32, 128]}}}, "sweep", "a grid needs lists"),
+    ({"space": SPACE, "search": {"num_samples": 4}}, "sweep", "a grid runs every point once"),
+    ({"space": SPACE, "search": "simulated-annealing"}, "sweep.search.algorithm", "unknown search algorithm"),
+    ({"space": SPACE, "search": {"algorithm": "random", "metric": ["fid", "gflops"], "mode": "min"}}, "sweep.search",
+     "2 entries"),
+    ({"space": SPACE, "scheduler": "pbt"}, "sweep.scheduler.name", "checkpoint"),
+    ({"space": SPACE, "resources": {"gpus_per_trial": 1.5}}, "sweep.resources.gpus_per_trial", "whole number"),
+    ({"space": SPACE, "resources": {"cpus_per_trial": 0}}, "sweep.resources.cpus_per_trial", "greater than 0"),
+    ({"space": SPACE, "fid_tolerance": -1.0}, "sweep.fid_tolerance", "greater than or equal to 0"),
+    ({"space": SPACE, "overrides": {"width": 32}}, "sweep", "which the space sweeps"),
+    ({"space": SPACE, "overrides": {"distill.steps": 32}}, "sweep", "not parameters of pipeline.common"),
+    ({"space": SPACE, "trial": "pipeline/common.py"}, "sweep.trial", "module:function"),
+    ({"space": SPACE, "baseline": "evaluate"}, "sweep", "baseline must be"),
+    ({"space": SPACE, "name": "my sweep"}, "sweep.name", "pattern"),
+])
+def test_errors_name_the_key(section, key, text):
+    found, message = problems(section)
+    assert key in found, message
+    assert text in found[key], message
+    assert message.startswith(f"params.yaml: {key}: ") or f"\nparams.yaml: {key}: " in message
+
+
+def test_missing_or_malformed_section(tmp_path):
+    with pytest.raises(sweep.SweepConfigError, match="add a `sweep:` section"):
+        sweep.parse_sweep({"cut": 1})
+    with pytest.raises(sweep.SweepConfigError, match="must be a mapping"):
+        sweep.parse_sweep({"sweep": [1, 2]})
+    bad = tmp_path / "p.yaml"
+    bad.write_text("sweep: [unclosed\n")
+    with pytest.raises(sweep.SweepConfigError, match="not valid YAML"):
+        sweep.read_config(bad)
+
+
+def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"sweep": {"space": {**SPACE, "clock": [0]}}}))
+    assert sweep.main(["--config", str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "p.yaml: sweep.space.clock: clock periods are integers >= 2" in err
+
+
+def test_dry_run_lists_trials(tmp_path, capsys):
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(yaml.safe_dump({"sweep": {"space": SPACE, "trial": "tests/test_sweep_trial.py:quick_trial"}}))
+    assert sweep.main(["--config", str(cfg), "--dry-run", "--sweeps-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "12 trials + 1 baseline(s)" in out and "c4-w128-k2" in out and "baseline" in out
+
+
+def test_full_params_yaml_points_are_checked_by_the_pipeline_validator(tmp_path):
+    """With a full params.yaml, every trial's params go through pipeline/config.py: a cut the teacher
+    cannot take is refused, with the trial named, before anything runs."""
+    if not (ROOT / "params.yaml").is_file():
+        pytest.skip("params.yaml is not there yet")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sweep"] = {"space": {"clock": [2], "width": [32], "cut": [2, 9]}, "baseline": "none"}
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    with pytest.raises(sweep.SweepConfigError) as e:
+        sweep.run_sweep(cfg, dry_run=True, sweeps_dir=tmp_path)
+    keys = [k for k, _ in e.value.problems]
+    assert keys == ["trial c2-resnet-w32-k9-s8: cut"], e.value
+    assert "valid cuts" in str(e.value)
