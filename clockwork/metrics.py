@@ -91,6 +91,7 @@ class FIDInception(nn.Module):
         super().__init__()
         self.net = torch.jit.load(str(weights or fid_helper_weights()), map_location="cpu").eval()
         self.name = "tf-fid-inception-2015-12-05"
+        self.train(False)
 
     def train(self, mode: bool = True) -> "FIDInception":
         # The TorchScript module loads in training mode; it must stay a fixed (eval) feature extractor.

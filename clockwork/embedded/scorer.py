@@ -24,7 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from clockwork.embedded.data import IMAGE_SIZE, NUM_CONTENTS, CaptionedFashion, content_text
+from clockwork.embedded.data import COLOURS, IMAGE_SIZE, NUM_CONTENTS, SIZES, CaptionedFashion, content_text
 from clockwork.embedded.text import HIDDEN, EmbeddingTable
 
 # The committed scorer lives inside the package, next to the teacher.
@@ -94,7 +94,9 @@ def load_scorer(path: str | os.PathLike | None = None, dtype=torch.float32, devi
             "the repository ships one under clockwork/assets/scorer, or train one with "
             "`python -m clockwork.embedded.scorer`"
         )
-    return ContrastiveScorer.from_pretrained(path, torch_dtype=dtype).to(device).eval()
+    # low_cpu_mem_usage=False: the model is tiny, and it avoids a warning when `accelerate` is absent.
+    model = ContrastiveScorer.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False)
+    return model.to(device).eval()
 
 
 @dataclass
@@ -115,7 +117,7 @@ def _soft_targets(content: torch.Tensor) -> torch.Tensor:
 def train_scorer(
     train: CaptionedFashion,
     table: EmbeddingTable,
-    steps: int = 1500,
+    steps: int = 1200,
     batch: int = 256,
     lr: float = 2e-3,
     seed: int = 0,
@@ -148,11 +150,12 @@ def train_scorer(
     bar = tqdm(range(steps), desc="scorer", disable=not progress)
     for _ in bar:
         idx = torch.randint(0, len(train), (batch,), generator=gen)
+        flip = (torch.rand(batch, generator=gen) < 0.5).to(device)
         images = train.images(idx).to(device)
-        flip = torch.rand(batch, generator=gen) < 0.5
-        images[flip.to(device)] = images[flip.to(device)].flip(-1)
-        logits = model.logits(images, pooled_all[text_idx[idx.to(device)]])
-        target = _soft_targets(content[idx.to(device)])
+        images[flip] = images[flip].flip(-1)
+        idx = idx.to(device)
+        logits = model.logits(images, pooled_all[text_idx[idx]])
+        target = _soft_targets(content[idx])
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -191,8 +194,6 @@ def evaluate_scorer(
         out[f"top1_template{template}"] = (pred == data.content).float().mean().item()
         if template == 0:
             # content = (label * colours + colour) * sizes + size, see data.Caption.content.
-            from clockwork.embedded.data import COLOURS, SIZES
-
             n_c, n_s = len(COLOURS), len(SIZES)
             out["top1_class"] = (pred // (n_c * n_s) == data.labels).float().mean().item()
             out["top1_colour"] = ((pred // n_s) % n_c == data.colour).float().mean().item()
@@ -209,10 +210,11 @@ def save_scorer(model: ContrastiveScorer, out_dir: str | os.PathLike, metrics: d
     """Save fp16 weights (safetensors) + config.json, and ``metrics.json`` when given."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Saving a half copy keeps the caller's model in its dtype; fp16 halves the committed size.
-    half = ContrastiveScorer.from_config(model.config)
+    # Save a half copy (keeps the caller's model in its dtype; fp16 halves the committed size), rebuilt
+    # from the public config so private keys such as a load path (_name_or_path) do not leak into it.
+    half = ContrastiveScorer(**{k: v for k, v in model.config.items() if not k.startswith("_")})
     half.load_state_dict(model.state_dict())
-    half.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    half.half().save_pretrained(out_dir, safe_serialization=True)
     if metrics is not None:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return sorted(out_dir.iterdir())
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DEFAULT_SCORER_DIR))
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
