@@ -52,44 +52,56 @@ def evaluate(rng) -> dict:
 
 
 def ablate(rng) -> dict:
+    """metrics/ablate.json with pipeline/ablate.py's variant names and conventions (baselines: adaptor "none",
+    clock 1, no inputs; schedules as 0-based adaptor step lists)."""
     rows = []
 
     def add(ablation, variant, fid, *, adaptor="resnet", clock=2, cut=1, inputs=("r_in", "r_out_prev", "time"),
             training="unrolled", sampler="dpm++", steps=8, params=410_000, extra=0.03):
-        g = _gflops(steps, clock if isinstance(clock, int) else None, extra) if adaptor else _gflops(steps, None)
-        if isinstance(clock, list):
+        if adaptor == "none":
+            g, clock, cut, inputs, training, params = _gflops(steps, None), 1, None, (), "none", 0
+        elif isinstance(clock, list):
             g = (steps - len(clock)) * FULL_STEP_GFLOPS + len(clock) * FULL_STEP_GFLOPS * ADAPTOR_STEP_SHARE
-        rows.append(dict(ablation=ablation, variant=variant, sampler=sampler, steps=steps, clock=clock if adaptor else None,
-                         cut=cut if adaptor else None, adaptor=adaptor, inputs=list(inputs) if adaptor else None,
-                         training=training if adaptor else None, adaptor_params=params if adaptor else 0,
+        else:
+            g = _gflops(steps, clock, extra)
+        rows.append(dict(ablation=ablation, variant=variant, sampler=sampler, steps=steps, clock=clock, cut=cut,
+                         adaptor=adaptor, inputs=list(inputs), training=training, adaptor_params=params,
                          **_metrics(rng, fid + float(rng.normal(0, 0.05)), g, 3.0 * steps)))
 
-    add("adaptor_type", "identity", 20.4, adaptor="identity", inputs=("r_out_prev",), params=0, extra=0)
+    add("adaptor_type", "baseline", 20.0, adaptor="none")
+    add("adaptor_type", "identity", 20.4, adaptor="identity", inputs=("r_out_prev",), params=0, extra=0,
+        training="none")
     add("adaptor_type", "resnet", 19.7)
     add("adaptor_type", "unet-light", 20.1, adaptor="unet-light", params=90_000, extra=0.01)
-    for st, fid in (([1, 3, 5, 7], 19.7), ([4, 5, 6, 7], 23.0), ([2, 3, 4, 5], 26.0)):
-        add("schedule", "adaptor at {" + ",".join(str(s + 1) for s in st) + "}", fid, clock=st)
-    add("cut", "stage 1", 19.7, cut=1)
-    add("cut", "stage 2", 20.9, cut=2, extra=0.35)
+    add("adaptor_type", "resnet-wide", 19.6, params=3_600_000, extra=0.2)
+    for name, st, fid in (("alternating", 2, 19.7), ("late_half", [4, 5, 6, 7], 23.0),
+                          ("early_middle", [2, 3, 4, 5], 26.0)):
+        add("schedule", name, fid, clock=st)
+    add("cut", "cut1", 19.7, cut=1)
+    add("cut", "cut2", 20.9, cut=2, extra=0.35)
     for s, b, c in (("dpm++", 20.0, 19.7), ("dpm", 20.1, 19.8), ("pndm", 27.0, 25.9), ("ddim", 26.0, 28.9)):
-        add("sampler", f"{s} baseline", b, adaptor=None, sampler=s)
-        add("sampler", f"{s} clockwork", c, sampler=s)
-    add("inputs", "r_in only", 31.0, inputs=("r_in", "time"))
-    add("inputs", "r_out(t+1) only", 20.2, inputs=("r_out_prev", "time"))
-    add("inputs", "r_in + r_out(t+1)", 19.7)
-    add("inputs", "+ text", 19.75, inputs=("r_in", "r_out_prev", "time", "text"))
-    add("inputs", "every step, no r_out(t+1)", 80.0, inputs=("r_in", "time", "text"), clock=[1, 2, 3, 4, 5, 6, 7])
+        add("sampler", f"{s}/baseline", b, adaptor="none", sampler=s)
+        add("sampler", f"{s}/clockwork", c, sampler=s)
+    add("inputs", "r_in", 31.0, inputs=("r_in", "time"))
+    add("inputs", "r_out_prev", 20.2, inputs=("r_out_prev", "time"))
+    add("inputs", "both", 19.7)
+    add("inputs", "both+text", 19.75, inputs=("r_in", "r_out_prev", "time", "text"))
+    add("inputs", "every_step_without_r_out_prev", 80.0, inputs=("r_in", "time"), clock=list(range(8)))
     for steps, fu, ff in ((4, 23.8, 25.2), (6, 20.9, 21.0), (8, 19.7, 19.8), (16, 19.0, 19.05)):
-        add("training", f"unrolled {steps}", fu, steps=steps)
-        add("training", f"forward-noised {steps}", ff, steps=steps, training="forward_noised")
-    for steps, fid in ((4, 23.9), (6, 20.9), (16, 19.0)):
-        add("steps", f"clockwork {steps}", fid, steps=steps)
-    add("steps", "baseline 16", 19.2, adaptor=None, steps=16)
+        add("training", f"unrolled_{steps}steps", fu, steps=steps)
+        add("training", f"forward_noised_{steps}steps", ff, steps=steps, training="forward_noised")
+    for steps, fb, fc in ((4, 24.5, 23.9), (6, 21.2, 20.9), (8, 20.0, 19.7), (16, 19.2, 19.0)):
+        add("steps", f"{steps}steps/baseline", fb, adaptor="none", steps=steps)
+        add("steps", f"{steps}steps/clockwork", fc, steps=steps)
     return {"_synthetic": True, "rows": rows}
 
 
-def sweep(rng, n: int = 14) -> pd.DataFrame:
-    rows = []
+def sweep(rng, n: int = 14, fid_tolerance: float = 1.0) -> pd.DataFrame:
+    """results.csv as pipeline/sweep.py writes it: trials, one baseline trial (clock 1), one failed trial,
+    Pareto flags and the recommended operating point (cheapest within ``fid_tolerance`` FID of the baseline)."""
+    rows = [dict(trial_id="baseline-8", clock=1, width=None, cut=None, steps=8, adaptor="none", fid=20.0, fid_std=0.2,
+                 kid=0.008, clip=0.29, gflops=_gflops(8, None), gflops_ratio=1.0, latency_ms=3 * _gflops(8, None),
+                 adaptor_params=0, status="complete", baseline=True)]
     for i in range(n):
         clock, width, cut = int(rng.choice([2, 3, 4])), int(rng.choice([32, 64, 128])), int(rng.choice([1, 2]))
         g = _gflops(8, clock, width / 2000 + (0.3 if cut == 2 else 0))
@@ -97,33 +109,51 @@ def sweep(rng, n: int = 14) -> pd.DataFrame:
         rows.append(dict(trial_id=f"t{i:03d}", clock=clock, width=width, cut=cut, steps=8, adaptor="resnet",
                          fid=round(fid, 3), fid_std=0.2, kid=round(fid / 2500, 5), clip=round(0.3 - fid / 2000, 4),
                          gflops=round(g, 3), gflops_ratio=round(g / _gflops(8, None), 4), latency_ms=round(3 * g, 2),
-                         adaptor_params=width * 6000, status="ok"))
-    rows[-1].update(status="failed", fid=np.nan, kid=np.nan, clip=np.nan)
+                         adaptor_params=width * 6000, status="complete", baseline=False))
+    rows[-1].update(status="error", fid=np.nan, kid=np.nan, clip=np.nan)
     df = pd.DataFrame(rows)
     from analysis.tables import pareto_mask  # the sweep writes its own flags; reuse ours for the fixture
 
-    ok = df["status"] == "ok"
+    ok = df["status"] == "complete"
     for col, metric, hib, cost in (("pareto_fid_gflops", "fid", False, "gflops"),
                                    ("pareto_clip_gflops", "clip", True, "gflops"),
                                    ("pareto_fid_latency", "fid", False, "latency_ms")):
         df[col] = False
         df.loc[ok, col] = pareto_mask(df.loc[ok, cost], df.loc[ok, metric], hib)
+    within = df[ok & (df["fid"] <= 20.0 + fid_tolerance)].sort_values(["gflops", "fid"])
+    df["recommended"] = df["trial_id"] == within["trial_id"].iloc[0]
     return df
 
 
 def log_mlflow(root: Path, df: pd.DataFrame, name: str) -> str:
+    """The MLflow view pipeline/sweep.py leaves: experiment clockwork-sweep, a parent run per sweep
+    (``sweep.role=parent``), a child per trial with params.yaml's dotted names and ``sweep.*`` tags."""
     import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(f"clockwork-sweep-{name}")
-    with mlflow.start_run(run_name=name, tags={"sweep": name, "synthetic": "true"}):
-        for _, r in df.iterrows():
-            with mlflow.start_run(run_name=r["trial_id"], nested=True, tags={"trial_id": r["trial_id"]}):
-                mlflow.log_params({"clockwork.clock": r["clock"], "adaptor.width": r["width"], "cut": r["cut"],
-                                   "steps": r["steps"], "adaptor.kind": r["adaptor"], "status": r["status"]})
-                mlflow.log_metrics({k: float(r[k]) for k in ("fid", "fid_std", "kid", "clip", "gflops", "gflops_ratio",
-                                                             "latency_ms", "adaptor_params") if pd.notna(r[k])})
+    client = MlflowClient(uri)
+    exp = client.create_experiment("clockwork-sweep")
+    rec = df[df["recommended"]]["trial_id"].iloc[0]
+    parent = client.create_run(exp, run_name=name, tags={"sweep.name": name, "sweep.role": "parent",
+                                                         "sweep.recommended_trial": rec, "synthetic": "true"})
+    for _, r in df.iterrows():
+        run = client.create_run(exp, run_name=f"clock{r['clock']}-w{r['width']}-cut{r['cut']}", tags={
+            "mlflow.parentRunId": parent.info.run_id, "sweep.trial_id": r["trial_id"], "sweep.name": name,
+            "sweep.baseline": str(bool(r["baseline"])).lower(), "sweep.status": r["status"],
+            "sweep.recommended": str(bool(r["recommended"])).lower(),
+            "pareto.fid_gflops": str(bool(r["pareto_fid_gflops"])).lower()})
+        params = {"clock.period": r["clock"], "adaptor.kind": r["adaptor"], "sampling.steps": r["steps"]}
+        if not r["baseline"]:
+            params.update({"adaptor.width": int(r["width"]), "cut": int(r["cut"])})
+        metrics = [Metric(k, float(r[k]), 0, 0) for k in ("fid", "fid_std", "kid", "clip", "gflops", "gflops_ratio",
+                                                          "latency_ms", "adaptor_params") if pd.notna(r[k])]
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
+                         tags=[RunTag("synthetic", "true")])
+        client.set_terminated(run.info.run_id, "FAILED" if r["status"] == "error" else "FINISHED")
+    client.set_terminated(parent.info.run_id)
+    del mlflow
     return uri
 
 

@@ -223,8 +223,11 @@ def ablate_frame(rows: list[dict], where: str = "ablate rows") -> pd.DataFrame:
             row[k] = _num(r.get(k), f"{w}.{k}")
         row["adaptor"] = norm_adaptor(r.get("adaptor"))
         row["inputs"] = norm_inputs(r.get("inputs")) if row["adaptor"] else None
-        row["is_baseline"] = row["adaptor"] is None or str(r["variant"]).lower().startswith("baseline")
-        row["adaptor_steps"] = None if row["is_baseline"] else adaptor_steps(r.get("clock"), r.get("steps"))
+        # pipeline/ablate.py names baselines "baseline", "dpm++/baseline", "4steps/baseline" (adaptor "none", clock 1)
+        steps_ = adaptor_steps(r.get("clock"), r.get("steps")) if row["adaptor"] else None
+        row["is_baseline"] = (row["adaptor"] is None or steps_ == ()
+                              or bool(re.search(r"(^|[/_\s-])baseline($|[/_\s-])", str(r["variant"]).lower())))
+        row["adaptor_steps"] = None if row["is_baseline"] else steps_
         row["training"] = None if row["is_baseline"] or is_missing(r.get("training")) else str(r["training"]).lower()
         row["sampler"] = None if is_missing(r.get("sampler")) else str(r["sampler"]).lower()
         out.append(row)
@@ -259,75 +262,127 @@ def load_sweep_csv(path: str | os.PathLike) -> pd.DataFrame:
     for c in ("pareto_fid_gflops", "pareto_clip_gflops", "pareto_fid_latency", "recommended"):
         if c in df:
             df[c] = df[c].map(_bool)
+    if "operating_point" in df and "recommended" not in df:
+        df["recommended"] = df["operating_point"].map(_bool)
     df["sweep"] = path.parent.name
     df["trial_id"] = df["trial_id"].astype(str)
+    if "recommended" not in df or not df["recommended"].any():
+        summary = path.parent / "summary.json"  # pipeline/sweep.py: {"recommended": {"trial_id": ...}, ...}
+        rec = _read_json(summary).get("recommended") if summary.is_file() else None
+        if isinstance(rec, dict) and rec.get("trial_id") is not None:
+            df["recommended_trial_id"] = str(rec["trial_id"])
     return df
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials that finished with numbers (status ok/terminated/..., fid and gflops present)."""
+    """Trials that finished with numbers (fid and gflops present, status not a failure)."""
     ok = df["fid"].notna() & df["gflops"].notna()
     if "status" in df:
-        ok &= ~df["status"].astype(str).str.lower().isin({"failed", "error", "errored", "crashed", "killed", "pruned"})
+        ok &= ~df["status"].astype(str).str.lower().isin(
+            {"failed", "error", "errored", "crashed", "killed", "pruned", "not_run", "early_stopped"})
     return df[ok].copy()
 
 
+def is_sweep_baseline(df: pd.DataFrame) -> pd.Series:
+    """The sweep's own baseline trials (pipeline/sweep.py: ``baseline`` column, clock 1, adaptor none)."""
+    if "baseline" in df:
+        return df["baseline"].fillna(False).astype(bool)
+    if "adaptor" in df:
+        return df["adaptor"].map(norm_adaptor).isna()
+    return pd.Series(False, index=df.index)
+
+
 def mlflow_runs(uri: str) -> pd.DataFrame:
-    """All runs of all experiments at ``uri`` as one DataFrame (``mlflow.search_runs``)."""
+    """All runs of all experiments at ``uri`` as one DataFrame (``mlflow.search_runs``), with experiment names."""
     import mlflow  # slow to import; only when there is a store to read
 
     client_uri = mlflow.get_tracking_uri()
     try:
         mlflow.set_tracking_uri(uri)
-        return mlflow.search_runs(search_all_experiments=True, output_format="pandas")
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="pandas")
+        names = {e.experiment_id: e.name for e in mlflow.search_experiments()}
     finally:
         mlflow.set_tracking_uri(client_uri)
+    if len(runs):
+        runs["experiment_name"] = runs["experiment_id"].map(names)
+    return runs
 
+
+def _is_sweep_parent(run: pd.Series) -> bool:
+    """A sweep's parent run (pipeline/sweep.py tags it ``sweep.role=parent``; also: a ``*sweep*``
+    experiment, or a ``stage=sweep`` / ``sweep`` tag)."""
+    return (str(run.get("tags.sweep.role")) == "parent" or "sweep" in str(run.get("experiment_name") or "").lower()
+            or str(run.get("tags.stage")) == "sweep" or not is_missing(run.get("tags.sweep")))
+
+
+# MLflow names (pipeline/sweep.py: params.yaml's dotted names, ``sweep.*`` / ``pareto.*`` tags) -> results.csv columns
+MLFLOW_ALIASES = {
+    "trial_id": ("tags.sweep.trial_id", "tags.trial_id", "params.trial_id", "tags.mlflow.runName"),
+    "clock": ("params.clock.period", "params.clockwork.clock", "params.clock"),
+    "width": ("params.adaptor.width", "params.width"),
+    "cut": ("params.cut",),
+    "steps": ("params.sampling.steps", "params.steps"),
+    "adaptor": ("params.adaptor.kind", "params.adaptor"),
+    "status": ("tags.sweep.status", "params.status", "status"),
+    "baseline": ("tags.sweep.baseline",),
+    "recommended": ("tags.sweep.recommended",),
+    "pareto_fid_gflops": ("tags.pareto.fid_gflops",),
+    "pareto_clip_gflops": ("tags.pareto.clip_gflops",),
+    "pareto_fid_latency": ("tags.pareto.fid_latency",),
+}
 
 def sweep_trials_from_mlflow(runs: pd.DataFrame) -> pd.DataFrame:
     """Nested child runs of sweep parents -> one row per trial, columns named as in results.csv.
 
     ``metrics.fid`` -> ``fid``, ``params.adaptor.width`` -> ``adaptor.width`` (and ``width``); the sweep
-    name is the parent's ``sweep`` tag or run name; ``trial_id`` is the child's tag/param or run name."""
+    name is the parent's ``sweep`` tag or param, else its run name; ``trial_id`` is the child's
+    ``trial_id`` tag/param, else its run name. Children of other stages' runs (ablation rows) are ignored."""
     if runs.empty or "tags.mlflow.parentRunId" not in runs:
         return pd.DataFrame()
     parents = runs.set_index("run_id")
-    kids = runs[runs["tags.mlflow.parentRunId"].notna()].copy()
+    sweep_parents = {rid for rid, r in parents.iterrows() if _is_sweep_parent(r)}
+    kids = runs[runs["tags.mlflow.parentRunId"].isin(sweep_parents)]
     rows = []
     for _, r in kids.iterrows():
         pid = r["tags.mlflow.parentRunId"]
-        parent = parents.loc[pid] if pid in parents.index else None
-        row: dict[str, Any] = {"run_id": r["run_id"], "parent_run_id": pid}
-        if parent is not None:
-            row["sweep"] = _first(parent, "tags.sweep", "params.sweep", "tags.mlflow.runName")
-            row["recommended_trial_id"] = _first(parent, "tags.recommended_trial_id", "tags.recommended_trial",
-                                                 "params.recommended_trial_id")
-        for col, v in r.items():
-            for prefix in ("params.", "metrics.", "tags."):
-                if col.startswith(prefix) and not col.startswith("tags.mlflow."):
-                    key = col[len(prefix):]
-                    if prefix == "tags." and key in row:
-                        continue
-                    row[key] = v
-        row["trial_id"] = str(_first(r, "tags.trial_id", "params.trial_id", "metrics.trial_id",
-                                     "tags.mlflow.runName") or r["run_id"])
-        row["mlflow_status"] = r.get("status")
+        parent = parents.loc[pid]
+        row: dict[str, Any] = {
+            "run_id": r["run_id"], "parent_run_id": pid,
+            "sweep": str(_first(parent, "tags.sweep.name", "tags.sweep", "params.sweep", "tags.mlflow.runName") or pid),
+            "recommended_trial_id": _first(parent, "tags.sweep.recommended_trial", "tags.recommended_trial_id",
+                                           "params.recommended_trial_id")}
+        row.update({col[len("metrics."):]: v for col, v in r.items() if col.startswith("metrics.")})
+        for name, keys in MLFLOW_ALIASES.items():
+            row[name] = _first(r, *keys)
+        row["trial_id"] = str(row["trial_id"] or r["run_id"])
         rows.append(row)
     df = pd.DataFrame(rows)
+    if df.empty:
+        return df
     for c in df.columns:  # params come back as strings
-        if df[c].dtype == object and c not in {"trial_id", "sweep", "run_id", "parent_run_id", "status"}:
+        if not pd.api.types.is_numeric_dtype(df[c]) and c not in {"trial_id", "sweep", "run_id", "parent_run_id",
+                                                                   "status", "recommended_trial_id"}:
             conv = pd.to_numeric(df[c], errors="coerce")
             if conv.notna().sum() == df[c].notna().sum():
                 df[c] = conv
-    for dotted, plain in (("adaptor.width", "width"), ("clockwork.clock", "clock"), ("adaptor.kind", "adaptor")):
-        if dotted in df and plain not in df:
-            df[plain] = df[dotted]
-    if "status" not in df:
-        df["status"] = df["mlflow_status"]
-    for c in ("pareto_fid_gflops", "pareto_clip_gflops", "pareto_fid_latency", "recommended"):
+    for c in ("pareto_fid_gflops", "pareto_clip_gflops", "pareto_fid_latency", "recommended", "baseline"):
         if c in df:
             df[c] = df[c].map(_bool)
     return df
+
+
+def align_sweep_names(csvs: dict[str, pd.DataFrame], ml: pd.DataFrame) -> pd.DataFrame:
+    """Name each MLflow sweep after the results.csv that shares most of its trial ids (the parent run's
+    name need not be the sweep folder's)."""
+    ml = ml.copy()
+    for name, g in ml.groupby("sweep"):
+        if name in csvs:
+            continue
+        ids = set(g["trial_id"].astype(str))
+        best = max(csvs, key=lambda c: len(ids & set(csvs[c]["trial_id"])), default=None)
+        if best is not None and len(ids & set(csvs[best]["trial_id"])) >= len(ids) / 2:
+            ml.loc[g.index, "sweep"] = best
+    return ml
 
 
 def _first(row, *keys):
@@ -338,6 +393,14 @@ def _first(row, *keys):
 
 
 # ------------------------------------------------------------------------------------------------ Results
+
+@dataclass
+class SavedFigure:
+    png: Path
+
+    def _repr_png_(self) -> bytes:
+        return self.png.read_bytes()
+
 
 @dataclass
 class Results:
@@ -370,7 +433,7 @@ class Results:
 
     def _guard_synthetic(self) -> None:
         # Synthetic fixture numbers must never land in the committed reports/ folder.
-        if self.synthetic and self.reports == (REPO_ROOT / "reports").resolve():
+        if self.synthetic and self.reports.is_relative_to((REPO_ROOT / "reports").resolve()):
             raise ResultsError(f"{self.root} holds SYNTHETIC fixtures; refusing to write them into {self.reports}. "
                                "Set CLOCKWORK_REPORTS to a scratch folder.")
 
@@ -417,6 +480,7 @@ class Results:
         out = dict(csvs)
         if ml is None:
             return out
+        ml = align_sweep_names(csvs, ml)
         for name, g in ml.groupby(ml["sweep"].fillna("mlflow").astype(str)):
             if name in out:
                 rec = g["recommended_trial_id"].dropna() if "recommended_trial_id" in g else pd.Series(dtype=str)
@@ -448,13 +512,18 @@ class Results:
         self._path(name, "tex").write_text(table.to_latex())
         return table
 
-    def save_figure(self, fig, name: str) -> None:
-        """Write ``name.png`` and ``name.svg`` (metadata without dates so reruns give the same bytes)."""
+    def save_figure(self, fig, name: str) -> "SavedFigure":
+        """Write ``name.png`` and ``name.svg`` (metadata without dates so reruns give the same bytes), close the
+        figure, and return the PNG for a notebook to show (whatever the matplotlib backend)."""
         import matplotlib
+        import matplotlib.pyplot as plt
 
         matplotlib.rcParams["svg.hashsalt"] = "clockwork"
-        fig.savefig(self._path(name, "png"), dpi=150, bbox_inches="tight", metadata={"Software": None})
+        png = self._path(name, "png")
+        fig.savefig(png, dpi=150, bbox_inches="tight", metadata={"Software": None})
         fig.savefig(self._path(name, "svg"), bbox_inches="tight", metadata={"Date": None, "Creator": None})
+        plt.close(fig)
+        return SavedFigure(png)
 
     def summary(self) -> pd.DataFrame:
         """What this notebook wrote and skipped."""

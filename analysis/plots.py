@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.loader import completed, is_missing
+from analysis.loader import completed, is_missing, is_sweep_baseline
 from analysis.tables import flops_unit, pareto_mask
 
 matplotlib.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8,
@@ -102,10 +102,11 @@ def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, basel
     if "clip" in done and done["clip"].notna().any():
         panels.append(("clip", "CLIP score (higher is better)", True))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    color_by = "clock" if "clock" in done and done["clock"].nunique() > 1 else None
+    color_by = "clock" if "clock" in done and done[~is_sweep_baseline(done)]["clock"].nunique() > 1 else None
     for ax, (metric, ylabel, hib) in zip(axes[0], panels):
         d = done[done[metric].notna()]
-        groups = d.groupby(d[color_by].astype(str)) if color_by else [("trials", d)]
+        trials_only = d[~is_sweep_baseline(d)]
+        groups = trials_only.groupby(trials_only[color_by].astype(str)) if color_by else [("trials", trials_only)]
         for i, (key, g) in enumerate(groups):
             err = _err(g[f"{metric}_std"]) if f"{metric}_std" in g else None
             ax.errorbar(g["gflops"], g[metric], yerr=err, fmt="o", ms=5, alpha=0.75, capsize=2, color=f"C{i}",

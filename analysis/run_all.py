@@ -12,7 +12,9 @@ copies are written only where --save-executed points.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,25 +39,35 @@ def ensure_kernel() -> None:
         subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL], check=True)
 
 
-def execute(path: Path, timeout: int, save_to: Path | None = None) -> str | None:
-    """Run one notebook; returns the error text, or None on success."""
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+async def execute(path: Path, timeout: int, save_to: Path | None, slots: asyncio.Semaphore) -> tuple[str | None, float]:
+    """Run one notebook in its own kernel; returns (error text or None, seconds)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(HERE)}})
-    err = None
-    try:
-        client.execute()
-    except CellExecutionError as e:
-        err = str(e)
-    except Exception as e:  # kernel died, timeout, ...
-        err = f"{type(e).__name__}: {e}"
-    if save_to is not None:
-        save_to.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, save_to / path.name)
-    return err
+    async with slots:
+        t0 = time.time()
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(HERE)}})
+        err = None
+        try:
+            await client.async_execute()
+        except CellExecutionError as e:
+            err = ANSI.sub("", str(e))
+        except Exception as e:  # kernel died, timeout, ...
+            err = f"{type(e).__name__}: {e}"
+        if save_to is not None:
+            save_to.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, save_to / path.name)
+        return err, time.time() - t0
+
+
+async def execute_all(nbs: list[Path], jobs: int, timeout: int, save_to: Path | None):
+    slots = asyncio.Semaphore(jobs)  # notebooks are independent: each kernel is its own process
+    return await asyncio.gather(*(execute(nb, timeout, save_to, slots) for nb in nbs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", help="output folder (sets CLOCKWORK_REPORTS; default: env or reports/)")
     ap.add_argument("--only", nargs="+", help="run only notebooks whose name starts with / contains these")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per cell")
+    ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="notebooks run at once")
     ap.add_argument("--save-executed", type=Path, help="write executed notebooks (with outputs) here")
     args = ap.parse_args(argv)
 
@@ -83,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ensure_kernel()
     failed = []
-    for nb in nbs:
-        t0 = time.time()
-        err = execute(nb, args.timeout, args.save_executed)
-        status = "ok" if err is None else "FAILED"
-        print(f"{nb.name}: {status} in {time.time() - t0:.1f}s", flush=True)
+    results = asyncio.run(execute_all(nbs, max(1, args.jobs), args.timeout, args.save_executed))
+    for nb, (err, seconds) in zip(nbs, results):
+        print(f"{nb.name}: {'ok' if err is None else 'FAILED'} in {seconds:.1f}s", flush=True)
         if err is not None:
             failed.append(nb.name)
             print(f"--- {nb.name} ---\n{err}", file=sys.stderr, flush=True)

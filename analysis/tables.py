@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.loader import clock_label, completed, inputs_label, is_missing
+from analysis.loader import clock_label, completed, inputs_label, is_missing, is_sweep_baseline
 
 # ------------------------------------------------------------------------------------------ formatting
 
@@ -150,7 +150,7 @@ def main_steps(ev: pd.DataFrame, teacher: str) -> int:
 def method_label(r) -> str:
     if r["kind"] == "baseline":
         return "baseline (full UNet)"
-    parts = [f"Clockwork ({r['adaptor']} adaptor" if r["adaptor"] else "Clockwork ("]
+    parts = [f"Clockwork ({r['adaptor']} adaptor" if not is_missing(r["adaptor"]) else "Clockwork ("]
     if not is_missing(r.get("clock")):
         parts.append(", " + clock_label(r.get("clock"), r["steps"]))
     return "".join(parts) + ")"
@@ -276,7 +276,8 @@ def adaptor_type_table(ab, ev) -> Table | None:
     if rows.empty:
         return None
     extra = lambda r: {"adaptor": "", "params": ""} if r is None else {  # noqa: E731
-        "adaptor": r["adaptor"] or "-", "params": params(r.get("adaptor_params")) if r["adaptor"] else "-"}
+        "adaptor": "-" if r["is_baseline"] else r["adaptor"],
+        "params": "-" if r["is_baseline"] else params(r.get("adaptor_params"))}
     return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
                            "Table 3a: adaptor type (parameter count of the adaptor).", "tab:adaptor", "adaptor_type")
 
@@ -317,6 +318,8 @@ def inputs_table(ab, ev) -> Table | None:
 def sampler_pairs(ab: pd.DataFrame | None) -> pd.DataFrame:
     """One row per sampler: baseline and Clockwork FID/CLIP side by side (Table 4)."""
     rows = _rows(ab, "sampler")
+    if rows.empty:
+        return pd.DataFrame()
     out = []
     for s, g in rows.groupby("sampler", sort=False):
         b, c = g[g["is_baseline"]], g[~g["is_baseline"]]
@@ -386,22 +389,37 @@ RECOMMEND_REL_TOL = 0.05  # within 5% of the baseline's FID
 
 
 def recommend(trials: pd.DataFrame, baseline_fid: float | None) -> tuple[str | None, str]:
-    """The recommended trial: one the sweep recorded (``recommended`` column / MLflow parent tag), else the
-    cheapest trial on the FID-FLOPs front whose FID is within 5% of the baseline (or of the best trial)."""
-    if "recommended" in trials and trials["recommended"].any():
-        return str(trials[trials["recommended"]]["trial_id"].iloc[0]), "recorded by the sweep"
+    """The recommended trial: the one the sweep recorded (``recommended`` column, ``summary.json``, the MLflow
+    parent's ``sweep.recommended_trial`` tag), else the operating point rule of clockwork/pareto.py with a 5%
+    relative tolerance: the cheapest completed trial whose FID is within 5% of the baseline's (of the best
+    trial's without a baseline)."""
+    if "recommended" in trials and trials["recommended"].fillna(False).astype(bool).any():
+        return str(trials[trials["recommended"].fillna(False).astype(bool)]["trial_id"].iloc[0]), "recorded by the sweep"
     if "recommended_trial_id" in trials and trials["recommended_trial_id"].notna().any():
-        return str(trials["recommended_trial_id"].dropna().iloc[0]), "recorded by the sweep (MLflow)"
+        rec = trials["recommended_trial_id"].dropna().astype(str)
+        rec = rec[rec != ""]
+        if len(rec):
+            return rec.iloc[0], "recorded by the sweep"
     done = completed(trials)
+    done = done[~is_sweep_baseline(done)]
     if done.empty:
         return None, "no completed trial"
-    ref = baseline_fid if baseline_fid is not None and not is_missing(baseline_fid) else done["fid"].min()
-    front = done[pareto_mask(done["gflops"], done["fid"])]
-    ok = front[front["fid"] <= ref * (1 + RECOMMEND_REL_TOL)]
-    what = "baseline" if ref is baseline_fid else "best trial"
+    has_base = baseline_fid is not None and not is_missing(baseline_fid)
+    ref = baseline_fid if has_base else done["fid"].min()
+    what = "the baseline's" if has_base else "the best trial's"
+    ok = done[done["fid"] <= ref * (1 + RECOMMEND_REL_TOL)]
     if ok.empty:
-        return str(front.sort_values("fid")["trial_id"].iloc[0]), f"lowest FID (none within 5% of the {what})"
-    return str(ok.sort_values("gflops")["trial_id"].iloc[0]), f"cheapest with FID within 5% of the {what}"
+        return str(done.sort_values("fid")["trial_id"].iloc[0]), f"lowest FID (no trial within 5% of {what} FID)"
+    best = ok.sort_values(["gflops", "fid"]).iloc[0]
+    return str(best["trial_id"]), f"cheapest trial with FID within 5% of {what} ({ref:.2f}); computed here"
+
+
+def _cfg(v) -> str:
+    if is_missing(v):
+        return "-"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline: pd.Series | None) -> Table:
@@ -412,7 +430,7 @@ def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline
     front = done[done["front_fid"] | done["front_clip"]].sort_values("gflops")
     cfg_cols = [c for c in ("clock", "cut", "width", "adaptor", "steps") if c in front]
     df = pd.DataFrame({"trial": front["trial_id"].astype(str),
-                       **{c: [str(v) if not is_missing(v) else "-" for v in front[c]] for c in cfg_cols},
+                       **{c: [_cfg(v) for v in front[c]] for c in cfg_cols},
                        "FID ↓": [pm(a, b) for a, b in zip(front["fid"], front.get("fid_std", [None] * len(front)))],
                        "CLIP ↑": [fmt(v, 4) for v in front.get("clip", [None] * len(front))],
                        "GFLOPs/image": [sig(g) for g in front["gflops"]],
@@ -420,6 +438,7 @@ def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline
                                              for g in front["gflops"]],
                        "front": ["FID+CLIP" if a and b else ("FID" if a else "CLIP")
                                  for a, b in zip(front["front_fid"], front["front_clip"])],
+                       "baseline": np.where(is_sweep_baseline(front), "yes", ""),
                        "recommended": ["★" if str(t) == str(rec) else "" for t in front["trial_id"]]})
     return Table(df, caption=f"Sweep '{name}': trials on the FID-FLOPs or CLIP-FLOPs Pareto front "
                              f"({len(done)} completed of {len(trials)}).",
@@ -430,6 +449,9 @@ def mlflow_crosscheck(csvs: dict[str, pd.DataFrame], ml: pd.DataFrame | None) ->
     """Does the MLflow window show the same trials and numbers as the sweeps' results.csv?"""
     if ml is None or not len(ml):
         return None
+    from analysis.loader import align_sweep_names
+
+    ml = align_sweep_names(csvs, ml)
     names = sorted(set(csvs) | set(ml["sweep"].dropna().astype(str)))
     rows = []
     for name in names:
@@ -438,18 +460,27 @@ def mlflow_crosscheck(csvs: dict[str, pd.DataFrame], ml: pd.DataFrame | None) ->
         both = (c.merge(m, on="trial_id", suffixes=("_csv", "_mlflow")) if c is not None and len(m) else pd.DataFrame())
         diffs = {k: (both[f"{k}_csv"] - both[f"{k}_mlflow"]).abs().max() if f"{k}_csv" in both and f"{k}_mlflow" in both
                  else math.nan for k in ("fid", "gflops")}
+        rec_csv = recommend(c, None)[0] if c is not None and ("recommended" in c or "recommended_trial_id" in c) else None
+        rec_ml = recommend(m, None)[0] if len(m) else None
         rows.append({"sweep": name, "trials in results.csv": "-" if c is None else str(len(c)),
                      "child runs in MLflow": str(len(m)), "matched by trial_id": str(len(both)),
                      "max |ΔFID|": sig(diffs["fid"]) if not is_missing(diffs["fid"]) else "-",
-                     "max |ΔGFLOPs|": sig(diffs["gflops"]) if not is_missing(diffs["gflops"]) else "-"})
+                     "max |ΔGFLOPs|": sig(diffs["gflops"]) if not is_missing(diffs["gflops"]) else "-",
+                     "recommended (CSV / MLflow)": f"{rec_csv or '-'} / {rec_ml or '-'}"})
     return Table(pd.DataFrame(rows), caption="Sweep results.csv vs its MLflow runs (the DAG reads the CSV; "
                  "MLflow is the window).", source="sweeps/*/results.csv, MLflow search_runs", label="tab:mlflow")
 
 
 def sweep_baseline(ev: pd.DataFrame, trials: pd.DataFrame) -> pd.Series | None:
-    """evaluate.json's baseline at the sweep's step count (its most common one)."""
+    """The sweep's own baseline trial at its most common step count, else evaluate.json's baseline there."""
+    done = completed(trials)
+    own, rest = done[is_sweep_baseline(done)], done[~is_sweep_baseline(done)]
+    steps = rest["steps"].mode().iloc[0] if "steps" in rest and rest["steps"].notna().any() else None
+    if len(own):
+        at = own[own["steps"] == steps] if steps is not None and "steps" in own else own
+        return (at if len(at) else own).iloc[0]
     b = ev[ev["kind"] == "baseline"]
-    if "steps" in trials and trials["steps"].notna().any():
-        at = b[b["steps"] == trials["steps"].mode().iloc[0]]
+    if steps is not None:
+        at = b[b["steps"] == steps]
         b = at if len(at) else b[b["method"] == "baseline"]
     return b.iloc[0] if len(b) else None

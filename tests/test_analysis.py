@@ -1,0 +1,250 @@
+"""The analysis notebooks, run headlessly on SYNTHETIC fixtures (analysis/fixtures.py) in a temp dir.
+
+The fixtures' numbers are made up; reports are written only under pytest's tmp dirs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from analysis import claims, loader, tables  # noqa: E402
+from analysis.fixtures import write_fixtures  # noqa: E402
+
+# every report the notebooks write from complete inputs: stem -> extensions
+EXPECTED = {
+    **{t: ("md", "tex") for t in ("table1_main", "fig4_points", "table3_adaptor", "table3_schedule", "table3_cut",
+                                  "table4_samplers", "table5_inputs", "fig7_training", "distill_summary",
+                                  "sweep_smoke_front", "sweep_mlflow_crosscheck", "paper_vs_ours")},
+    **{f: ("png", "svg") for f in ("fig4_fid_vs_flops", "fig7_unrolled_vs_forward_noised", "distill_loss",
+                                   "sweep_smoke_pareto")},
+}
+VERDICTS = {"holds", "holds (within noise)", "does not hold", "does not hold (within noise)", "not measured"}
+
+
+def run_all(results: Path, reports: Path, *only: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "CLOCKWORK_MLFLOW_URI", "CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS")}
+    cmd = [sys.executable, str(REPO / "analysis" / "run_all.py"), "--results", str(results), "--reports", str(reports)]
+    return subprocess.run(cmd + (["--only", *only] if only else []), env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _full_results_started(tmp_path_factory):
+    """Start writing complete SYNTHETIC results incl. an MLflow sqlite store at session start, in the
+    background (creating the store mostly waits on sqlite), in a subprocess (mlflow's tracking URI is
+    process-global and other tests may use MLflow)."""
+    root = tmp_path_factory.mktemp("results")
+    proc = subprocess.Popen([sys.executable, "-m", "analysis.fixtures", str(root)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    yield root, proc
+    proc.kill()
+
+
+@pytest.fixture(scope="session")
+def full_results(_full_results_started) -> Path:
+    root, proc = _full_results_started
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return root
+
+
+@pytest.fixture(scope="session")
+def full_run(full_results, tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    proc = run_all(full_results, reports)
+    return proc, reports
+
+
+def md_rows(path: Path) -> list[list[str]]:
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("| ")]
+    return [[c.strip() for c in ln.strip("| ").split(" | ")] for ln in lines[1:]]  # skip the header
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+def test_malformed_evaluate_json_fails_the_run(tmp_path):
+    root = write_fixtures(tmp_path / "results", minimal=True)
+    ev = json.loads((root / "metrics" / "evaluate.json").read_text())
+    ev["clockwork"]["fid"] = "n/a"
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(ev))
+    proc = run_all(root, tmp_path / "reports", "01")
+    assert proc.returncode != 0
+    assert "evaluate.json" in proc.stderr and "fid" in proc.stderr
+    assert not (tmp_path / "reports" / "table1_main.md").exists()
+
+
+def test_missing_optional_inputs_are_skipped(tmp_path):
+    root = write_fixtures(tmp_path / "results", minimal=True)  # evaluate.json only: no ablations, sweep, MLflow
+    proc = run_all(root, tmp_path / "reports")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = {p.name for p in (tmp_path / "reports").iterdir()}
+    assert {"table1_main.md", "fig4_fid_vs_flops.svg", "paper_vs_ours.md"} <= written
+    assert not any(n.startswith(("sweep_", "table3", "fig7")) for n in written)
+    rows = md_rows(tmp_path / "reports" / "paper_vs_ours.md")
+    assert len(rows) == len(claims.CLAIMS)
+    assert {r[-1] for r in rows if not r[0].startswith("T1-")} == {"not measured"}
+
+
+def test_all_notebooks_run_and_write_every_report(full_run):
+    proc, reports = full_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for nb in ("01_main_results", "02_ablations", "03_sweep", "04_paper_vs_ours"):
+        assert f"{nb}.ipynb: ok" in proc.stdout
+    missing = [f"{s}.{e}" for s, exts in EXPECTED.items() for e in exts if not (reports / f"{s}.{e}").is_file()]
+    assert not missing, missing
+    for png in reports.glob("*.png"):
+        assert png.stat().st_size > 5000, png
+    assert r"\begin{tabular}" in (reports / "table1_main.tex").read_text()
+
+
+def test_paper_vs_ours_has_a_row_per_claim(full_run, full_results):
+    _, reports = full_run
+    rows = md_rows(reports / "paper_vs_ours.md")
+    assert [r[0] for r in rows] == [c.id for c in claims.CLAIMS]
+    assert {"Table 1", "Table 3", "Table 4", "Table 5", "Fig. 7"} <= {r[1] for r in rows}
+    assert all(r[-1] in VERDICTS for r in rows)
+    assert [r[0] for r in rows if r[-1] == "not measured"] == []  # the fixtures hold every ablation
+    # "ours" shows the numbers of the results, not typed ones
+    ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
+    fid_row = next(r for r in rows if r[0] == "T1-fid")
+    assert f"{ev['baseline']['fid']:.2f} → {ev['clockwork']['fid']:.2f}" in fid_row[4]
+
+
+def test_table1_numbers_come_from_evaluate_json(full_run, full_results):
+    _, reports = full_run
+    ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
+    text = (reports / "table1_main.md").read_text()
+    for method in ("baseline", "clockwork", "clockwork_identity"):
+        assert f"{ev[method]['fid']:.2f} ± {ev[method]['fid_std']:.2f}" in text
+    assert "baseline_4steps" not in text  # lower step counts go to Fig. 4, not Table 1
+    fig4 = (reports / "fig4_points.md").read_text()
+    assert f"{ev['baseline_4steps']['fid']:.2f}" in fig4
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected an object"),
+    ('{"clockwork": {"fid": 1, "gflops": 1, "steps": 8, "adaptor": "resnet"}}', "'baseline'"),
+    ('{"baseline": {"fid": 1, "gflops": 1, "steps": 8}}', "'clockwork'"),
+    ('{"baseline": {"fid": NaN, "gflops": 1, "steps": 8}}', "fid"),
+    ('{"baseline": {"gflops": 1, "steps": 8}}', "lacks required field"),
+    ('{"baseline": {"fid": "x", "gflops": 1, "steps": 8}}', "must be a number"),
+    ('{"baseline": {"fid": 1, "gflops": -2, "steps": 8}, "clockwork": {"fid": 1, "gflops": 1, "steps": 8}}', "gflops"),
+])
+def test_load_evaluate_rejects_malformed_files(tmp_path, content, message):
+    p = tmp_path / "evaluate.json"
+    p.write_text(content)
+    with pytest.raises(loader.ResultsError, match=message):
+        loader.load_evaluate(p)
+
+
+def test_load_evaluate_missing_file_is_an_error(tmp_path):
+    with pytest.raises(loader.ResultsError, match="missing"):
+        loader.load_evaluate(tmp_path / "evaluate.json")
+
+
+def test_claim_predicates_agree_with_the_papers_own_numbers():
+    df = claims.evaluate_claims(claims.paper_frames(), claims.paper_frames())
+    assert set(df["verdict"]) <= {"holds", "not measured"}
+    measured = df[df["verdict"] == "holds"]["id"]
+    assert len(measured) == len(claims.CLAIMS) - 2  # Fig. 7 has no numbers in the paper
+    assert set(df[df["paper_verdict"] == "stated"]["id"]) == {"F7-equal", "F7-few-steps"}
+
+
+def test_verdicts_are_computed_not_typed(tmp_path):
+    root = write_fixtures(tmp_path, minimal=True)
+    ev = loader.load_evaluate(root / "metrics" / "evaluate.json")
+    ok = claims.evaluate_claims(claims.Frames(ev, None)).set_index("id")["verdict"]
+    assert ok["T1-fid"] == "holds" and ok["T1-flops"] == "holds"
+    worse = ev.copy()
+    worse.loc[worse["method"] == "clockwork", ["fid", "gflops"]] = [99.0, 1e6]
+    bad = claims.evaluate_claims(claims.Frames(worse, None)).set_index("id")["verdict"]
+    assert bad["T1-fid"] == "does not hold" and bad["T1-flops"] == "does not hold"
+
+
+def test_within_noise_is_flagged():
+    assert claims.lower(19.7, 19.8, 0.3, 0.3) == "holds (within noise)"
+    assert claims.lower(19.0, 25.0, 0.3, 0.3) == "holds"
+    assert claims.lower(20.0, 19.0) == "does not hold"
+    assert claims.not_worse(20.9, 20.0) == "holds"  # 4.5% < 5%
+    assert claims.not_worse(21.2, 20.0) == "does not hold"
+    assert claims.not_worse(0.29, 0.30, rel=0.05, higher_is_better=True) == "holds"
+
+
+def test_pareto_mask_hand_worked():
+    cost = [1, 2, 3, 4, 2, math.nan]
+    fid = [5, 4, 4, 1, 6, 0]
+    assert tables.pareto_mask(cost, fid).tolist() == [True, True, False, True, False, False]
+    clip = [0.1, 0.3, 0.2, 0.3, 0.0, 1.0]
+    assert tables.pareto_mask(cost, clip, higher_is_better=True).tolist() == [True, True, False, False, False, False]
+
+
+def test_recommendation_is_cheapest_within_tolerance():
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "fid": [25.0, 20.8, 20.1, 19.0],
+                           "gflops": [5.0, 7.0, 9.0, 12.0], "status": ["ok", "ok", "ok", "failed"]})
+    assert tables.recommend(trials, 20.0)[0] == "b"  # a is > 5% worse, d failed
+    assert tables.recommend(trials.assign(recommended=[False, False, True, False]), 20.0) == ("c", "recorded by the sweep")
+
+
+def test_mlflow_children_of_other_stages_are_not_sweep_trials():
+    runs = pd.DataFrame([
+        {"run_id": "p1", "experiment_name": "clockwork-sweep", "tags.mlflow.runName": "smoke",
+         "tags.mlflow.parentRunId": None},
+        {"run_id": "c1", "experiment_name": "clockwork-sweep", "tags.mlflow.runName": "t000",
+         "tags.mlflow.parentRunId": "p1", "metrics.fid": 20.0, "metrics.gflops": 9.0, "params.adaptor.width": "64"},
+        {"run_id": "p2", "experiment_name": "clockwork-ablate", "tags.mlflow.runName": "ablate",
+         "tags.mlflow.parentRunId": None},
+        {"run_id": "c2", "experiment_name": "clockwork-ablate", "tags.mlflow.runName": "cut 2",
+         "tags.mlflow.parentRunId": "p2", "metrics.fid": 21.0, "metrics.gflops": 11.0},
+    ]).assign(status="FINISHED")
+    t = loader.sweep_trials_from_mlflow(runs)
+    assert t["trial_id"].tolist() == ["t000"] and t["sweep"].tolist() == ["smoke"]
+    assert t["width"].tolist() == [64] and t["fid"].tolist() == [20.0]
+
+
+@pytest.mark.parametrize("clock, steps, expected, label", [
+    (2, 8, (1, 3, 5, 7), "clock 2"),
+    ("Clock(4)", 8, (1, 2, 3, 5, 6, 7), "clock 4"),
+    ([4, 5, 6, 7], 8, (4, 5, 6, 7), "adaptor at {5,6,7,8}"),
+    ("Clock(adaptor_steps=[2, 3, 4, 5])", 8, (2, 3, 4, 5), "adaptor at {3,4,5,6}"),
+    (None, 8, None, "-"),
+])
+def test_clock_parsing(clock, steps, expected, label):
+    assert loader.adaptor_steps(clock, steps) == expected
+    assert loader.clock_label(clock, steps) == label
+
+
+def test_synthetic_results_never_write_into_repo_reports(tmp_path, monkeypatch):
+    root = write_fixtures(tmp_path, minimal=True)
+    monkeypatch.setenv("CLOCKWORK_RESULTS", str(root))
+    monkeypatch.delenv("CLOCKWORK_REPORTS", raising=False)
+    with pytest.raises(loader.ResultsError, match="SYNTHETIC"):
+        loader.Results.from_env()
+    monkeypatch.setenv("CLOCKWORK_REPORTS", str(REPO / "reports" / "analysis"))
+    with pytest.raises(loader.ResultsError, match="SYNTHETIC"):
+        loader.Results.from_env()
+
+
+def test_committed_notebooks_have_no_outputs():
+    nbs = sorted((REPO / "analysis").glob("[0-9][0-9]_*.ipynb"))
+    assert len(nbs) == 4
+    for p in nbs:
+        nb = json.loads(p.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, p.name
