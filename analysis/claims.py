@@ -390,8 +390,12 @@ def paper_vs_ours_table(df: pd.DataFrame) -> Table:
     n = df["verdict"].value_counts()
     summary = ", ".join(f"{k}: {v}" for k, v in n.items())
     return Table(out, label="tab:paper-vs-ours",
-                 caption=f"Paper claims vs this reproduction ({summary}). Paper numbers: {paper.SOURCE}; "
-                         f"paper latency on an {paper.LATENCY_DEVICE}, ours on our machine; paper Table 3 FLOPs "
-                         "per adaptor step, ours per image.",
+                 caption=f"Paper claims vs this reproduction ({summary}).",
+                 notes=(f"Paper: {paper.SOURCE}; its latency on an {paper.LATENCY_DEVICE}, ours on our machine; its "
+                        "Table 3 FLOPs per adaptor step, ours per image. 'Direction holds?' is computed by "
+                        "analysis/claims.py with the same predicate on both sides: 'no worse' / 'about equal' allow "
+                        f"{FID_REL_TOL:.0%} of FID (or {NOISE_SIGMAS:g}σ of the difference where stds exist) and "
+                        f"{CLIP_REL_TOL:.0%} of CLIP; '(within noise)' marks a strict comparison whose difference is "
+                        f"below {NOISE_SIGMAS:g}σ."),
                  source="metrics/evaluate.json, metrics/ablate.json, analysis/paper.py; verdicts by analysis/claims.py",
                  colspec=r"llp{0.22\linewidth}p{0.22\linewidth}p{0.22\linewidth}l")

@@ -145,7 +145,7 @@ def parse_method(method: str) -> dict:
     return dict(teacher=teacher, kind=m.group(1), variant=m.group(2), steps=int(m.group(3)) if m.group(3) else None)
 
 
-def load_evaluate(path: str | os.PathLike) -> pd.DataFrame:
+def load_evaluate(path: str | os.PathLike, default_teacher: str = "teacher") -> pd.DataFrame:
     """``metrics/evaluate.json`` -> one row per (teacher, method); raises :class:`ResultsError` when malformed."""
     path = Path(path)
     if not path.is_file():
@@ -178,7 +178,7 @@ def load_evaluate(path: str | os.PathLike) -> pd.DataFrame:
         if kind == "baseline" and adaptor is not None:
             raise ResultsError(f"{where}: a baseline entry names adaptor {entry.get('adaptor')!r}")
         row.update(method=method if parsed["teacher"] is None else method.split("/", 1)[1],
-                   teacher=str(entry.get("teacher") or parsed["teacher"] or "embedded"),
+                   teacher=str(entry.get("teacher") or parsed["teacher"] or default_teacher),
                    kind=kind, adaptor=adaptor, steps=int(row["steps"]),
                    inputs=norm_inputs(entry.get("inputs")), clock=entry.get("clock"))
         rows.append(row)
@@ -438,8 +438,23 @@ class Results:
                                "Set CLOCKWORK_REPORTS to a scratch folder.")
 
     # ---- inputs
+    def world(self) -> str | None:
+        """``world.kind`` of the params file the results were made with (names the teacher when evaluate.json
+        does not): ``CLOCKWORK_PARAMS`` or params.yaml under the results root."""
+        p = Path(os.environ.get("CLOCKWORK_PARAMS") or "params.yaml")
+        p = p if p.is_absolute() else self.root / p
+        if not p.is_file():
+            return None
+        import yaml
+
+        try:
+            kind = (yaml.safe_load(p.read_text()) or {}).get("world", {}).get("kind")
+        except (yaml.YAMLError, AttributeError):
+            return None
+        return str(kind) if kind else None
+
     def evaluate(self) -> pd.DataFrame:
-        return load_evaluate(self.root / "metrics" / "evaluate.json")
+        return load_evaluate(self.root / "metrics" / "evaluate.json", default_teacher=self.world() or "teacher")
 
     def ablate(self) -> pd.DataFrame | None:
         df = load_ablate(self.root / "metrics" / "ablate.json")

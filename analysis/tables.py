@@ -89,6 +89,7 @@ class Table:
     source: str = ""  # which files the numbers come from
     label: str = ""
     colspec: str | None = None  # LaTeX column spec; default r for numeric columns, l otherwise
+    notes: str = ""  # how to read the table (below it in Markdown, in the caption in LaTeX)
 
     def to_markdown(self) -> str:
         cols = [md_escape(c) for c in self.df.columns]
@@ -97,6 +98,8 @@ class Table:
                  "|" + "|".join("---:" if n else ":---" for n in num) + "|"]
         for _, r in self.df.iterrows():
             lines.append("| " + " | ".join(md_escape(v) for v in r.values) + " |")
+        if self.notes:
+            lines += ["", self.notes]
         if self.source:
             lines += ["", f"<sub>{self.source}</sub>"]
         return "\n".join(lines) + "\n"
@@ -107,7 +110,7 @@ class Table:
                  " & ".join(latex_escape(c) for c in self.df.columns) + r" \\", r"\midrule"]
         for _, r in self.df.iterrows():
             lines.append(" & ".join(latex_escape(v) for v in r.values) + r" \\")
-        cap = self.caption + (f" Source: {self.source}." if self.source else "")
+        cap = " ".join(x for x in (self.caption, self.notes, f"Source: {self.source}." if self.source else "") if x)
         lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(cap)}}}"]
         if self.label:
             lines.append(rf"\label{{{self.label}}}")
