@@ -22,7 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from clockwork.adaptors import AdaptorBase, IdentityAdaptor, build_adaptor, check_compatible, load_adaptor
-from clockwork.clock import Clock, sampler_step, scheduler_loop_index
+from clockwork.clock import Clock, loop_to_step, num_sampler_steps, scheduler_loop_index
 from clockwork.cut import UNetCut
 
 HOOK_NAME = "clockwork"
@@ -37,13 +37,18 @@ class ClockworkHook(ModelHook):
         self.fast = fast
         if fast:
             mode = fast if isinstance(fast, str) else None
-            self._full = torch.compile(cut.full_step, fullgraph=True, mode=mode)
-            self._adapt = torch.compile(cut.adaptor_step, fullgraph=True, mode=mode)
+            # dynamic=False: one static graph per input shape. Both functions are methods of UNetCut, so every
+            # UNet compiled in a process shares their code objects; with automatic dynamic shapes the second
+            # UNet (or batch size) would turn the graphs symbolic, and symbolic shapes cost speed (and CUDA graphs).
+            self._full = torch.compile(cut.full_step, fullgraph=True, mode=mode, dynamic=False)
+            self._adapt = torch.compile(cut.adaptor_step, fullgraph=True, mode=mode, dynamic=False)
         # The identity adaptor reuses r_out unchanged, so caching it after the upsampler skips that conv too.
         self.upsampled = isinstance(adaptor, IdentityAdaptor)
         self._r_out: dict[int, torch.Tensor] = {}
         self._loop = -1
         self._slot = 0
+        self._timesteps = _UNSET  # the scheduler's timesteps tensor of the current generation
+        self._first_step = 0
         self.trace: list[tuple[int, bool]] = []  # (sampler step, full?) of the last calls, for inspection
 
     def new_forward(self, module, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
@@ -53,19 +58,35 @@ class ClockworkHook(ModelHook):
             raise ValueError("T2I-Adapter residuals (down_intrablock_additional_residuals) are not supported by Clockwork")
         kwargs.pop("down_intrablock_additional_residuals", None)
         scheduler = self.get_scheduler()
+        uses_prev = getattr(self.adaptor, "uses_r_out_prev", True)
+        ts = getattr(scheduler, "timesteps", None)
+        if ts is not self._timesteps:
+            # set_timesteps() made a new schedule: a new generation starts. Forget the previous one's
+            # r_out and count steps from the first step this generation runs (img2img-style pipelines
+            # start at begin_index > 0), so its first step is always a full one.
+            self._timesteps = ts
+            self._r_out.clear()
+            self._loop = -1
+            self._first_step = None
+            n = num_sampler_steps(scheduler)
+            if n:
+                self.clock.validate(n, first_step_may_be_adaptor=not uses_prev)
         loop = scheduler_loop_index(scheduler, timestep)
-        step = sampler_step(scheduler, timestep)
+        step = loop_to_step(scheduler, loop)
+        if self._first_step is None:
+            self._first_step = step
+        step -= self._first_step
         # Several UNet calls in one loop iteration (CFG as two calls) each get their own r_out slot.
         self._slot = self._slot + 1 if loop == self._loop else 0
         self._loop = loop
         full = self.clock.is_full(step)
-        if not full and step == 0 and getattr(self.adaptor, "uses_r_out_prev", True):
+        if not full and step == 0 and uses_prev:
             full = True
         if full:
             out, _, r_out = self._full(sample, timestep, encoder_hidden_states, upsampled=self.upsampled, **kwargs)
         else:
             prev = self._r_out.get(self._slot)
-            if getattr(self.adaptor, "uses_r_out_prev", True) and (prev is None or prev.shape[0] != sample.shape[0]):
+            if uses_prev and (prev is None or prev.shape[0] != sample.shape[0]):
                 raise RuntimeError(
                     f"adaptor step {step} has no r_out from a previous full step for this call "
                     "(was the scheduler's set_timesteps called before sampling?)"
@@ -77,6 +98,9 @@ class ClockworkHook(ModelHook):
         if len(self.trace) > 4096:
             del self.trace[:2048]
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+
+_UNSET = object()
 
 
 def _resolve_adaptor(adaptor, cut: UNetCut, device, dtype) -> torch.nn.Module:
@@ -119,7 +143,11 @@ def enable(
     ucut = UNetCut(unet, cut)
     adaptor = _resolve_adaptor(adaptor, ucut, unet.device, unet.dtype)
     if clock.adaptor_steps is not None and 0 in clock.adaptor_steps and getattr(adaptor, "uses_r_out_prev", True):
-        raise ValueError("step 0 cannot be an adaptor step for an adaptor that uses r_out(t+1)")
+        raise ValueError(
+            "step 0 cannot be an adaptor step for an adaptor that uses r_out(t+1): there is no previous step yet "
+            f"(got adaptor_steps={sorted(clock.adaptor_steps)}; allowed: steps >= 1, or an adaptor whose inputs "
+            "do not include 'r_out_prev')"
+        )
     registry = HookRegistry.check_if_exists_or_initialize(unet)
     if registry.get_hook(HOOK_NAME) is not None:
         registry.remove_hook(HOOK_NAME)

@@ -147,6 +147,16 @@ def make_sampler(name: str, kind: str = "embedded"):
             return make_scheduler(name, dict(cfg, final_sigmas_type="sigma_min"))
 
 
+def expected_steps(name: str, steps: int) -> list[int]:
+    """Sampler step of every model evaluation, from each sampler's published algorithm."""
+    if name == "heun":  # two evaluations per step, the last step is a plain Euler step (sigma_next = 0)
+        return [k for k in range(steps - 1) for _ in range(2)] + [steps - 1]
+    if name == "pndm":  # PLMS: the first step takes two evaluations (a 2nd-order start)
+        return [0] + list(range(steps))
+    return list(range(steps))
+
+
+
 # ---- a tiny StableDiffusionPipeline, fully offline ---------------------------------------------------
 
 _VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "a", "c", "p", "h", "lo", "l</w>", "w</w>", "r</w>",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SAMPLER_NAMES, make_sampler
+from conftest import SAMPLER_NAMES, expected_steps, make_sampler
 
 from clockwork import Clock, sampler_step
 from clockwork.clock import adaptor_loop_indices, loop_to_step, scheduler_loop_index
@@ -63,15 +63,6 @@ def _run_loop(sched, steps: int, calls_per_iter: int = 1):
             seen.append((scheduler_loop_index(sched, t), sampler_step(sched, t)))
         x = sched.step(torch.randn(xi.shape, generator=g) * 0.1, t, x, return_dict=False)[0]
     return seen
-
-
-def expected_steps(name: str, steps: int) -> list[int]:
-    """Sampler step of every model evaluation, from each sampler's published algorithm."""
-    if name == "heun":  # two evaluations per step, the last step is a plain Euler step (sigma_next = 0)
-        return [k for k in range(steps - 1) for _ in range(2)] + [steps - 1]
-    if name == "pndm":  # PLMS: the first step takes two evaluations (a 2nd-order start)
-        return [0] + list(range(steps))
-    return list(range(steps))
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
