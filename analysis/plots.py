@@ -38,10 +38,10 @@ def _front_line(ax, x, y, higher_is_better=False, label="Pareto front"):
 def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
     """Fig. 4: FID vs FLOPs per image over step counts, baseline vs Clockwork, one panel per teacher."""
     teachers = list(pts["teacher"].unique())
-    scale, unit = flops_unit(pts["gflops"])
     fig, axes = plt.subplots(1, len(teachers), figsize=(5.5 * len(teachers), 4.2), squeeze=False)
     for ax, teacher in zip(axes[0], teachers):
         g = pts[pts["teacher"] == teacher]
+        scale, unit = flops_unit(g["gflops"])  # per panel: teachers differ by orders of magnitude
         for i, (series, s) in enumerate(g.groupby("series", sort=False)):
             s = s.sort_values("steps")
             color = "tab:gray" if series == "baseline" else f"C{i}"
