@@ -35,8 +35,10 @@ def _check_inputs(inputs) -> tuple[str, ...]:
 
 
 def _groups(ch: int) -> int:
-    for g in (32, 16, 8, 4, 2, 1):
-        if ch % g == 0:
+    """GroupNorm groups: up to 32 (as SD), with at least 2 channels each. With one channel per group
+    GroupNorm removes every per-channel constant, i.e. the time / text conditioning added before it."""
+    for g in (32, 16, 8, 4, 2):
+        if ch % g == 0 and ch // g >= 2:
             return g
     return 1
 
