@@ -1,0 +1,185 @@
+"""Stage `ablate`: the paper's ablations at this scale -> metrics/ablate.json (one row per variant).
+
+- adaptor_type: identity / resnet / unet-light / resnet-wide (+ the plain baseline)      (paper Table 3)
+- schedule: alternating vs adaptor on the late half vs the early middle                  (Table 3)
+- cut: 1 vs 2                                                                             (Table 3)
+- inputs: r_in only / r_out(t+1) only / both / both + text / adaptor at every step
+  without r_out(t+1) (Clock(adaptor_steps=0..N-1), inputs r_in only)                      (Table 5)
+- training: unrolled trajectories vs forward-noised training images, at 4 and 8 steps     (Fig. 7)
+- sampler: DPM++ / DPM / PNDM / DDIM, baseline and Clockwork each                         (Table 4)
+- steps: 4 / 6 / 8, baseline and Clockwork each
+Each row distills the adaptor it needs (ablate.distill_steps, the `distill` section's optimiser) on
+`ablate.distill_prompts` trajectories - the trajectories stage's store when sampler/steps/guidance/cut
+match, else its own unroll under data/ablate/ - and is evaluated with the evaluate stage's code on the
+first `ablate.n_samples` held-out prompts. Identical rows (e.g. the default resnet row appears in
+several ablations) are computed once. data/ablate/ is persisted: finished rows and adaptors are reused
+when nothing they depend on changed, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_params  # noqa: E402
+
+WORK = Path("data/ablate")
+GRID = "plots/samples/ablate.png"
+GRID_IMAGES = 4
+INPUT_VARIANTS = {  # paper Table 5 (the time embedding conditions every variant)
+    "r_in": ("r_in", "time"),
+    "r_out_prev": ("r_out_prev", "time"),
+    "both": ("r_in", "r_out_prev", "time"),
+    "both+text": ("r_in", "r_out_prev", "time", "text"),
+}
+
+
+def ablation_rows(p) -> list[tuple[str, str, object]]:
+    """(ablation, variant, MethodSpec) for every requested ablation."""
+    from pipeline.common import MethodSpec
+
+    a = p.ablate
+    period = p.clock.period if p.clock.adaptor_steps is None else 2
+    base = MethodSpec(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
+                      adaptor=p.adaptor.kind if p.adaptor.kind != "identity" else "resnet", clock=p.clock.period,
+                      adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
+                      cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth,
+                      inputs=tuple(p.adaptor.inputs) if p.adaptor.kind != "identity" else INPUT_VARIANTS["both+text"])
+    resnet = dataclasses.replace(base, adaptor="resnet")
+    plain = lambda **kw: MethodSpec(**{"sampler": base.sampler, "steps": base.steps, "guidance": base.guidance, **kw})  # noqa: E731
+    at_steps = lambda spec, n: dataclasses.replace(spec, steps=n, clock=period, adaptor_steps=None)  # noqa: E731
+    rows: list[tuple[str, str, object]] = []
+    for name in a.ablations:
+        if name == "adaptor_type":
+            rows += [(name, "baseline", plain()),
+                     (name, "identity", dataclasses.replace(base, adaptor="identity")),
+                     (name, "resnet", resnet),
+                     (name, "unet-light", dataclasses.replace(base, adaptor="unet-light", width=a.unet_light_width, depth=1)),
+                     (name, "resnet-wide", dataclasses.replace(resnet, width=a.resnet_wide_width))]
+        elif name == "schedule":
+            rows.append((name, "alternating", dataclasses.replace(base, clock=2, adaptor_steps=None)))
+            rows += [(name, k, dataclasses.replace(base, adaptor_steps=tuple(v))) for k, v in a.schedules.items()]
+        elif name == "cut":
+            rows += [(name, f"cut{c}", dataclasses.replace(base, cut=c)) for c in a.cuts]
+        elif name == "inputs":
+            rows += [(name, k, dataclasses.replace(base, inputs=v)) for k, v in INPUT_VARIANTS.items()]
+            rows.append((name, "every_step_without_r_out_prev",
+                         dataclasses.replace(base, inputs=INPUT_VARIANTS["r_in"], adaptor_steps=tuple(range(base.steps)))))
+        elif name == "training":
+            for n in a.training_steps:
+                for t in ("unrolled", "forward_noised"):
+                    rows.append((name, f"{t}_{n}steps", dataclasses.replace(at_steps(base, n), training=t)))
+        elif name == "sampler":
+            for s in a.samplers:
+                rows += [(name, f"{s}/baseline", plain(sampler=s)), (name, f"{s}/clockwork", dataclasses.replace(base, sampler=s))]
+        elif name == "steps":
+            for n in a.step_counts:
+                rows += [(name, f"{n}steps/baseline", plain(steps=n)), (name, f"{n}steps/clockwork", at_steps(base, n))]
+    return rows
+
+
+def main() -> None:
+    p = load_params("ablate")
+    import numpy as np
+    import torch
+
+    from clockwork.adaptors import load_adaptor
+    from pipeline import tracking
+    from pipeline.common import (TRAJECTORIES_DIR, EvalContext, Prepared, atomic_dir, distill_adaptor, distill_config,
+                                 ensure_trajectories, evaluate_method, file_sha, forward_noised_data, load_trajectories,
+                                 load_world, log, obj_sha, pick_device, sample_grid, save_png, store_matches, write_json)
+
+    a = p.ablate
+    world = load_world(p.world, a.device)
+    prepared = Prepared.load()
+    train_device = pick_device(p.distill.device)
+    rows = ablation_rows(p)
+    main_meta = json.loads((Path(TRAJECTORIES_DIR) / "meta.json").read_text())
+    # What every row depends on besides its own spec; a change makes old rows unusable (they are not matched).
+    context = obj_sha([p.flat().get(k) for k in sorted(p.flat()) if not k.startswith(("adaptor.", "clock.", "cut"))]
+                      + [file_sha("data/prepared"), world.teacher_id, file_sha(p.world.scorer) if p.world.kind == "embedded"
+                         else p.world.clip_model, main_meta])
+    (WORK / "rows").mkdir(parents=True, exist_ok=True)
+    (WORK / "adaptors").mkdir(parents=True, exist_ok=True)
+    ec = EvalContext(world, prepared, a.n_samples, a.seed, batch_size=100, fid_bootstrap=a.fid_bootstrap,
+                     kid_subsets=50, kid_subset_size=100, latency_runs=a.latency_runs)
+    cuts = sorted(set(a.cuts) | {p.cut})
+    fn_cache: dict = {}
+
+    def training_data(spec):
+        if spec.training == "forward_noised":
+            k = (spec.cut, spec.sampler, spec.steps)
+            if k not in fn_cache:
+                log(f"forward-noised data: {a.forward_noised_images} training images, {spec.sampler} {spec.steps} steps, cut {spec.cut}")
+                fn_cache[k] = forward_noised_data(world, prepared.table, spec.cut, spec.sampler, spec.steps,
+                                                  a.forward_noised_images, a.seed)
+            return fn_cache[k]
+        if store_matches(TRAJECTORIES_DIR, spec.sampler, spec.steps, spec.guidance, spec.cut) and \
+                main_meta["num_prompts"] >= a.distill_prompts:
+            root = Path(TRAJECTORIES_DIR)
+        else:
+            root = WORK / "trajectories" / f"{spec.sampler}-{spec.steps}steps-g{spec.guidance}"
+            ensure_trajectories(root, world, prepared.table, prepared.distill_prompts[: a.distill_prompts], spec.sampler,
+                                spec.steps, spec.guidance, cuts, p.trajectories.seed, p.trajectories.shard_size)
+        return load_trajectories(root, spec.cut, max_prompts=a.distill_prompts)
+
+    results, grids, done = [], {}, {}
+    t0 = time.perf_counter()
+    with tracking.stage_run("ablate", p.flat(), tags={"device": world.device}) as run:
+        for i, (ablation, variant, spec) in enumerate(rows):
+            key = obj_sha([spec.key(), context])
+            row_file, img_file = WORK / "rows" / f"{key}.json", WORK / "rows" / f"{key}.npy"
+            if key not in done and row_file.is_file() and img_file.is_file():
+                done[key] = json.loads(row_file.read_text())
+                log(f"[{i + 1}/{len(rows)}] {ablation}/{variant}: reused")
+            if key not in done:
+                log(f"[{i + 1}/{len(rows)}] {ablation}/{variant}: {spec.describe()}")
+                adaptor = None
+                if spec.needs_training:
+                    adir = WORK / "adaptors" / key
+                    if (adir / "config.json").is_file():
+                        adaptor = load_adaptor(adir)
+                    else:
+                        ckpt = WORK / "adaptors" / f"{key}.ckpt"
+                        adaptor, hist = distill_adaptor(spec, world.unet_config, training_data(spec),
+                                                        world.sampler(spec.sampler), distill_config(p.distill, a.distill_steps),
+                                                        train_device, ckpt)
+                        with atomic_dir(adir) as tmp:
+                            adaptor.save_pretrained(tmp)
+                        shutil.rmtree(ckpt, ignore_errors=True)
+                m, imgs = evaluate_method(ec, spec, adaptor, name=f"{ablation}/{variant}")
+                m["training"] = spec.describe()["training"]
+                m["inputs"] = spec.describe()["inputs"]
+                np.save(img_file.with_suffix(".tmp.npy"), imgs[:GRID_IMAGES].numpy())
+                Path(img_file.with_suffix(".tmp.npy")).replace(img_file)
+                write_json(row_file, m)
+                done[key] = m
+            m = done[key]
+            row = {"ablation": ablation, "variant": variant, "sampler": m["sampler"], "steps": m["steps"],
+                   "clock": m["clock"], "cut": m["cut"], "adaptor": m["adaptor"], "inputs": m["inputs"],
+                   "training": m["training"], **{k: m[k] for k in ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std",
+                                                                   "gflops", "latency_ms", "adaptor_params", "n_samples")}}
+            results.append(row)
+            grids[f"{ablation}/{variant}"] = torch.from_numpy(np.load(img_file))
+            with run.child(f"{ablation}/{variant}", {"ablation": ablation, "variant": variant, **spec.flat()}) as child:
+                child.log_metrics({k: row[k] for k in ("fid", "fid_std", "kid", "clip", "gflops", "latency_ms", "adaptor_params")})
+        # Forget rows and adaptors no current row uses (made with other settings).
+        keep = {obj_sha([s.key(), context]) for _, _, s in rows}
+        for f in list((WORK / "rows").iterdir()) + list((WORK / "adaptors").iterdir()):
+            if f.name.split(".")[0] not in keep:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+        write_json("metrics/ablate.json", {"rows": results})
+        save_png(GRID, sample_grid(grids, ec.prompts, GRID_IMAGES))
+        run.log_artifact("metrics/ablate.json")
+        run.log_artifact(GRID, "samples")
+    log(f"ablate: {len(results)} rows ({len(done)} distinct) in {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

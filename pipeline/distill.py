@@ -1,0 +1,103 @@
+"""Stage `distill`: train the adaptor on the teacher's trajectories -> models/adaptor/ (diffusers folder).
+
+MSE between the adaptor's prediction and the teacher's r_out(t) at the clock's adaptor steps, with
+r_in(t) and r_out(t+1) from the teacher trajectory (teacher forcing); Adam. The last
+`distill.heldout_prompts` trajectories are held out for `heldout_mse` (next to the identity adaptor's
+MSE on the same pairs, the training-free reference). Checkpoints go to models/distill_ckpt/ (persisted,
+so a killed run resumes; a stamp of the settings wipes checkpoints made with other ones). The loss curve
+is plots/distill_loss.csv (a DVC plot) and an MLflow metric.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_params  # noqa: E402
+
+CKPT_DIR = Path("models/distill_ckpt")
+
+
+def main() -> None:
+    p = load_params("distill")
+    import json
+
+    from clockwork.distill import evaluate_mse
+    from pipeline import tracking
+    from pipeline.common import (ADAPTOR_DIR, TRAJECTORIES_DIR, MethodSpec, adaptor_params, atomic_dir,
+                                 build_adaptor_for, distill_adaptor, distill_config, file_sha, log, make_sampler,
+                                 obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories, write_json,
+                                 write_text)
+    from pipeline.config import teacher_unet_config
+
+    device = pick_device(p.distill.device)
+    spec = MethodSpec(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
+                      adaptor=p.adaptor.kind, clock=p.clock.period,
+                      adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
+                      cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
+    unet_config = teacher_unet_config(p.world, Path.cwd())
+    sched_cfg = json.loads((Path(p.world.teacher) / "scheduler" / "scheduler_config.json").read_text()) \
+        if p.world.kind == "embedded" else None
+    if sched_cfg is None:
+        from pipeline.common import load_world
+
+        sched_cfg = load_world(p.world, "cpu").scheduler_config
+    scheduler = make_sampler(spec.sampler, sched_cfg)
+    meta = json.loads((Path(TRAJECTORIES_DIR) / "meta.json").read_text())
+    if (meta.get("sampler_name"), meta["steps"], meta["guidance"]) != (spec.sampler, spec.steps, spec.guidance):
+        raise SystemExit(f"{TRAJECTORIES_DIR} was unrolled with {meta.get('sampler_name')}/{meta['steps']} steps/"
+                         f"guidance {meta['guidance']}, not {spec.sampler}/{spec.steps}/{spec.guidance}; dvc repro trajectories")
+    traj = load_trajectories(TRAJECTORIES_DIR, spec.cut)
+    train, held = split_trajectories(traj, p.distill.heldout_prompts)
+    cfg = distill_config(p.distill)
+
+    # Checkpoints made with other settings or data must not be resumed.
+    stamp = obj_sha([spec.key(), cfg.__dict__, meta, file_sha(Path(TRAJECTORIES_DIR) / "meta.json")])
+    stamp_file = CKPT_DIR / "stamp.txt"
+    if CKPT_DIR.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
+        shutil.rmtree(CKPT_DIR)
+    CKPT_DIR.mkdir(parents=True, exist_ok=True)
+    write_text(stamp_file, stamp)
+
+    t0 = time.perf_counter()
+    with tracking.stage_run("distill", p.flat()) as run:
+        adaptor, history = distill_adaptor(spec, unet_config, train, scheduler, cfg, device, CKPT_DIR / "latest",
+                                           on_log=lambda step, loss: run.log_metrics({"loss": loss}, step=step))
+        seconds = time.perf_counter() - t0
+        heldout = heldout_id = None
+        if held is not None:
+            data = pair_dataset(held, spec, scheduler)
+            heldout = evaluate_mse(adaptor, data, device) if spec.needs_training else None
+            identity = build_adaptor_for(MethodSpec(adaptor="identity", cut=spec.cut), unet_config)
+            heldout_id = evaluate_mse(identity, data, device) if spec.uses_r_out_prev else None
+            if heldout is None:
+                heldout = heldout_id
+        with atomic_dir(ADAPTOR_DIR) as tmp:
+            adaptor.save_pretrained(tmp)
+        write_text("plots/distill_loss.csv", "step,loss\n" + "".join(f"{h['step']},{h['loss']:.8g}\n" for h in history))
+        metrics = {
+            "final_loss": history[-1]["loss"] if history else None,
+            "heldout_mse": heldout,
+            "heldout_mse_identity": heldout_id,
+            "steps": cfg.steps if spec.needs_training else 0,
+            "adaptor_params": adaptor_params(adaptor),
+            "adaptor": spec.adaptor, "width": spec.width if spec.needs_training else 0, "cut": spec.cut,
+            "clock": spec.clock_repr(), "sampler": spec.sampler, "sampling_steps": spec.steps,
+            "train_pairs": len(pair_dataset(train, spec, scheduler)) if spec.needs_training else 0,
+            "train_prompts": train["r_in"].shape[1], "heldout_prompts": 0 if held is None else held["r_in"].shape[1],
+            "seconds": round(seconds, 1), "device": device,
+        }
+        write_json("metrics/distill.json", metrics)
+        run.log_metrics({k: v for k, v in metrics.items() if k not in ("steps",)})
+        run.log_artifact("plots/distill_loss.csv")
+        run.log_artifact(ADAPTOR_DIR, "adaptor")
+        log(f"distilled {spec.adaptor} (width {spec.width}, {metrics['adaptor_params']} params) in {seconds:.0f}s: "
+            f"final loss {metrics['final_loss']}, held-out MSE {heldout} (identity {heldout_id})")
+
+
+if __name__ == "__main__":
+    main()

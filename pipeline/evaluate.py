@@ -1,0 +1,86 @@
+"""Stage `evaluate`: every method on the same held-out prompts and the same seeds -> metrics/evaluate.json.
+
+Methods (docs/CONTRACTS.md): `baseline` (sampling.steps), `clockwork` (the distilled adaptor from
+models/adaptor at `cut` and `clock`), `clockwork_identity` (training-free), `baseline_6steps` and
+`baseline_4steps` (the FLOPs-matched alternative a user would pick instead). Each gets FID and KID
+against held-out real images (with bootstrap / subset std), the CLIP score of the world's scorer,
+total GFLOPs per image (CFG batch 2, clockwork.flops), the measured latency of the UNet loop for one
+prompt on this machine, and the adaptor's parameter count. plots/samples/evaluate.png shows the same
+prompts and seeds for every method, the prompt under each image.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_params  # noqa: E402
+
+GRID = "plots/samples/evaluate.png"
+
+
+def methods(p) -> dict:
+    from pipeline.common import MethodSpec
+
+    base = dict(sampler=p.sampling.sampler, guidance=p.sampling.guidance)
+    clock = dict(clock=p.clock.period,
+                 adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None, cut=p.cut)
+    return {
+        "baseline": MethodSpec(steps=p.sampling.steps, **base),
+        "clockwork": None,  # built from the distilled adaptor's own config
+        "clockwork_identity": MethodSpec(steps=p.sampling.steps, adaptor="identity", **base, **clock),
+        "baseline_6steps": MethodSpec(steps=6, **base),
+        "baseline_4steps": MethodSpec(steps=4, **base),
+    }
+
+
+def main() -> None:
+    p = load_params("evaluate")
+    import dataclasses
+
+    from clockwork.adaptors import load_adaptor
+    from pipeline import tracking
+    from pipeline.common import (ADAPTOR_DIR, EvalContext, MethodSpec, Prepared, evaluate_method, load_world, log,
+                                 sample_grid, save_png, write_json)
+
+    world = load_world(p.world, p.evaluate.device)
+    prepared = Prepared.load()
+    e = p.evaluate
+    ec = EvalContext(world, prepared, e.n_samples, e.seed, e.batch_size, e.fid_bootstrap, e.kid_subsets,
+                     e.kid_subset_size, e.latency_runs)
+    adaptor = load_adaptor(ADAPTOR_DIR)
+    cfg = adaptor.config
+    specs = methods(p)
+    specs["clockwork"] = dataclasses.replace(
+        specs["clockwork_identity"], adaptor=adaptor.kind, width=cfg.get("width", 0) or 0, depth=cfg.get("depth", 0) or 0,
+        inputs=tuple(cfg.get("inputs", ("r_out_prev",))))
+    if int(cfg.get("cut", p.cut)) != p.cut:
+        raise SystemExit(f"{ADAPTOR_DIR} was distilled for cut {cfg.get('cut')}, params.yaml says cut: {p.cut}; "
+                         "dvc repro distill")
+    results, images = {}, {}
+    t0 = time.perf_counter()
+    with tracking.stage_run("evaluate", p.flat(), tags={"device": world.device, "torch_threads": __import__("torch").get_num_threads()}) as run:
+        for name, spec in specs.items():
+            with run.child(name, spec.flat()) as child:
+                m, imgs = evaluate_method(ec, spec, adaptor if name == "clockwork" else None, name=name)
+                child.log_metrics(m)
+            results[name] = m
+            images[name] = imgs
+        b = results["baseline"]
+        for name, m in results.items():
+            run.log_metrics({f"{name}.{k}": v for k, v in m.items() if k in ("fid", "kid", "clip", "gflops", "latency_ms")})
+            log(f"{name:>19}: FID {m['fid']:7.2f} ± {m['fid_std']:.2f}  CLIP {m['clip']:.2f}  "
+                f"GFLOPs {m['gflops']:.2f} ({m['gflops'] / b['gflops']:.2f}x)  {m['latency_ms']:.1f} ms")
+        write_json("metrics/evaluate.json", results)
+        if e.grid_images:
+            save_png(GRID, sample_grid(images, ec.prompts, e.grid_images))
+            run.log_artifact(GRID, "samples")
+        run.log_artifact("metrics/evaluate.json")
+    log(f"evaluate done in {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

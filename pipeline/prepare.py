@@ -1,0 +1,143 @@
+"""Stage `prepare`: prompt sets, cached text embeddings and FID reference statistics -> data/prepared/.
+
+- distillation prompts: captions of a seeded sample of the *training* split (their trajectories are unrolled);
+- evaluation prompts: captions of a seeded sample of the *held-out* split;
+- reference images: other held-out images (disjoint from the evaluation ones), as Inception statistics;
+- embeddings: MiniLM token states of every caption the embedded world can produce (EmbeddingTable).
+For world.kind=sd15 the same from COCO 2017 captions/images and SD's own text encoder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_params  # noqa: E402
+
+
+def _embedded(p, out: Path, device: str) -> dict:
+    import torch
+
+    from clockwork.embedded.data import CaptionedFashion, all_prompt_strings
+    from clockwork.embedded.text import EmbeddingTable, MiniLMEncoder
+    from clockwork.metrics import ReferenceStats, inception_features
+    from pipeline.common import log
+
+    root = p.world.data_root
+    train = CaptionedFashion("train", root=root, seed=p.prepare.seed)
+    held = CaptionedFashion("heldout", root=root, seed=p.prepare.seed)
+    n_eval, n_ref = p.prepare.eval_prompts, p.prepare.reference_images  # disjoint (checked in config.py)
+    g = torch.Generator().manual_seed(p.prepare.seed)
+    train_idx = torch.randperm(len(train), generator=g)[: p.prepare.distill_prompts]
+    held_perm = torch.randperm(len(held), generator=g)
+    eval_idx, ref_idx = held_perm[:n_eval], held_perm[n_eval:n_eval + n_ref]
+
+    log(f"encoding {len(all_prompt_strings())} captions with MiniLM")
+    table = EmbeddingTable.build(all_prompt_strings(), encoder=MiniLMEncoder(device=device))
+    table.save(out / "embeddings.safetensors")
+    log(f"Inception statistics of {n_ref} held-out reference images")
+    feats = inception_features(held.images_uint8(ref_idx), device=device)
+    ReferenceStats.from_features(feats, {"split": "heldout", "n": n_ref, "extractor": "tf-fid-inception-2015-12-05"}).save(
+        out / "reference_stats.npz")
+    return {
+        "world": "embedded",
+        "distill_prompts": [train.texts[int(i)] for i in train_idx],
+        "distill_indices": train_idx.tolist(),
+        "eval_prompts": [held.texts[int(i)] for i in eval_idx],
+        "eval_indices": eval_idx.tolist(),
+        "reference_indices": ref_idx.tolist(),
+        "split": {"distill": "train", "eval": "heldout", "reference": "heldout"},
+    }
+
+
+def _coco_captions(path: str) -> list[tuple[str, str]]:
+    """(image file name, first caption) per image of a COCO captions json, in image-id order."""
+    import json
+
+    d = json.loads(Path(path).read_text())
+    names = {im["id"]: im["file_name"] for im in d["images"]}
+    first: dict[int, str] = {}
+    for a in sorted(d["annotations"], key=lambda a: a["id"]):
+        first.setdefault(a["image_id"], a["caption"].strip())
+    return [(names[i], first[i]) for i in sorted(first) if i in names]
+
+
+def _sd15(p, out: Path, device: str) -> dict:
+    """COCO 2017 captions (first caption per image), SD's CLIP text encoder, reference images resized to the resolution."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from clockwork.embedded.text import EmbeddingTable
+    from clockwork.metrics import ReferenceStats, inception_features
+    from pipeline.common import World, log
+
+    w = p.world
+    pairs = _coco_captions(w.captions)
+    g = torch.Generator().manual_seed(p.prepare.seed)
+    perm = torch.randperm(len(pairs), generator=g).tolist()
+    n_eval, n_ref, n_dist = p.prepare.eval_prompts, p.prepare.reference_images, p.prepare.distill_prompts
+    eval_pairs = [pairs[i] for i in perm[:n_eval]]
+    ref_pairs = [pairs[i] for i in perm[:n_ref]]  # COCO protocol: the evaluated captions' own images (and more)
+    dist_src = _coco_captions(w.distill_captions) if w.distill_captions else [pairs[i] for i in perm[n_eval:]]
+    dperm = torch.randperm(len(dist_src), generator=g).tolist()[:n_dist]
+    distill_prompts = [dist_src[i][1] for i in dperm]
+
+    world = World(w, device)
+    pipe = world.sd_pipe
+
+    class SDText:
+        @torch.no_grad()
+        def __call__(self, prompts, batch_size=64):
+            states, pooled = [], []
+            for i in range(0, len(prompts), batch_size):
+                tok = pipe.tokenizer(prompts[i:i + batch_size], padding="max_length", truncation=True,
+                                     max_length=pipe.tokenizer.model_max_length, return_tensors="pt").to(device)
+                h = pipe.text_encoder(tok.input_ids)[0].float()
+                states.append(h.cpu())
+                pooled.append(h.mean(1).cpu())
+            return torch.cat(states), torch.cat(pooled)
+
+    log(f"encoding {len(set(distill_prompts + [c for _, c in eval_pairs]))} captions with SD's text encoder")
+    table = EmbeddingTable.build(distill_prompts + [c for _, c in eval_pairs], encoder=SDText())
+    table.save(out / "embeddings.safetensors")
+    res = w.resolution
+
+    def load(name):
+        im = Image.open(Path(w.reference_images) / name).convert("RGB")
+        s = res / min(im.size)
+        im = im.resize((max(res, round(im.width * s)), max(res, round(im.height * s))), Image.BICUBIC)
+        left, top = (im.width - res) // 2, (im.height - res) // 2
+        return np.asarray(im.crop((left, top, left + res, top + res))).transpose(2, 0, 1)
+
+    log(f"Inception statistics of {len(ref_pairs)} COCO reference images")
+    feats = []
+    for i in range(0, len(ref_pairs), 250):
+        imgs = torch.from_numpy(np.stack([load(n) for n, _ in ref_pairs[i:i + 250]]))
+        feats.append(inception_features(imgs, device=device, progress=False))
+    ReferenceStats.from_features(torch.cat(feats), {"source": w.reference_images, "n": len(ref_pairs)}).save(
+        out / "reference_stats.npz")
+    return {"world": "sd15", "distill_prompts": distill_prompts, "eval_prompts": [c for _, c in eval_pairs],
+            "eval_images": [n for n, _ in eval_pairs], "reference_images": [n for n, _ in ref_pairs]}
+
+
+def main() -> None:
+    p = load_params("prepare")
+    from pipeline import tracking
+    from pipeline.common import PREPARED_DIR, atomic_dir, log, pick_device, write_json
+
+    device = pick_device(p.prepare.device)
+    with tracking.stage_run("prepare", p.flat()) as run, atomic_dir(PREPARED_DIR) as out:
+        info = (_embedded if p.world.kind == "embedded" else _sd15)(p, out, device)
+        write_json(out / "prompts.json", info)
+        stats = {"distill_prompts": len(info["distill_prompts"]), "eval_prompts": len(info["eval_prompts"]),
+                 "distinct_distill_prompts": len(set(info["distill_prompts"])),
+                 "distinct_eval_prompts": len(set(info["eval_prompts"]))}
+        run.log_metrics(stats)
+        log(f"prepared {stats}")
+
+
+if __name__ == "__main__":
+    main()

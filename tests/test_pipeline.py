@@ -1,0 +1,153 @@
+"""The smoke configuration through real `dvc repro` in a temporary copy of the repository.
+
+One copy per test session (module fixture): the first `dvc repro` runs every stage; then a second
+`dvc repro` must do nothing, and changing only `adaptor.width` must re-run distill (and what follows)
+but never trajectories. Marked slow: about two minutes on an idle 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+pytestmark = pytest.mark.slow
+
+EVALUATE_METHODS = ("baseline", "clockwork", "clockwork_identity", "baseline_6steps", "baseline_4steps")
+EVALUATE_KEYS = {"fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "steps",
+                 "clock", "cut", "adaptor", "sampler", "n_samples"}
+ABLATE_KEYS = {"ablation", "variant", "sampler", "steps", "clock", "cut", "adaptor", "inputs", "training", "fid", "fid_std",
+               "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "n_samples"}
+ABLATIONS = {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps"}
+GENERATED = ("dvc.lock", "metrics", "plots", "models", "data", "reports/analysis", "mlflow.db", "mlruns", "mlartifacts")
+
+
+def copy_repo(dst: Path) -> None:
+    """The working tree as git sees it (tracked + untracked, not ignored), without generated outputs."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if not src.is_file() or f.startswith(GENERATED):
+            continue
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst / f)
+
+
+def dvc(repo: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
+               MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PYTHONPATH=str(repo))
+    res = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+def ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    repo = tmp_path_factory.mktemp("smoke_repo")
+    copy_repo(repo)
+    shutil.copy(repo / "configs" / "smoke.yaml", repo / "params.yaml")
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=test"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "smoke copy"], cwd=repo, check=True)
+    t0 = time.time()
+    res = dvc(repo, "repro")
+    return {"repo": repo, "out": res.stdout + res.stderr, "seconds": time.time() - t0}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_smoke_repro_runs_every_stage(smoke) -> None:
+    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "report"}, smoke["out"][-3000:]
+    assert "'teacher' is frozen" in smoke["out"] and "'clip' is frozen" in smoke["out"]
+    print(f"smoke dvc repro: {smoke['seconds']:.0f}s")
+
+
+def test_smoke_metrics_follow_the_contract(smoke) -> None:
+    repo = smoke["repo"]
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert tuple(ev) == EVALUATE_METHODS
+    for name, m in ev.items():
+        assert set(m) == EVALUATE_KEYS, (name, set(m) ^ EVALUATE_KEYS)
+        for k in ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms"):
+            assert _finite(m[k]), (name, k, m[k])
+        assert m["n_samples"] == 16 and m["gflops"] > 0 and m["latency_ms"] > 0
+    assert ev["clockwork"]["adaptor"] == "resnet" and ev["clockwork"]["adaptor_params"] > 0
+    assert ev["clockwork_identity"]["adaptor_params"] == 0 and ev["baseline"]["adaptor"] == "none"
+    # FLOPs: Clockwork saves the low-res part on half of the steps; fewer steps cost proportionally less.
+    assert ev["clockwork_identity"]["gflops"] < ev["clockwork"]["gflops"] < ev["baseline"]["gflops"]
+    assert ev["baseline_4steps"]["gflops"] == pytest.approx(ev["baseline"]["gflops"] / 2, rel=1e-3)
+
+    rows = json.loads((repo / "metrics/ablate.json").read_text())["rows"]
+    assert {r["ablation"] for r in rows} == ABLATIONS
+    for r in rows:
+        assert set(r) == ABLATE_KEYS, set(r) ^ ABLATE_KEYS
+        assert all(_finite(r[k]) for k in ("fid", "fid_std", "kid", "clip", "gflops", "latency_ms")), r
+    every = [r for r in rows if r["variant"] == "every_step_without_r_out_prev"][0]
+    assert every["inputs"] == ["r_in", "time"] and every["clock"] == list(range(8))
+    assert {r["training"] for r in rows if r["ablation"] == "training"} == {"unrolled", "forward_noised"}
+
+    distill = json.loads((repo / "metrics/distill.json").read_text())
+    assert {"final_loss", "heldout_mse", "steps", "adaptor_params"} <= set(distill)
+    assert _finite(distill["final_loss"]) and _finite(distill["heldout_mse"]) and distill["steps"] == 20
+    lines = (repo / "plots/distill_loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss" and len(lines) == 1 + 20 // 5
+    for png in ("plots/samples/evaluate.png", "plots/samples/ablate.png"):
+        assert (repo / png).read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "models/adaptor/config.json").is_file()
+    assert (repo / "reports/analysis/summary.md").is_file()
+
+
+def test_smoke_logged_to_mlflow(smoke) -> None:
+    db = smoke["repo"] / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        names = {r[0] for r in con.execute("select name from experiments")}
+        runs = con.execute("select count(*) from runs").fetchone()[0]
+        params = {r[0] for r in con.execute("select key from params")}
+    assert {"clockwork-data", "clockwork-distill", "clockwork-evaluate", "clockwork-ablate"} <= names
+    assert runs >= 6 and {"adaptor.width", "clock.period", "cut"} <= params
+
+
+def test_second_repro_does_nothing(smoke) -> None:
+    repo = smoke["repo"]
+    status = dvc(repo, "status")
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+    again = dvc(repo, "repro")
+    assert ran(again.stdout) == set(), again.stdout
+
+
+def test_width_change_reruns_distill_not_trajectories(smoke) -> None:
+    repo = smoke["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["adaptor"]["width"] = 48
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = dvc(repo, "status", "--json")
+    changed = set(json.loads(status.stdout))
+    assert "distill" in changed and "trajectories" not in changed and "prepare" not in changed, status.stdout
+    res = dvc(repo, "repro", "distill")
+    out = res.stdout
+    assert ran(out) == {"distill"}, out
+    assert "Stage 'trajectories' didn't change, skipping" in out
+    assert json.loads((repo / "models/adaptor/config.json").read_text())["width"] == 48
+    downstream = set(json.loads(dvc(repo, "status", "--json").stdout))
+    assert {"evaluate", "ablate"} <= downstream and "trajectories" not in downstream
