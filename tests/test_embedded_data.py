@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +116,23 @@ def test_caption_text_names_its_attributes(train: D.CaptionedFashion) -> None:
         assert D.CLASSES[cap.label] in text and D.COLOUR_NAMES[cap.colour] in text and D.SIZES[cap.size] in text
 
 
+def _word_index(texts: list[str], names: list[str]) -> torch.Tensor:
+    """Which of ``names`` each caption says, read from the text itself (not from the attributes)."""
+    out = []
+    for text in texts:
+        words = set(re.findall(r"[a-z]+", text))
+        hits = [i for i, n in enumerate(names) if n in words]
+        assert len(hits) == 1, text
+        out.append(hits[0])
+    return torch.tensor(out)
+
+
 def test_colour_words_match_pixels(heldout: D.CaptionedFashion) -> None:
     x = heldout.images()
     # Mean channel value over the item's lit pixels (background is black: -1).
     lit = (x.max(1, keepdim=True).values > -0.8).float()
     rgb = ((x + 1) / 2 * lit).sum((2, 3)) / lit.sum((2, 3)).clamp(min=1)
-    colour = heldout.colour
+    colour = _word_index(heldout.texts, D.COLOUR_NAMES)
     red, blue, green = (D.COLOUR_NAMES.index(c) for c in ("red", "blue", "green"))
     assert (rgb[colour == red, 0] > rgb[colour == red, 2]).float().mean() > 0.99
     assert (rgb[colour == blue, 2] > rgb[colour == blue, 0]).float().mean() > 0.99
@@ -137,7 +149,7 @@ def test_size_words_match_pixels(heldout: D.CaptionedFashion) -> None:
     o = (D.IMAGE_SIZE - D.SIZE_PIXELS["small"]) // 2
     border = torch.ones(D.IMAGE_SIZE, D.IMAGE_SIZE, dtype=torch.bool)
     border[o : o + D.SIZE_PIXELS["small"], o : o + D.SIZE_PIXELS["small"]] = False
-    small = heldout.size == D.SIZES.index("small")
+    small = _word_index(heldout.texts, D.SIZES) == D.SIZES.index("small")
     # Small items sit on a black frame; large ones reach into it.
     assert torch.all(x[small][:, :, border] == -1)
     reaches = (x[~small][:, :, border] > -0.9).flatten(1).any(1)
