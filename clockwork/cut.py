@@ -312,7 +312,10 @@ class UNetCut:
             mods.append(u.mid_block)
         for i in self.replaced_up:
             b = u.up_blocks[i]
-            mods.extend(b.resnets)
+            if i != self.boundary_up:  # the whole block, its upsampler included
+                mods.append(b)
+                continue
+            mods.extend(b.resnets)  # the boundary block keeps its upsampler in the high-res part
             if getattr(b, "attentions", None) is not None:
                 mods.extend(b.attentions)
         return mods

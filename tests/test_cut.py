@@ -183,6 +183,31 @@ def test_replaced_modules_never_run_on_adaptor_steps(unets):
         assert unet.up_blocks[cut.boundary_up].upsamplers[0] not in replaced
 
 
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_replaced_modules_are_exactly_what_an_adaptor_step_skips(unets, name):
+    """Every leaf module that does not run on an adaptor step lies inside replaced_modules(), and none inside runs."""
+    unet = unets[name]
+    sample, t, ehs, kw = unet_inputs(unet)
+    leaves = {n: m for n, m in unet.named_modules() if not list(m.children())}
+    ran = set()
+    hs = [m.register_forward_hook(lambda mod, a, o, n=n: ran.add(n)) for n, m in leaves.items()]
+    try:
+        for c in valid_cuts(unet):
+            cut = UNetCut(unet, c)
+            with torch.no_grad():
+                _, _, r_out = cut.full_step(sample, t, ehs, **kw)
+                ran.clear()
+                cut.adaptor_step(IdentityAdaptor(), r_out, sample, t, ehs, **kw)
+            inside = {n for r in cut.replaced_modules() for n, m in leaves.items()
+                      if any(m is x for x in r.modules())}
+            used = {n for n, m in leaves.items() if not isinstance(m, torch.nn.Dropout)}
+            assert (used - ran) - inside == set(), f"cut {c}: skipped but not listed as replaced"
+            assert ran & inside == set(), f"cut {c}: listed as replaced but ran"
+    finally:
+        for h in hs:
+            h.remove()
+
+
 @pytest.mark.parametrize("name", ["sd15", "sd21", "sdxl", "embedded"])
 def test_bad_cut_names_the_valid_cuts(unets, name):
     unet = unets[name]
