@@ -459,7 +459,7 @@ def nested_params(base: dict, params: dict) -> dict:
         _dotted_set(n, "adaptor.kind", "identity")
     if params.get("adaptor") in ("identity", "none") and _dotted_get(n, "adaptor.inputs") is not None:
         n["adaptor"]["inputs"] = ["r_out_prev"]  # the only input the identity adaptor takes
-    if "clock" in params and isinstance(n.get("clock"), dict):
+    if "clock" in params and isinstance(base.get("clock"), dict):
         n["clock"]["adaptor_steps"] = None  # the swept period decides
     return n
 
@@ -589,12 +589,20 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.call("create_experiment", name)
+            return self.call("create_experiment", name, artifact_location=self.artifact_root(name))
         except Exception:  # noqa: BLE001 - another process created it first
             exp = self.call("get_experiment_by_name", name)
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def artifact_root(self, experiment: str) -> str | None:
+        """Artifacts of a sqlite store live beside its file (mlflow's default, ./mlruns, follows the cwd);
+        a tracking server decides for itself."""
+        prefix = "sqlite:///"
+        if self.uri.startswith(prefix):
+            return str(Path(self.uri[len(prefix):]).parent / "mlruns" / experiment)
+        return None
 
     def search(self, experiment_id: str, filter_string: str) -> list:
         runs, token = [], None
@@ -642,8 +650,9 @@ class Tracker:
             self.call("log_batch", run_id, tags=ts[i:i + 100])
 
     def open_child(self, experiment_id: str, parent_id: str, trial_id: str, name: str, params: dict,
-                   tags: dict) -> str:
-        """The child run of ``trial_id`` (created once; a retried or resumed trial reuses it)."""
+                   tags: dict) -> tuple[str, bool]:
+        """The child run of ``trial_id`` (created once; a retried or resumed trial reuses it), and whether it
+        is new."""
         found = self.search(experiment_id, f"tags.`sweep.trial_id` = '{trial_id}' and "
                                            f"tags.`mlflow.parentRunId` = '{parent_id}'")
         if found:
@@ -654,7 +663,7 @@ class Tracker:
             run = self.call("create_run", experiment_id, run_name=name,
                             tags={"mlflow.parentRunId": parent_id, "sweep.trial_id": trial_id, **tags})
         self.log_params(run, params)
-        return run.info.run_id
+        return run.info.run_id, not found
 
 
 # ============================================================================== one trial, on a worker
@@ -733,6 +742,7 @@ def _where() -> dict:
 
 def run_point(ctx: TrialContext, point: dict, trial_id: str, report: Callable[[dict], None]) -> dict:
     """Run (or recall) one trial: distill + evaluate through the trial function, report, log to MLflow."""
+    started = time.time()
     if ctx.repo not in sys.path:
         sys.path.insert(0, ctx.repo)
     os.chdir(ctx.repo)  # the pipeline's paths are relative to the repository, as for `dvc repro`
@@ -758,8 +768,8 @@ def run_point(ctx: TrialContext, point: dict, trial_id: str, report: Callable[[d
     run_id, tracker = None, None
     if ctx.mlflow:
         tracker = Tracker(ctx.mlflow["uri"])
-        run_id = tracker.open_child(ctx.mlflow["experiment_id"], ctx.mlflow["parent_run_id"], trial_id, run_name(point),
-                                    mlflow_params(ctx.base, params), _child_tags(ctx, key, point))
+        run_id, _ = tracker.open_child(ctx.mlflow["experiment_id"], ctx.mlflow["parent_run_id"], trial_id,
+                                       run_name(point), mlflow_params(ctx.base, params), _child_tags(ctx, key, point))
     history: list[tuple[int, float]] = []
 
     def on_log(step: int, loss: float) -> None:
@@ -772,7 +782,6 @@ def run_point(ctx: TrialContext, point: dict, trial_id: str, report: Callable[[d
         report({"distill_loss": float(loss), "distill_step": int(step)})
 
     fn = load_trial_function(ctx.trial_spec, ctx.repo)
-    started = time.time()
     try:
         metrics = fn(params, str(workdir), on_log=on_log) if accepts_on_log(fn) else fn(params, str(workdir))
         if not isinstance(metrics, dict):
@@ -795,7 +804,8 @@ def run_point(ctx: TrialContext, point: dict, trial_id: str, report: Callable[[d
     _atomic_json(done_file, {"trial_id": trial_id, "point": point, "metrics": clean, "history": history,
                              "params": params, **info})
     if tracker is not None:
-        _mlflow_trial_end(ctx, trial_id, key, point, None, {**clean, **info}, None, "FINISHED", tracker, run_id)
+        _mlflow_trial_end(ctx, trial_id, key, point, None, {**clean, **info}, None, "FINISHED", tracker, run_id,
+                          live_history=bool(history))
     final = {**clean, **info}
     report({**final, "sweep_final": 1})
     return final
@@ -821,16 +831,20 @@ def _child_tags(ctx: TrialContext, key: str, point: dict) -> dict:
             "mlflow.runName": run_name(point)}
 
 
-def _mlflow_trial_end(ctx, trial_id, key, point, flat_params, final, history, status, tracker=None, run_id=None):
+def _mlflow_trial_end(ctx, trial_id, key, point, flat_params, final, history, status, tracker=None, run_id=None,
+                      live_history=False):
     """Log final metrics on the trial's child run; never fails the trial (the driver reconciles later)."""
     try:
         tracker = tracker or Tracker(ctx.mlflow["uri"])
         if run_id is None:
-            run_id = tracker.open_child(ctx.mlflow["experiment_id"], ctx.mlflow["parent_run_id"], trial_id,
-                                        run_name(point), flat_params, _child_tags(ctx, key, point))
-            if history:
+            run_id, new = tracker.open_child(ctx.mlflow["experiment_id"], ctx.mlflow["parent_run_id"], trial_id,
+                                             run_name(point), flat_params, _child_tags(ctx, key, point))
+            if history and new:
                 tracker.log_history(run_id, "distill_loss", history)
-        tracker.log_metrics(run_id, {k: v for k, v in final.items() if k not in ("started", "finished")})
+        last = {k: v for k, v in final.items() if k not in ("started", "finished", "distill_loss")}
+        tracker.log_metrics(run_id, last)
+        if "distill_loss" in final and not history and not live_history:
+            tracker.log_metrics(run_id, {"distill_loss": final["distill_loss"]})  # no curve: the final loss only
         tracker.set_tags(run_id, {"sweep.status": "complete", "sweep.node": final.get("node", ""),
                                   "sweep.gpu_ids": final.get("gpu_ids", "")})
         tracker.call("set_terminated", run_id, status)
@@ -909,7 +923,7 @@ def records_from_results(ctx: TrialContext, sp: SweepParams, grid) -> list[Recor
             history = [(int(s), float(v)) for s, v in zip(h["distill_step"], h["distill_loss"])]
         metrics = {k: v for k, v in last.items() if k not in RAY_KEYS}
         if r.error is not None:
-            status, error = "error", f"{type(r.error).__name__}: {r.error}".strip()
+            status, error = "error", error_text(r.error)
             metrics = {}
         elif last.get("sweep_final"):
             status, error = "complete", ""
@@ -920,6 +934,18 @@ def records_from_results(ctx: TrialContext, sp: SweepParams, grid) -> list[Recor
             status, error = "not_run", ""
         out.append(_record(ctx, sp, trial_id, point, status, metrics, history, error))
     return sorted(out, key=lambda rec: rec.trial_id)
+
+
+def error_text(err: BaseException) -> str:
+    """The trial's own exception (not Ray's wrapper with its traceback), as 'Type: message'."""
+    cause = getattr(err, "cause", None) or err
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:
+        cause = cause.cause
+    text = f"{type(cause).__name__}: {cause}"
+    if "RayTaskError" in text or "Traceback" in text:  # no cause attached: keep the last line of the traceback
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        text = lines[-1].strip() if lines else text
+    return text
 
 
 def baseline_from_file(path: Path) -> dict:
@@ -1072,6 +1098,10 @@ def plot_fronts(sweep_dir: Path, records: list[Record], summary: dict) -> list[P
     return paths
 
 
+def _g(v) -> str:
+    return f"{v:.4g}" if _finite(v) else "-"
+
+
 def format_summary(name: str, records: list[Record], summary: dict, wall_s: float | None = None) -> str:
     import pandas as pd
 
@@ -1094,17 +1124,18 @@ def format_summary(name: str, records: list[Record], summary: dict, wall_s: floa
              "front: F = FID vs GFLOPs, C = CLIP vs GFLOPs, L = FID vs latency"]
     b, rec = summary.get("baseline"), summary.get("recommended")
     if b:
-        lines.append(f"Baseline ({b['run_name']}): FID {b['fid']:.4g}, CLIP {b.get('clip')}, GFLOPs {b.get('gflops')}, "
-                     f"latency {b.get('latency_ms')} ms")
+        lines.append(f"Baseline ({b['run_name']}): FID {_g(b['fid'])}, CLIP {_g(b.get('clip'))}, "
+                     f"GFLOPs {_g(b.get('gflops'))}, latency {_g(b.get('latency_ms'))} ms")
     tol = (f"{100 * summary['fid_tolerance']:.3g}% of the baseline" if summary["fid_tolerance_relative"]
            else f"+{summary['fid_tolerance']:g} FID")
     if rec:
         saving = rec.get("gflops_saving")
+        dims = ", ".join(f"{d} {rec[d]}" for d in DIMENSIONS if rec.get(d) is not None)
         lines.append(
-            f"Recommended operating point (largest FLOPs saving with FID within {tol}): {rec['run_name']} = "
-            f"clock {rec['clock']}, width {rec['width']}, cut {rec['cut']}, steps {rec['steps']}, adaptor {rec['adaptor']}: "
-            f"GFLOPs {rec.get('gflops')} ({'-' if saving is None else f'{100 * saving:.1f}% saved'}), "
-            f"FID {rec['fid']:.4g} ({rec['fid_delta']:+.3g}), CLIP {rec.get('clip')}, latency {rec.get('latency_ms')} ms")
+            f"Recommended operating point (largest FLOPs saving with FID within {tol}): {rec['run_name']} = {dims}: "
+            f"GFLOPs {_g(rec.get('gflops'))} ({'-' if saving is None else f'{100 * saving:.1f}% saved'}), "
+            f"FID {_g(rec['fid'])} ({rec['fid_delta']:+.3g}), CLIP {_g(rec.get('clip'))}, "
+            f"latency {_g(rec.get('latency_ms'))} ms")
     elif b:
         lines.append(f"No point stays within {tol} of the baseline FID: ship the baseline.")
     else:
@@ -1138,7 +1169,7 @@ def sync_mlflow(sweep_dir: Path, state: dict, records: list[Record], summary: di
             run_id = run.info.run_id
             tracker.log_params(run, r.params)
             tracker.log_history(run_id, "distill_loss", r.history)
-            have = {}
+            have = {"distill_loss": None} if r.history else {}
         else:
             run_id = run.info.run_id
             tracker.log_params(run, r.params)
@@ -1243,10 +1274,13 @@ def _make_search(sp: SweepParams, points: list[dict], baselines_in_tune: list[di
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    # (Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator: it takes its own.)
+    limit = sp.max_concurrent or 0
     if sp.search.algorithm == "grid":
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=sp.search.seed), len(points)
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=sp.search.seed,
+                                     max_concurrent=limit), len(points)
     if sp.search.algorithm == "random":
-        return BasicVariantGenerator(random_state=sp.search.seed), sp.search.num_samples
+        return BasicVariantGenerator(random_state=sp.search.seed, max_concurrent=limit), sp.search.num_samples
     from ray import tune
 
     try:
@@ -1419,7 +1453,7 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
             tuner = tune.Tuner(
                 trainable, param_space=param_space(sp, points),
                 tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                                            max_concurrent_trials=sp.max_concurrent or None, reuse_actors=False,
+                                            reuse_actors=False,
                                             trial_dirname_creator=lambda t: t.trial_id),
                 run_config=tune.RunConfig(name="ray", storage_path=str(sweep_dir),
                                           failure_config=tune.FailureConfig(max_failures=sp.max_failures),

@@ -128,24 +128,30 @@ def tiny_trial(params: dict, workdir: str, on_log=None) -> dict:
 
 
 def quick_trial(params: dict, workdir: str, on_log=None) -> dict:
-    """Metrics from a formula; ``fail_once_width`` fails a trial's first attempt, ``fail_clock`` fails every
-    attempt of that clock; ``sleep`` keeps trials alive long enough to overlap."""
+    """Metrics from a formula, after ``sleep`` seconds of loss reports (first attempt only, so that trials
+    overlap but retries are quick). ``fail_once_width`` fails a trial's first attempt, ``fail_clock`` every
+    attempt of that clock. Each attempt's [start, end] goes to ``intervals.jsonl`` in its work folder."""
     clock, cut, width = params["clock"], params.get("cut", 1), params.get("width", 0)
-    marker = Path(workdir) / "failed_once"
-    if width and width == params.get("fail_once_width") and not marker.exists():
-        marker.write_text("x")
+    work = Path(workdir)
+    first = not (work / "attempted").exists()
+    (work / "attempted").write_text("x")
+    start = time.time()
+    n = params.get("reports", 4)
+    for s in range(1, n + 1):
+        if first:
+            time.sleep(params.get("sleep", 0.5) / n)
+        if on_log is not None:
+            on_log(10 * s, (0.2 * clock + 1.0 / (1 + width)) / s)
+    with open(work / "intervals.jsonl", "a") as f:
+        f.write(json.dumps({"start": start, "end": time.time(), "pid": os.getpid()}) + "\n")
+    if width and width == params.get("fail_once_width") and first:
         raise RuntimeError(f"flaky trial (width {width}): fails on its first attempt")
     if clock == params.get("fail_clock"):
         raise ValueError(f"broken trial (clock {clock}): always fails")
-    n = params.get("reports", 4)
-    for s in range(1, n + 1):
-        time.sleep(params.get("sleep", 0.5) / n)
-        if on_log is not None:
-            on_log(10 * s, (0.2 * clock + 1.0 / (1 + width)) / s)
     gflops = 100.0 * (1 / clock + (1 - 1 / clock) * 0.3) + 0.1 * width
     return {"fid": 10 + 0.5 * (clock - 1) - 0.05 * width + 0.2 * (cut - 1), "fid_std": 0.1, "kid": 0.01,
             "clip": 0.30 - 0.002 * (clock - 1), "gflops": gflops, "gflops_ratio": gflops / 100.0,
-            "latency_ms": 0.5 * gflops, "adaptor_params": 1000 * width, "pid": os.getpid()}
+            "latency_ms": 0.5 * gflops, "adaptor_params": 1000 * width}
 
 
 def test_tiny_trial_runs_in_process(tmp_path):

@@ -1,0 +1,221 @@
+"""End-to-end sweeps with real Ray Tune and a real MLflow sqlite store (no mocks).
+
+- a tiny real Clockwork sweep (distillation + evaluation from the library): MLflow parent + nested children,
+  params, loss curves, Pareto tags, tables and plots on the parent, results.csv;
+- >= 8 concurrent trials writing to one sqlite store, with a flaky trial (retried) and a broken one
+  (recorded as failed, not fatal): no MLflow run is lost;
+- a sweep killed midway (SIGKILL of the driver) resumes with --resume without rerunning finished trials,
+  and a --no-mlflow sweep is logged afterwards with --import-results (idempotently).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sweep = importlib.import_module("pipeline.sweep")
+
+pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for the in-process sweeps (run_sweep joins it, as it joins any running cluster)."""
+    import ray
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+CONTRACT = ["trial_id", "clock", "width", "cut", "steps", "adaptor", "fid", "fid_std", "kid", "clip", "gflops",
+            "gflops_ratio", "latency_ms", "adaptor_params", "status", "pareto_fid_gflops", "pareto_clip_gflops",
+            "pareto_fid_latency"]
+
+
+def write_config(path: Path, section: dict) -> Path:
+    path.write_text(yaml.safe_dump({"sweep": section}))
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def store(uri: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(sweep.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, exp, parents, children
+
+
+def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster):
+    from test_sweep_trial import make_world
+
+    world = make_world(tmp_path / "world")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "name": "tiny", "trial": "tests/test_sweep_trial.py:tiny_trial",
+        "space": {"clock": [2, 4], "width": [8], "cut": [2], "steps": [4], "adaptor": ["resnet"]},
+        "resources": {"cpus_per_trial": 0.5}, "max_failures": 1, "fid_tolerance": 0.5,
+        "overrides": {"tiny_root": str(world), "distill_steps": 15},
+    })
+    summary = sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=uri, num_cpus=2)
+    out = tmp_path / "sweeps" / "tiny"
+
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0])[:len(CONTRACT)] == CONTRACT
+    assert len(rows) == 3 and all(r["status"] == "complete" for r in rows), rows  # 2 points + the baseline
+    base = [r for r in rows if r["baseline"] == "True"]
+    assert len(base) == 1 and base[0]["adaptor"] == "none" and float(base[0]["gflops_ratio"]) == 1.0
+    assert all(float(r["gflops"]) < float(base[0]["gflops"]) for r in rows if r["baseline"] != "True")
+    for name in sweep.FRONTS:
+        assert any(r[f"pareto_{name}"] == "True" for r in rows)
+        assert (out / f"pareto_{name}.png").stat().st_size > 10_000
+    assert sum(r["recommended"] == "True" for r in rows) == (1 if summary["recommended"] else 0)
+    assert summary["baseline"]["trial_id"] == base[0]["trial_id"]
+
+    client, exp, parents, children = store(uri)
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    by_trial = {c.data.tags["sweep.trial_id"]: c for c in children}
+    assert set(by_trial) == {r["trial_id"] for r in rows}
+    for r in rows:
+        c = by_trial[r["trial_id"]]
+        assert c.info.run_name == r["run_name"]
+        assert float(c.data.metrics["fid"]) == pytest.approx(float(r["fid"]))
+        assert c.data.tags["pareto.fid_gflops"] == r["pareto_fid_gflops"].lower()
+        assert c.data.tags["sweep.recommended"] == r["recommended"].lower()
+        if r["baseline"] != "True":
+            assert c.data.params["clock.period"] == r["clock"] and c.data.params["cut"] == r["cut"]
+            assert c.data.params["adaptor.kind"] == r["adaptor"] and c.data.params["sampling.steps"] == "4"
+        if r["adaptor"] == "resnet":
+            assert c.data.params["adaptor.width"] == "8"
+            curve = client.get_metric_history(c.info.run_id, "distill_loss")
+            assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [5, 10, 15]
+    # The UI filter for the front finds exactly the front.
+    front = client.search_runs([exp.experiment_id], "tags.`pareto.fid_gflops` = 'true'")
+    assert {f.data.tags["sweep.trial_id"] for f in front} == set(summary["fronts"]["fid_gflops"])
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    arts |= {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
+    assert {"results.csv", "summary.json", "pareto/pareto_fid_gflops.png", "pareto/pareto_clip_gflops.png",
+            "pareto/pareto_fid_latency.png", "pareto/fronts.json", "pareto/pareto.csv"} <= arts
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.space.clock"] == "[2, 4]"
+    assert client.get_run(parent.info.run_id).data.metrics["baseline.fid"] == pytest.approx(float(base[0]["fid"]))
+
+
+def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monkeypatch, ray_cluster):
+    # The default kind of store (a sqlite file), reached the default way (MLFLOW_TRACKING_URI).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "name": "crowd", "trial": "tests/test_sweep_trial.py:quick_trial",
+        "space": {"clock": [2, 3, 4, 5], "width": [1, 2], "cut": [1]}, "baseline": "none",
+        "resources": {"cpus_per_trial": 0.2}, "max_failures": 1,
+        "overrides": {"sleep": 6.0, "reports": 8, "fail_once_width": 2, "fail_clock": 5},
+    })
+    sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps")
+    out = tmp_path / "sweeps" / "crowd"
+    rows = {r["run_name"]: r for r in read_csv(out / "results.csv")}
+    assert len(rows) == 8
+    # A flaky trial is retried and completes; a broken one is recorded as failed and the sweep goes on.
+    assert rows["c3-w2-k1"]["status"] == "complete" and rows["c3-w2-k1"]["attempts"] == "2"
+    assert rows["c5-w1-k1"]["status"] == "error" and rows["c5-w1-k1"]["attempts"] == "2"
+    assert rows["c5-w1-k1"]["error"] == "ValueError: broken trial (clock 5): always fails"
+    assert sum(r["status"] == "complete" for r in rows.values()) == 6
+
+    # The trials really overlapped: at the busiest moment, >= 8 were reporting losses to MLflow at once.
+    spans = [json.loads(line) for f in (out / "work").glob("*/intervals.jsonl") for line in f.read_text().splitlines()]
+    events = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
+    busiest, now = 0, 0
+    for _, d in events:
+        now += d
+        busiest = max(busiest, now)
+    assert busiest >= 8, f"only {busiest} trials overlapped"
+
+    client, _, parents, children = store(uri)
+    assert len(parents) == 1 and len(children) == 8
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status["c5-w1-k1"] == status["c5-w2-k1"] == "FAILED" and list(status.values()).count("FINISHED") == 6
+    for c in children:
+        if c.info.status == "FINISHED":
+            assert {"fid", "gflops", "clip", "latency_ms"} <= set(c.data.metrics)
+            # Every loss report of every trial arrived (8 per attempt; the flaky ones report twice).
+            n = len(client.get_metric_history(c.info.run_id, "distill_loss"))
+            assert n == 8 * int(rows[c.info.run_name]["attempts"]), (c.info.run_name, n)
+    assert "always fails" in [c for c in children if c.info.run_name == "c5-w2-k1"][0].data.tags["sweep.error"]
+
+
+def _wait_for(pred, timeout, what):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "name": "killme", "trial": "tests/test_sweep_trial.py:quick_trial",
+        "space": {"clock": [2, 3, 4, 5], "width": [1], "cut": [1]}, "baseline": "none",
+        "resources": {"cpus_per_trial": 1}, "max_concurrent": 2, "overrides": {"sleep": 3.0},
+    })
+    cmd = [sys.executable, str(ROOT / "pipeline" / "sweep.py"), "--config", str(cfg), "--sweeps-dir",
+           str(tmp_path / "sweeps"), "--no-mlflow", "--num-cpus", "2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "sweeps" / "killme"
+    with open(tmp_path / "first.log", "w") as log:
+        # Its own session, so that the driver, Ray's daemons and the trials die together - and only they.
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for(lambda: len(list(out.glob("work/*/result.json"))) >= 1, 240, "a finished trial")
+            time.sleep(2.5)  # Tune's state is saved every 2 s (TUNE_GLOBAL_CHECKPOINT_S)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finished = {p.parent.name for p in out.glob("work/*/result.json")}
+    assert 1 <= len(finished) < 4, finished
+    assert not (out / "results.csv").exists()
+
+    res = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Resuming" in res.stdout
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 4 and all(r["status"] == "complete" for r in rows)
+    for key in finished:  # run once, before the kill; never again
+        kinds = [json.loads(line)["kind"] for line in (out / "work" / key / "attempts.jsonl").read_text().splitlines()]
+        assert kinds.count("run") == 1, (key, kinds)
+    assert {r["key"] for r in rows} >= finished
+
+    # A --no-mlflow sweep goes into MLflow afterwards, as often as one likes, without duplicates.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for _ in range(2):
+        sweep.import_results(out, tracking_uri=uri)
+    client, _, parents, children = store(uri)
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["sweep.trial_id"] for c in children} == {r["trial_id"] for r in rows}
+    c = [c for c in children if c.info.run_name == "c2-w1-k1"][0]
+    assert len(client.get_metric_history(c.info.run_id, "distill_loss")) == 4
+    assert c.data.params["clock.period"] == "2" and c.info.status == "FINISHED"
