@@ -89,7 +89,10 @@ class FIDInception(nn.Module):
 
     def __init__(self, weights: str | os.PathLike | None = None):
         super().__init__()
-        self.net = torch.jit.load(str(weights or fid_helper_weights()), map_location="cpu").eval()
+        # CLOCKWORK_FID_INCEPTION may point at a copy of the same TorchScript, e.g. an fp16 one that fits a
+        # size-limited transfer to a GPU machine (fp16 weights shift FID by ~0.04%).
+        weights = weights or os.environ.get("CLOCKWORK_FID_INCEPTION") or fid_helper_weights()
+        self.net = torch.jit.load(str(weights), map_location="cpu").eval()
         self.name = "tf-fid-inception-2015-12-05"
         self.train(False)
 
@@ -105,7 +108,8 @@ class FIDInception(nn.Module):
         if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
             x = _tf1_bilinear(x, FID_INPUT_SIZE)
         # TF FID input scaling: [0, 255] -> [-1, 0.9921875].
-        return self.net(x / 128.0 - 1.0).flatten(1).float()
+        dtype = next(self.net.parameters()).dtype
+        return self.net((x / 128.0 - 1.0).to(dtype)).flatten(1).float()
 
 
 class _TorchmetricsInception(nn.Module):
@@ -367,6 +371,31 @@ class EmbeddedCLIPScorer:
         return torch.cat(out)
 
 
+class _FeatureTensors:
+    """A CLIP model whose get_image/text_features return tensors: transformers >= 5 returns model outputs
+    (the projected features in ``pooler_output``), which torchmetrics' CLIP score (1.9) cannot normalise."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def to(self, *args, **kwargs) -> "_FeatureTensors":
+        self.model.to(*args, **kwargs)
+        return self
+
+    @staticmethod
+    def _tensor(out) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs) -> torch.Tensor:
+        return self._tensor(self.model.get_text_features(*args, **kwargs))
+
+
 class TorchmetricsCLIPScorer:
     """A real CLIP through torchmetrics' CLIPScore (downloads weights; not usable offline).
 
@@ -397,8 +426,8 @@ class TorchmetricsCLIPScorer:
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = images[i : i + self.batch_size].to(self.metric.device)
-            score, _ = _clip_score_update(batch, list(prompts[i : i + self.batch_size]), self.metric.model,
-                                          self.metric.processor)
+            score, _ = _clip_score_update(batch, list(prompts[i : i + self.batch_size]),
+                                          _FeatureTensors(self.metric.model), self.metric.processor)
             out.append(score.clamp(min=0).float().cpu())
         return torch.cat(out)
 

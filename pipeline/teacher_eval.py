@@ -20,26 +20,6 @@ from clockwork.embedded.data import CaptionedFashion
 from clockwork.metrics import FIDInception, fid_from_features, inception_features, kid_from_features
 
 
-class CastInception(FIDInception):
-    """FIDInception whose TorchScript weights may be fp16 (a half-size copy travels to a GPU machine)."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return super().forward(images) if self._dtype == torch.float32 else self._half(images)
-
-    @property
-    def _dtype(self):
-        return next(self.net.parameters()).dtype
-
-    @torch.no_grad()
-    def _half(self, images):
-        from clockwork.metrics import FID_INPUT_SIZE, _tf1_bilinear
-
-        x = images.float()
-        if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
-            x = _tf1_bilinear(x, FID_INPUT_SIZE)
-        return self.net((x / 128.0 - 1.0).to(self._dtype)).flatten(1).float()
-
-
 MODEL = None
 DEVICE = "cpu"
 
@@ -68,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     global MODEL, DEVICE
     DEVICE = args.device
-    MODEL = CastInception(args.inception).to(args.device)
+    MODEL = FIDInception(args.inception).to(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
