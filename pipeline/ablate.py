@@ -88,10 +88,11 @@ def main() -> None:
     p = load_params("ablate")
     import numpy as np
     import torch
+    import yaml
 
     from clockwork.adaptors import load_adaptor
     from pipeline import tracking
-    from pipeline.common import (TRAJECTORIES_DIR, EvalContext, Prepared, atomic_dir, distill_adaptor, distill_config,
+    from pipeline.common import (TRAJECTORIES_DIR, EvalContext, Prepared, atomic_dir, code_sha, distill_adaptor, distill_config,
                                  ensure_trajectories, evaluate_method, file_sha, forward_noised_data, load_trajectories,
                                  load_world, log, obj_sha, pick_device, sample_grid, save_png, store_matches, write_json)
 
@@ -102,9 +103,12 @@ def main() -> None:
     rows = ablation_rows(p)
     main_meta = json.loads((Path(TRAJECTORIES_DIR) / "meta.json").read_text())
     # What every row depends on besides its own spec; a change makes old rows unusable (they are not matched).
+    # (and the code that computes them: rows made by other code are recomputed).
+    code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["ablate"]["deps"]
+                      if d.endswith(".py")])
     context = obj_sha([p.flat().get(k) for k in sorted(p.flat()) if not k.startswith(("adaptor.", "clock.", "cut"))]
                       + [file_sha("data/prepared"), world.teacher_id, file_sha(p.world.scorer) if p.world.kind == "embedded"
-                         else p.world.clip_model, main_meta])
+                         else p.world.clip_model, main_meta, code])
     (WORK / "rows").mkdir(parents=True, exist_ok=True)
     (WORK / "adaptors").mkdir(parents=True, exist_ok=True)
     ec = EvalContext(world, prepared, a.n_samples, a.seed, batch_size=100, fid_bootstrap=a.fid_bootstrap,

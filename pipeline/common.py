@@ -57,6 +57,12 @@ def _report_usage() -> None:
 if Path(sys.argv[0]).parent.name == "pipeline":  # a stage script, not the sweep or a test
     atexit.register(_report_usage)
 warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
+try:  # "accelerate not found" and similar notices on every from_pretrained
+    from diffusers.utils import logging as _dlogging
+
+    _dlogging.set_verbosity_error()
+except Exception:  # noqa: BLE001
+    pass
 
 
 # ------------------------------------------------------------------------------------------------ io
@@ -117,6 +123,11 @@ def file_sha(path: str | os.PathLike, n: int = 16) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:n]
+
+
+def code_sha(*paths: str) -> str:
+    """Hash of source files (relative to the repo): persisted caches made by other code are not reused."""
+    return obj_sha([file_sha(REPO_ROOT / p) for p in paths])
 
 
 def obj_sha(obj: Any, n: int = 12) -> str:
@@ -504,13 +515,22 @@ def bootstrap_fid_std(feats: torch.Tensor, reference, n_boot: int = 10, seed: in
 def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer, fid_bootstrap: int = 10,
                  kid_subsets: int = 50, kid_subset_size: int = 100, seed: int = 0, device: str = "cpu",
                  progress: bool = True, features: torch.Tensor | None = None) -> dict:
-    """FID (clockwork.metrics) + bootstrap std, KID + std over subsets, CLIP score + its standard error."""
+    """FID + bootstrap std, KID + std over subsets (clockwork.metrics), CLIP score + its standard error.
+
+    With fewer generated images than feature dimensions (every CPU configuration) FID is computed exactly
+    by :func:`fid_low_rank` - the value of clockwork.metrics.fid_from_features to ~1e-9, at a fraction of
+    the cost of its 2048 x 2048 general eigen-decomposition (seconds per call on a CPU).
+    """
     from clockwork.metrics import fid_from_features, kid_from_features
 
     feats = inception(images, device, progress) if features is None else features
     feats = feats.to(torch.float64)
     n_ref = len(reference.features)
-    fid = fid_from_features(reference, feats)
+    if len(feats) < feats.shape[1]:
+        fid = fid_low_rank(torch.as_tensor(reference.mu, dtype=torch.float64),
+                           torch.as_tensor(reference.sigma, dtype=torch.float64), feats)
+    else:
+        fid = fid_from_features(reference, feats)
     fid_std = bootstrap_fid_std(feats, reference, fid_bootstrap, seed)
     kid, kid_std = kid_from_features(reference, feats, subsets=kid_subsets,
                                      subset_size=max(2, min(kid_subset_size, len(feats), n_ref)), seed=seed)
@@ -587,7 +607,9 @@ def ensure_trajectories(root: str | os.PathLike, world: World, table, prompts: l
     neg = table.uncond(1)[0]
     return unroll_to_store(root, world.unet, world.sampler(sampler), sorted(set(cuts)), ctx, neg, steps, guidance,
                            seed=seed, shard_size=shard_size, progress=progress,
-                           meta_extra={"prompts_sha": obj_sha(prompts), "teacher": world.teacher_id, "sampler_name": sampler})
+                           meta_extra={"prompts_sha": obj_sha(prompts), "teacher": world.teacher_id, "sampler_name": sampler,
+                                       "code": code_sha("clockwork/trajectories.py", "clockwork/cut.py",
+                                                        "clockwork/schedulers.py")})
 
 
 def store_matches(root: str | os.PathLike, sampler: str, steps: int, guidance: float, cut: int) -> bool:
@@ -720,7 +742,7 @@ def _image_grid(images, captions, ncols=8, row_titles=None, scale=4):
 
 
 # ------------------------------------------------------------------------------------ the sweep's entry
-def train_and_evaluate(params: dict, workdir: str) -> dict:
+def train_and_evaluate(params: dict, workdir: str, on_log=None) -> dict:
     """Distill an adaptor for one configuration and evaluate it as the evaluate stage does.
 
     ``params``: ``clock`` (period, or a list of 0-based adaptor steps), ``width``, ``cut``, ``steps``,
@@ -729,6 +751,9 @@ def train_and_evaluate(params: dict, workdir: str) -> dict:
     whose other settings apply), ``root`` (repo root; default: this checkout), ``device``.
     Trajectories come from the trajectories stage when sampler/steps/guidance/cut match, else they are
     unrolled once into ``<root>/data/sweep_trajectories/`` (shared by trials; resumable).
+
+    ``clock: 1`` or ``adaptor: "none"`` is the plain baseline (nothing distilled). ``on_log(step, loss)`` is
+    called every ``distill.log_every`` distillation steps (the sweep reports it to Ray Tune's scheduler).
 
     Returns ``{fid, fid_std, kid, kid_std, clip, clip_std, gflops, gflops_ratio, latency_ms, adaptor_params,
     heldout_mse, ...}``; ``gflops_ratio`` is relative to the plain baseline with the same steps.
@@ -742,16 +767,22 @@ def train_and_evaluate(params: dict, workdir: str) -> dict:
     p = validate(read_yaml(params.get("params_file", root / "params.yaml")), root=root)
     world = load_world(p.world, params.get("device", "auto"), root)
     prepared = Prepared.load(root / PREPARED_DIR)
-    clock = params.get("clock", p.clock.period)
+    clock = params.get("clock", p.clock.period if p.clock.adaptor_steps is None else list(p.clock.adaptor_steps))
+    kind = params.get("adaptor", p.adaptor.kind)
+    if clock == 1 or kind == "none":
+        kind, clock = "none", 1
+    default_inputs = p.adaptor.inputs if p.adaptor.kind != "identity" else ["r_in", "r_out_prev", "time", "text"]
     spec = MethodSpec(
         sampler=params.get("sampler", p.sampling.sampler), steps=int(params.get("steps", p.sampling.steps)),
-        guidance=float(params.get("guidance", p.sampling.guidance)), adaptor=params.get("adaptor", p.adaptor.kind),
+        guidance=float(params.get("guidance", p.sampling.guidance)), adaptor=kind,
         clock=int(clock) if not isinstance(clock, (list, tuple)) else 1,
         adaptor_steps=tuple(int(s) for s in clock) if isinstance(clock, (list, tuple)) else None,
         cut=int(params.get("cut", p.cut)), width=int(params.get("width", p.adaptor.width)),
-        depth=int(params.get("depth", p.adaptor.depth)), inputs=tuple(params.get("inputs", p.adaptor.inputs)),
+        depth=int(params.get("depth", p.adaptor.depth)),
+        inputs=tuple(params.get("inputs", default_inputs)) if kind != "identity" else ("r_out_prev",),
     )
-    spec.clock_obj().validate(spec.steps, first_step_may_be_adaptor=not spec.uses_r_out_prev)
+    if not spec.is_baseline:
+        spec.clock_obj().validate(spec.steps, first_step_may_be_adaptor=not spec.uses_r_out_prev)
     t0 = time.perf_counter()
     adaptor, history, heldout_mse = None, [], None
     if not spec.is_baseline:
@@ -766,7 +797,8 @@ def train_and_evaluate(params: dict, workdir: str) -> dict:
             train, held = split_trajectories(load_trajectories(troot, spec.cut), p.distill.heldout_prompts)
             cfg = distill_config(p.distill, params.get("distill_steps"))
             adaptor, history = distill_adaptor(spec, world.unet_config, train, world.sampler(spec.sampler), cfg,
-                                               pick_device(p.distill.device), workdir / "checkpoint", progress=False)
+                                               pick_device(p.distill.device), workdir / "checkpoint", on_log=on_log,
+                                               progress=False)
             if held is not None:
                 from clockwork.distill import evaluate_mse
 

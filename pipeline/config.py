@@ -191,6 +191,8 @@ class Params(Section):
     evaluate: Evaluate
     ablate: Ablate
     report: Report
+    # Ray Tune sweep settings: validated by pipeline/sweep.py (parse_sweep), read by no DVC stage.
+    sweep: dict[str, Any] | None = None
     # `sweep:` belongs to pipeline/sweep.py (no DVC stage reads it); it is validated there by SweepParams,
     # kept opaque here so this module does not import the Ray-side code. Optional: absent = no sweep.
     sweep: dict[str, Any] | None = None

@@ -29,7 +29,7 @@ def main() -> None:
     from clockwork.distill import evaluate_mse
     from pipeline import tracking
     from pipeline.common import (ADAPTOR_DIR, TRAJECTORIES_DIR, MethodSpec, adaptor_params, atomic_dir,
-                                 build_adaptor_for, distill_adaptor, distill_config, file_sha, log, make_sampler,
+                                 build_adaptor_for, code_sha, distill_adaptor, distill_config, log, make_sampler,
                                  obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories, write_json,
                                  write_text)
     from pipeline.config import teacher_unet_config
@@ -56,7 +56,8 @@ def main() -> None:
     cfg = distill_config(p.distill)
 
     # Checkpoints made with other settings or data must not be resumed.
-    stamp = obj_sha([spec.key(), cfg.__dict__, meta, file_sha(Path(TRAJECTORIES_DIR) / "meta.json")])
+    stamp = obj_sha([spec.key(), cfg.__dict__, meta, code_sha("pipeline/distill.py", "pipeline/common.py",
+                                                               "clockwork/distill.py", "clockwork/adaptors.py")])
     stamp_file = CKPT_DIR / "stamp.txt"
     if CKPT_DIR.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
         shutil.rmtree(CKPT_DIR)

@@ -136,6 +136,25 @@ def test_second_repro_does_nothing(smoke) -> None:
     assert ran(again.stdout) == set(), again.stdout
 
 
+def test_train_and_evaluate_for_the_sweep(smoke, tmp_path: Path) -> None:
+    from pipeline.common import train_and_evaluate
+
+    repo = smoke["repo"]
+    losses = []
+    common = {"root": str(repo), "distill_steps": 5, "n_samples": 8, "latency_runs": 1}
+    m = train_and_evaluate({"clock": 2, "width": 16, "cut": 2, "steps": 4, "adaptor": "resnet", **common},
+                           str(tmp_path / "t1"), on_log=lambda step, loss: losses.append((step, loss)))
+    for k in ("fid", "fid_std", "kid", "clip", "gflops", "gflops_ratio", "latency_ms", "adaptor_params"):
+        assert _finite(m[k]), (k, m[k])
+    assert m["steps"] == 4 and m["cut"] == 2 and 0 < m["gflops_ratio"] < 1 and m["adaptor_params"] > 0
+    assert losses and losses[-1][0] == 5 and (tmp_path / "t1" / "adaptor" / "config.json").is_file()
+    assert (repo / "data" / "sweep_trajectories").is_dir()  # 4 steps: unrolled once for the sweep
+    base = train_and_evaluate({"clock": 1, "width": 16, "cut": 1, "steps": 4, **common}, str(tmp_path / "t2"))
+    assert base["adaptor"] == "none" and base["adaptor_params"] == 0 and base["gflops_ratio"] == 1.0
+    ident = train_and_evaluate({"clock": 2, "cut": 1, "steps": 8, "adaptor": "identity", **common}, str(tmp_path / "t3"))
+    assert ident["adaptor_params"] == 0 and ident["gflops_ratio"] < 0.75
+
+
 def test_width_change_reruns_distill_not_trajectories(smoke) -> None:
     repo = smoke["repo"]
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -32,6 +32,13 @@ def test_low_rank_fid_equals_clockwork_metrics() -> None:
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
     std = common.bootstrap_fid_std(gen, ref, n_boot=5, seed=0)
     assert 0 < std < want
+    # score_images takes this path below the feature dimension and the library's at or above it.
+    scorer = lambda imgs, prompts: torch.zeros(len(imgs))  # noqa: E731
+    for n in (40, 80):
+        gen = torch.randn(n, 64, generator=g, dtype=torch.float64)
+        m = common.score_images(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), ["p"] * n, ref, scorer, 2, 2, 10,
+                                features=gen)
+        assert m["fid"] == pytest.approx(fid_from_features(ref, gen), rel=1e-6)
 
 
 def test_score_images_returns_every_metric() -> None:
