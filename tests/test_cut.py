@@ -244,7 +244,7 @@ def test_real_configs_adaptor_step_shapes_on_meta(cfg, name):
             res = s // 2 ** cut_i
             assert r_in.shape == (2, boc[cut_i - 1], res, res)
             assert r_out.shape == (2, boc[::-1][cut.boundary_up], res, res)
-            for kind in ("identity", "resnet", "unet-light"):
+            for kind in ("identity", "resnet", "unet-light") if cut_i == 1 else ("identity",):
                 with torch.device("meta"):
                     ad = build_adaptor(kind, cut, **({} if kind == "identity" else {"width": 64}))
                 a_out, _, r_hat = cut.adaptor_step(ad, r_out, sample, t, ehs, **kw)
