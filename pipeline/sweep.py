@@ -767,9 +767,15 @@ def run_point(ctx: TrialContext, point: dict, trial_id: str, report: Callable[[d
 
     run_id, tracker = None, None
     if ctx.mlflow:
-        tracker = Tracker(ctx.mlflow["uri"])
-        run_id, _ = tracker.open_child(ctx.mlflow["experiment_id"], ctx.mlflow["parent_run_id"], trial_id,
-                                       run_name(point), mlflow_params(ctx.base, params), _child_tags(ctx, key, point))
+        try:
+            tracker = Tracker(ctx.mlflow["uri"])
+            run_id, _ = tracker.open_child(ctx.mlflow["experiment_id"], ctx.mlflow["parent_run_id"], trial_id,
+                                           run_name(point), mlflow_params(ctx.base, params),
+                                           _child_tags(ctx, key, point))
+        except Exception as e:  # noqa: BLE001 - MLflow is a window: the trial goes on, the driver logs it later
+            print(f"warning: trial {trial_id} cannot reach MLflow ({type(e).__name__}: {e}); its run is logged "
+                  "by the driver at the end", file=sys.stderr)
+            run_id, tracker = None, None
     history: list[tuple[int, float]] = []
 
     def on_log(step: int, loss: float) -> None:
@@ -841,7 +847,7 @@ def _mlflow_trial_end(ctx, trial_id, key, point, flat_params, final, history, st
                                              run_name(point), flat_params, _child_tags(ctx, key, point))
             if history and new:
                 tracker.log_history(run_id, "distill_loss", history)
-        last = {k: v for k, v in final.items() if k not in ("started", "finished", "distill_loss")}
+        last = {k: v for k, v in final.items() if k not in ("started", "finished", "distill_loss", "cached")}
         tracker.log_metrics(run_id, last)
         if "distill_loss" in final and not history and not live_history:
             tracker.log_metrics(run_id, {"distill_loss": final["distill_loss"]})  # no curve: the final loss only
@@ -860,11 +866,14 @@ def _trainable(config: dict, ctx: TrialContext) -> None:
     run_point(ctx, point, tune.get_context().get_trial_id(), tune.report)
 
 
-def _baseline_task(ctx: TrialContext, point: dict, trial_id: str) -> dict:
-    try:
-        return {"ok": True, "metrics": run_point(ctx, point, trial_id, lambda m: None)}
-    except Exception as e:  # noqa: BLE001 - recorded as a failed baseline, the sweep goes on
-        return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+def _baseline_task(ctx: TrialContext, point: dict, trial_id: str, max_failures: int) -> dict:
+    """The baseline as a plain Ray task, retried like a trial; a failure is recorded, not raised."""
+    for attempt in range(max_failures + 1):
+        try:
+            return {"ok": True, "metrics": run_point(ctx, point, trial_id, lambda m: None)}
+        except Exception as e:  # noqa: BLE001 - recorded as a failed baseline, the sweep goes on
+            out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    return out
 
 
 # ============================================================================= results, fronts, summary
@@ -1392,6 +1401,10 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
         return {"points": points, "baselines": baselines}
 
     tracker = None
+    if use_mlflow and importlib.util.find_spec("mlflow") is None:
+        print("note: mlflow is not installed here: recording to sweeps/<name>/ only; log the sweep later with "
+              f"`python pipeline/sweep.py --import-results {Path(sweeps_dir) / name}`", file=sys.stderr)
+        use_mlflow = False
     if use_mlflow:
         uri = absolute_uri(tracking_uri or default_tracking_uri())
         tracker = Tracker(uri)
@@ -1438,9 +1451,9 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
         ray_dir = sweep_dir / "ray"
         t0 = time.time()
         # The baseline is not a point of the search space: it runs beside the Tune trials as plain tasks.
-        task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0), max_retries=sp.max_failures,
-                          retry_exceptions=False)(_baseline_task)
-        futures = [(p, task.remote(ctx, p, run_name(p))) for p in baselines]
+        task = ray.remote(num_cpus=resources["cpu"], num_gpus=resources.get("gpu", 0),
+                          max_retries=sp.max_failures)(_baseline_task)  # max_retries: a worker that dies
+        futures = [(p, task.remote(ctx, p, run_name(p), sp.max_failures)) for p in baselines]
         if resume and tune.Tuner.can_restore(str(ray_dir)):
             print(f"Resuming {ray_dir} (finished trials are kept)")
             tuner = tune.Tuner.restore(str(ray_dir), trainable, resume_unfinished=True, resume_errored=retry_errored)

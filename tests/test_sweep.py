@@ -42,6 +42,12 @@ def ray_cluster():
     yield
     ray.shutdown()
 
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """One sqlite store for the module (creating its tables takes seconds); tests tell sweeps apart by parent."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
 CONTRACT = ["trial_id", "clock", "width", "cut", "steps", "adaptor", "fid", "fid_std", "kid", "clip", "gflops",
             "gflops_ratio", "latency_ms", "adaptor_params", "status", "pareto_fid_gflops", "pareto_clip_gflops",
             "pareto_fid_latency"]
@@ -57,22 +63,23 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def store(uri: str):
+def store(uri: str, name: str):
+    """The MLflow client, experiment, parent runs and child runs of sweep ``name``."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(sweep.DEFAULT_EXPERIMENT)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    runs = client.search_runs([exp.experiment_id], f"tags.`sweep.name` = '{name}'", max_results=1000)
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return client, exp, parents, children
 
 
-def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster):
+def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster, mlflow_uri):
     from test_sweep_trial import make_world
 
     world = make_world(tmp_path / "world")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     cfg = write_config(tmp_path / "sweep.yaml", {
         "name": "tiny", "trial": "tests/test_sweep_trial.py:tiny_trial",
         "space": {"clock": [2, 4], "width": [8], "cut": [2], "steps": [4], "adaptor": ["resnet"]},
@@ -94,7 +101,7 @@ def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster)
     assert sum(r["recommended"] == "True" for r in rows) == (1 if summary["recommended"] else 0)
     assert summary["baseline"]["trial_id"] == base[0]["trial_id"]
 
-    client, exp, parents, children = store(uri)
+    client, exp, parents, children = store(uri, "tiny")
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
@@ -115,7 +122,7 @@ def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster)
             curve = client.get_metric_history(c.info.run_id, "distill_loss")
             assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [5, 10, 15]
     # The UI filter for the front finds exactly the front.
-    front = client.search_runs([exp.experiment_id], "tags.`pareto.fid_gflops` = 'true'")
+    front = client.search_runs([exp.experiment_id], "tags.`pareto.fid_gflops` = 'true' and tags.`sweep.name` = 'tiny'")
     assert {f.data.tags["sweep.trial_id"] for f in front} == set(summary["fronts"]["fid_gflops"])
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     arts |= {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
@@ -125,9 +132,9 @@ def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster)
     assert client.get_run(parent.info.run_id).data.metrics["baseline.fid"] == pytest.approx(float(base[0]["fid"]))
 
 
-def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monkeypatch, ray_cluster):
+def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monkeypatch, ray_cluster, mlflow_uri):
     # The default kind of store (a sqlite file), reached the default way (MLFLOW_TRACKING_URI).
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     cfg = write_config(tmp_path / "sweep.yaml", {
         "name": "crowd", "trial": "tests/test_sweep_trial.py:quick_trial",
@@ -154,7 +161,7 @@ def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monke
         busiest = max(busiest, now)
     assert busiest >= 8, f"only {busiest} trials overlapped"
 
-    client, _, parents, children = store(uri)
+    client, _, parents, children = store(uri, "crowd")
     assert len(parents) == 1 and len(children) == 8
     status = {c.info.run_name: c.info.status for c in children}
     assert status["c5-w1-k1"] == status["c5-w2-k1"] == "FAILED" and list(status.values()).count("FINISHED") == 6
@@ -176,7 +183,7 @@ def _wait_for(pred, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, mlflow_uri):
     cfg = write_config(tmp_path / "sweep.yaml", {
         "name": "killme", "trial": "tests/test_sweep_trial.py:quick_trial",
         "space": {"clock": [2, 3, 4, 5], "width": [1], "cut": [1]}, "baseline": "none",
@@ -210,10 +217,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert {r["key"] for r in rows} >= finished
 
     # A --no-mlflow sweep goes into MLflow afterwards, as often as one likes, without duplicates.
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     for _ in range(2):
         sweep.import_results(out, tracking_uri=uri)
-    client, _, parents, children = store(uri)
+    client, _, parents, children = store(uri, "killme")
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["sweep.trial_id"] for c in children} == {r["trial_id"] for r in rows}
     c = [c for c in children if c.info.run_name == "c2-w1-k1"][0]
