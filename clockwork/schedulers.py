@@ -13,7 +13,8 @@ from diffusers import (
 SAMPLERS = {
     # name: (class, overrides)
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver", "solver_order": 2}),
+    # diffusers refuses final_sigmas_type="zero" for first-order-ish DPM-Solver; sigma_min is its own default there
+    "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver", "solver_order": 2, "final_sigmas_type": "sigma_min"}),
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
     "ddim": (DDIMScheduler, {}),
     "euler": (EulerDiscreteScheduler, {}),

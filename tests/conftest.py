@@ -127,10 +127,7 @@ def scheduler_config(kind: str = "embedded") -> dict:
 def make_sampler(name: str, kind: str = "embedded"):
     """``clockwork.schedulers.make_scheduler(name, ...)``.
 
-    "dpm" (DPM-Solver, not ++) cannot be built from the defaults: diffusers refuses
-    ``final_sigmas_type="zero"`` with ``algorithm_type="dpmsolver"``; test_hook.py has a strict xfail that
-    flags that bug in clockwork.schedulers. Here we fall back to the setting diffusers accepts so the
-    Clockwork tests still cover the DPM-Solver update rule.
+    "dpm" (DPM-Solver, not ++) uses ``final_sigmas_type="sigma_min"``: diffusers refuses "zero" there.
     """
     import warnings
 
@@ -139,12 +136,7 @@ def make_sampler(name: str, kind: str = "embedded"):
     cfg = scheduler_config(kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        try:
-            return make_scheduler(name, cfg)
-        except ValueError:
-            if name != "dpm":
-                raise
-            return make_scheduler(name, dict(cfg, final_sigmas_type="sigma_min"))
+        return make_scheduler(name, cfg)
 
 
 def expected_steps(name: str, steps: int) -> list[int]:
