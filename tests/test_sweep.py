@@ -140,7 +140,8 @@ def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monke
         "name": "crowd", "trial": "tests/test_sweep_trial.py:quick_trial",
         "space": {"clock": [2, 3, 4, 5], "width": [1, 2], "cut": [1]}, "baseline": "none",
         "resources": {"cpus_per_trial": 0.2}, "max_failures": 1,
-        "overrides": {"sleep": 6.0, "reports": 8, "fail_once_width": 2, "fail_clock": 5},
+        "overrides": {"sleep": 2.0, "reports": 8, "fail_once_width": 2, "fail_clock": 5,
+                      "barrier": 8, "barrier_dir": str(tmp_path / "barrier")},
     })
     sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps")
     out = tmp_path / "sweeps" / "crowd"

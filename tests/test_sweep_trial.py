@@ -130,12 +130,20 @@ def tiny_trial(params: dict, workdir: str, on_log=None) -> dict:
 def quick_trial(params: dict, workdir: str, on_log=None) -> dict:
     """Metrics from a formula, after ``sleep`` seconds of loss reports (first attempt only, so that trials
     overlap but retries are quick). ``fail_once_width`` fails a trial's first attempt, ``fail_clock`` every
-    attempt of that clock. Each attempt's [start, end] goes to ``intervals.jsonl`` in its work folder."""
+    attempt of that clock. With ``barrier: n``, a first attempt waits (up to a minute) until n trials have
+    arrived in ``barrier_dir``, so they report at the same time however slowly the machine starts them.
+    Each attempt's [start, end] goes to ``intervals.jsonl`` in its work folder."""
     clock, cut, width = params["clock"], params.get("cut", 1), params.get("width", 0)
     work = Path(workdir)
     first = not (work / "attempted").exists()
     (work / "attempted").write_text("x")
     start = time.time()
+    if first and params.get("barrier"):
+        gate = Path(params["barrier_dir"])
+        gate.mkdir(parents=True, exist_ok=True)
+        (gate / work.name).write_text(str(os.getpid()))
+        while len(list(gate.iterdir())) < params["barrier"] and time.time() - start < 60:
+            time.sleep(0.05)
     n = params.get("reports", 4)
     for s in range(1, n + 1):
         if first:
