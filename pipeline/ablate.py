@@ -111,7 +111,7 @@ def main() -> None:
                          else p.world.clip_model, main_meta, code])
     (WORK / "rows").mkdir(parents=True, exist_ok=True)
     (WORK / "adaptors").mkdir(parents=True, exist_ok=True)
-    ec = EvalContext(world, prepared, a.n_samples, a.seed, batch_size=100, fid_bootstrap=a.fid_bootstrap,
+    ec = EvalContext(world, prepared, a.n_samples, a.seed, batch_size=a.batch_size, fid_bootstrap=a.fid_bootstrap,
                      kid_subsets=50, kid_subset_size=100, latency_runs=a.latency_runs)
     cuts = sorted(set(a.cuts) | {p.cut})
     fn_cache: dict = {}

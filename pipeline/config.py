@@ -167,6 +167,7 @@ class Ablate(Section):
     cuts: list[PosInt] = [1, 2]
     latency_runs: PosInt = 3
     fid_bootstrap: Annotated[int, Field(ge=2)] = 10
+    batch_size: PosInt = 50
     seed: NonNegInt = 1234  # initial noise of the evaluated images (and the forward-noised training images)
     device: Device = "auto"
 

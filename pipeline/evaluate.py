@@ -41,6 +41,8 @@ def main() -> None:
     p = load_params("evaluate")
     import dataclasses
 
+    import torch
+
     from clockwork.adaptors import load_adaptor
     from pipeline import tracking
     from pipeline.common import (ADAPTOR_DIR, EvalContext, MethodSpec, Prepared, evaluate_method, load_world, log,
@@ -62,7 +64,7 @@ def main() -> None:
                          "dvc repro distill")
     results, images = {}, {}
     t0 = time.perf_counter()
-    with tracking.stage_run("evaluate", p.flat(), tags={"device": world.device, "torch_threads": __import__("torch").get_num_threads()}) as run:
+    with tracking.stage_run("evaluate", p.flat(), tags={"device": world.device, "torch_threads": torch.get_num_threads()}) as run:
         for name, spec in specs.items():
             with run.child(name, spec.flat()) as child:
                 m, imgs = evaluate_method(ec, spec, adaptor if name == "clockwork" else None, name=name)

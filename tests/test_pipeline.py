@@ -2,7 +2,7 @@
 
 One copy per test session (module fixture): the first `dvc repro` runs every stage; then a second
 `dvc repro` must do nothing, and changing only `adaptor.width` must re-run distill (and what follows)
-but never trajectories. Marked slow: about two minutes on an idle 2-core CPU.
+but never trajectories. Marked slow: the first `dvc repro` takes a few minutes on a 2-core CPU (every stage, every ablation).
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def copy_repo(dst: Path) -> None:
 def dvc(repo: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
                MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", PYTHONPATH=str(repo))
+    # One thread per stage: on a shared CPU two OpenMP threads spin-wait and run several times slower.
+    env.setdefault("CLOCKWORK_THREADS", "1")
     res = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
