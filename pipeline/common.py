@@ -748,7 +748,8 @@ def train_and_evaluate(params: dict, workdir: str, on_log=None) -> dict:
     ``params``: ``clock`` (period, or a list of 0-based adaptor steps), ``width``, ``cut``, ``steps``,
     ``adaptor`` (identity | resnet | unet-light); optional ``depth``, ``inputs``, ``sampler``, ``guidance``,
     ``distill_steps``, ``n_samples``, ``latency_runs``, ``params_file`` (default: the repo's params.yaml,
-    whose other settings apply), ``root`` (repo root; default: this checkout), ``device``.
+    whose other settings apply), ``root`` (repo root; default: this checkout), ``device`` (auto | cpu | cuda:
+    sampling, distillation and Inception all run there).
     Trajectories come from the trajectories stage when sampler/steps/guidance/cut match, else they are
     unrolled once into ``<root>/data/sweep_trajectories/`` (shared by trials; resumable).
 
@@ -765,8 +766,13 @@ def train_and_evaluate(params: dict, workdir: str, on_log=None) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     p = validate(read_yaml(params.get("params_file", root / "params.yaml")), root=root)
-    world = load_world(p.world, params.get("device", "auto"), root)
+    device = pick_device(params.get("device", "auto"))
+    world = load_world(p.world, device, root)
     prepared = Prepared.load(root / PREPARED_DIR)
+    n_samples = int(params.get("n_samples", p.evaluate.n_samples))
+    if n_samples > len(prepared.eval_prompts):
+        raise ValueError(f"n_samples={n_samples} but only {len(prepared.eval_prompts)} evaluation prompts were prepared "
+                         "(prepare.eval_prompts)")
     clock = params.get("clock", p.clock.period if p.clock.adaptor_steps is None else list(p.clock.adaptor_steps))
     kind = params.get("adaptor", p.adaptor.kind)
     if clock == 1 or kind == "none":
@@ -797,7 +803,7 @@ def train_and_evaluate(params: dict, workdir: str, on_log=None) -> dict:
             train, held = split_trajectories(load_trajectories(troot, spec.cut), p.distill.heldout_prompts)
             cfg = distill_config(p.distill, params.get("distill_steps"))
             adaptor, history = distill_adaptor(spec, world.unet_config, train, world.sampler(spec.sampler), cfg,
-                                               pick_device(p.distill.device), workdir / "checkpoint", on_log=on_log,
+                                               device, workdir / "checkpoint", on_log=on_log,
                                                progress=False)
             if held is not None:
                 from clockwork.distill import evaluate_mse
@@ -807,7 +813,7 @@ def train_and_evaluate(params: dict, workdir: str, on_log=None) -> dict:
         else:
             adaptor = build_adaptor_for(spec, world.unet_config)
     t_distill = time.perf_counter() - t0
-    ec = EvalContext(world, prepared, int(params.get("n_samples", p.evaluate.n_samples)), p.evaluate.seed,
+    ec = EvalContext(world, prepared, n_samples, p.evaluate.seed,
                      p.evaluate.batch_size, p.evaluate.fid_bootstrap, p.evaluate.kid_subsets, p.evaluate.kid_subset_size,
                      int(params.get("latency_runs", p.evaluate.latency_runs)), progress=False)
     metrics, _ = evaluate_method(ec, spec, adaptor, name=f"trial {spec.key()}")
