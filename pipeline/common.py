@@ -621,26 +621,58 @@ def store_matches(root: str | os.PathLike, sampler: str, steps: int, guidance: f
             and cut in m.get("cuts", []))
 
 
+def row_prompts(meta: dict, rows: int) -> torch.Tensor:
+    """The prompt index of every trajectory row of a store.
+
+    Each shard holds its prompts' unconditional half, then their conditional half (CFG as one batch), so
+    rows of one prompt are ``shard_size`` apart; the two halves share x_t (and r_in at cut 1 exactly), so
+    train/held-out splits and prompt subsets must be taken per prompt, never per row.
+    """
+    n, ss = meta["num_prompts"], meta["shard_size"]
+    if rows == n:
+        return torch.arange(n)
+    if rows != 2 * n:
+        raise ValueError(f"a store of {n} prompts holds {rows} rows per step; expected {n} or {2 * n}")
+    ids = []
+    for i in range(meta["num_shards"]):
+        base = torch.arange(i * ss, min((i + 1) * ss, n))
+        ids += [base, base]
+    return torch.cat(ids)
+
+
+def _select(traj: dict, mask: torch.Tensor) -> dict:
+    return {**traj, "r_in": traj["r_in"][:, mask], "r_out": traj["r_out"][:, mask], "text": traj["text"][mask],
+            "prompt": traj["prompt"][mask]}
+
+
 def load_trajectories(root: str | os.PathLike, cut: int, max_prompts: int | None = None) -> dict[str, torch.Tensor]:
+    """One cut of a trajectory store (both CFG halves of every prompt), optionally its first ``max_prompts`` prompts."""
     from clockwork.trajectories import TrajectoryStore
 
     store = TrajectoryStore(root)
     meta = store.meta
     shards = None if max_prompts is None else -(-max_prompts // meta["shard_size"])
     traj = store.load(cut, max_shards=shards)
+    if shards is not None:
+        meta = {**meta, "num_prompts": min(meta["num_prompts"], shards * meta["shard_size"]),
+                "num_shards": min(meta["num_shards"], shards)}
+    traj["prompt"] = row_prompts(meta, traj["r_in"].shape[1])
     if max_prompts is not None:
-        traj = {**traj, "r_in": traj["r_in"][:, :max_prompts], "r_out": traj["r_out"][:, :max_prompts],
-                "text": traj["text"][:max_prompts]}
+        traj = _select(traj, traj["prompt"] < max_prompts)
     return traj
 
 
+def num_prompts(traj: dict) -> int:
+    return int(traj["prompt"].unique().numel()) if "prompt" in traj else traj["r_in"].shape[1]
+
+
 def split_trajectories(traj: dict, heldout: int) -> tuple[dict, dict | None]:
+    """The last ``heldout`` prompts (both CFG halves) apart from the rest."""
     if heldout <= 0:
         return traj, None
-    n = traj["r_in"].shape[1]
-    a = {**traj, "r_in": traj["r_in"][:, : n - heldout], "r_out": traj["r_out"][:, : n - heldout], "text": traj["text"][: n - heldout]}
-    b = {**traj, "r_in": traj["r_in"][:, n - heldout:], "r_out": traj["r_out"][:, n - heldout:], "text": traj["text"][n - heldout:]}
-    return a, b
+    cut_at = int(traj["prompt"].max()) + 1 - heldout
+    held = traj["prompt"] >= cut_at
+    return _select(traj, ~held), _select(traj, held)
 
 
 def pair_dataset(traj: dict, spec: MethodSpec, scheduler):

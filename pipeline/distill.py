@@ -30,7 +30,8 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.common import (ADAPTOR_DIR, TRAJECTORIES_DIR, MethodSpec, adaptor_params, atomic_dir,
                                  build_adaptor_for, code_sha, distill_adaptor, distill_config, log, make_sampler,
-                                 obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories, write_json,
+                                 num_prompts, obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories,
+                                 write_json,
                                  write_text)
     from pipeline.config import teacher_unet_config
 
@@ -89,7 +90,7 @@ def main() -> None:
             "adaptor": spec.adaptor, "width": spec.width if spec.needs_training else 0, "cut": spec.cut,
             "clock": spec.clock_repr(), "sampler": spec.sampler, "sampling_steps": spec.steps,
             "train_pairs": len(pair_dataset(train, spec, scheduler)) if spec.needs_training else 0,
-            "train_prompts": train["r_in"].shape[1], "heldout_prompts": 0 if held is None else held["r_in"].shape[1],
+            "train_prompts": num_prompts(train), "heldout_prompts": 0 if held is None else num_prompts(held),
             "seconds": round(seconds, 1), "device": device,
         }
         write_json("metrics/distill.json", metrics)

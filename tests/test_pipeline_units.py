@@ -193,3 +193,28 @@ def test_pair_dataset_pads_step_zero_for_adaptors_without_r_out_prev() -> None:
     alt = common.pair_dataset(traj, MethodSpec(adaptor="resnet", clock=2), _sched("dpm++"))
     b = alt.batch(torch.arange(n), "cpu")  # step 1 with r_out(t+1) from step 0
     assert torch.equal(b["r_out_prev"], traj["r_out"][0]) and torch.equal(b["target"], traj["r_out"][1])
+
+
+def test_trajectory_rows_are_split_per_prompt(tmp_path: Path) -> None:
+    """Shards hold each prompt twice (CFG halves, identical r_in at cut 1): held-out prompts must take both."""
+    from safetensors.torch import save_file
+
+    n, ss = 5, 2
+    (tmp_path / "meta.json").write_text(json.dumps({"num_prompts": n, "num_shards": 3, "shard_size": ss, "cuts": [1]}))
+    for i in range(3):
+        prompts = list(range(i * ss, min((i + 1) * ss, n)))
+        rows = torch.tensor(prompts + prompts, dtype=torch.float16)  # uncond half, then cond half
+        save_file({"r_in.c1": rows.view(1, -1, 1, 1, 1).expand(2, -1, 1, 2, 2).contiguous(),
+                   "r_out.c1": rows.view(1, -1, 1, 1, 1).expand(2, -1, 3, 2, 2).contiguous(),
+                   "text": rows.view(-1, 1).expand(-1, 4).contiguous(), "temb": torch.zeros(2, 6),
+                   "timesteps": torch.arange(2).float()}, str(tmp_path / f"shard-{i:05d}.safetensors"))
+    traj = common.load_trajectories(tmp_path, 1)
+    assert traj["prompt"].tolist() == [0, 1, 0, 1, 2, 3, 2, 3, 4, 4]
+    assert torch.equal(traj["r_in"][0, :, 0, 0, 0].long(), traj["prompt"])
+    train, held = common.split_trajectories(traj, 2)
+    assert sorted(held["prompt"].tolist()) == [3, 3, 4, 4] and held["r_in"].shape[1] == 4
+    assert sorted(set(train["prompt"].tolist())) == [0, 1, 2] and train["text"].shape[0] == 6
+    assert common.num_prompts(train) == 3 and common.num_prompts(held) == 2
+    first3 = common.load_trajectories(tmp_path, 1, max_prompts=3)
+    assert sorted(first3["prompt"].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(first3["r_out"][0, :, 0, 0, 0].long(), first3["prompt"])
