@@ -234,10 +234,11 @@ def time_loop(setup, run, device, warmup: int, runs: int):
     peak_warm = torch.cuda.max_memory_allocated(device) if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for _ in range(runs):
         setup()
         _sync(device)
+        c0 = time.process_time()
         if cuda:
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
@@ -249,8 +250,9 @@ def time_loop(setup, run, device, warmup: int, runs: int):
             t = time.perf_counter()
             out = run()
             times.append((time.perf_counter() - t) * 1e3)
+        cpu_times.append((time.process_time() - c0) * 1e3)  # CPU time of all this process's threads
     peak_steady = torch.cuda.max_memory_allocated(device) if cuda else None
-    return times, out, first_s, peak_warm, peak_steady
+    return times, out, first_s, peak_warm, peak_steady, cpu_times
 
 
 def _stats(times):
@@ -548,10 +550,11 @@ def to_markdown(d: dict) -> str:
     if d.get("matmul_peak"):
         p = d["matmul_peak"]
         lines += [f"Measured matmul peak ({p['n']}^3): fp16 {p.get('fp16_tflops')} TFLOP/s, bf16 {p.get('bf16_tflops')} TFLOP/s.", ""]
+    cpu_col = any("cpu_time_ms" in r for r in d["rows"])
     lines += [
         "| model | method | mode | median ms | p10-p90 ms | vs baseline (same mode) | GFLOPs | TFLOP/s | peak MiB | "
-        "max abs diff vs eager (rel L2) | first call s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "max abs diff vs eager (rel L2) | first call s |" + (" process CPU ms |" if cpu_col else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cpu_col else ""),
     ]
     for r in d["rows"]:
         if r.get("error") or r.get("skipped"):
@@ -563,11 +566,18 @@ def to_markdown(d: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['label']} | {r['mode']} | {r['latency_ms']:.2f} | {r['p10_ms']:.2f}-{r['p90_ms']:.2f} | "
             f"{_f(r.get('ratio_vs_baseline'), '{:.3f}x')} | {r['gflops']:.1f} | {_f(r.get('tflops'), '{:.3g}')} | "
-            f"{_f(r.get('peak_alloc_mib'), '{:.0f}')} | {diff} | {_f(r.get('first_call_s'), '{:.1f}')} |")
+            f"{_f(r.get('peak_alloc_mib'), '{:.0f}')} | {diff} | {_f(r.get('first_call_s'), '{:.1f}')} |"
+            + (f" {_f(r.get('cpu_time_ms'), '{:.0f}')} |" if cpu_col else ""))
     lines.append("")
     lines.append("GFLOPs per loop (all steps, batch 2); TFLOP/s = GFLOPs / median; peak = max_memory_allocated from the "
                  "row's first call (compile and CUDA-graph capture included); diff = final latents vs the eager row of the "
-                 "same method (authors' style vs our eager identity).")
+                 "same method (authors' style vs our eager identity)."
+                 + (" Process CPU ms = median CPU time of the process (all threads) per loop, which other load on the "
+                    "machine does not inflate as it does wall time." if cpu_col else ""))
+    la = env.get("load_average_at_start")
+    if la:
+        lines.append(f"Load average (1, 5, 15 min) at start {la}, at end {env.get('load_average_at_end')} "
+                     f"on {env.get('cpu_count')} logical CPUs.")
     acc = d.get("acceptance") or {}
     if acc:
         lines += ["", "## Acceptance", ""]
@@ -578,8 +588,9 @@ def to_markdown(d: dict) -> str:
         if not isinstance(p, dict) or "top" not in p:
             continue
         lines += ["", f"## Profile: {name}", "",
-                  f"Device busy {p['busy_ms_per_loop']:.2f} ms per loop ({p.get('kernels_per_loop')} kernels); "
-                  f"wall under the profiler {p['wall_ms_per_loop_under_profiler']:.2f} ms.", "",
+                  (f"Device busy {p['busy_ms_per_loop']:.2f} ms per loop ({p.get('kernels_per_loop'):.0f} kernels); "
+                   if p.get("kernels_per_loop") else f"Self CPU time of all ops {p['busy_ms_per_loop']:.2f} ms per loop; ")
+                  + f"wall under the profiler {p['wall_ms_per_loop_under_profiler']:.2f} ms.", "",
                   "| category | ms per loop | share |", "|---|---|---|"]
         for c, v in p["categories"].items():
             lines.append(f"| {c} | {v['ms']:.3f} | {100 * v['share']:.1f}% |")
@@ -678,7 +689,7 @@ def bench_model(name: str, args, device, dtype, report: Report, t_start: float) 
             row.update(extra)
         try:
             with torch.no_grad():
-                times, out, first_s, pw, ps = time_loop(setup, run, device, args.warmup, args.runs)
+                times, out, first_s, pw, ps, cpu_times = time_loop(setup, run, device, args.warmup, args.runs)
         except Exception as e:  # record and go on: one broken row must not cost the others
             import traceback
 
@@ -689,6 +700,8 @@ def bench_model(name: str, args, device, dtype, report: Report, t_start: float) 
             return None
         row.update(_stats(times))
         row["times_ms"] = [round(t, 3) for t in times]
+        if not cuda:  # on a shared CPU box the process's CPU time is steadier than wall time
+            row["cpu_time_ms"] = statistics.median(cpu_times)
         row["first_call_s"] = round(first_s, 2)
         row["tflops"] = float(f"{gflops[method] / row['latency_ms']:.4g}")
         if pw is not None:
