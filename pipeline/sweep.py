@@ -1077,6 +1077,10 @@ def plot_fronts(sweep_dir: Path, records: list[Record], summary: dict) -> list[P
                if _finite(r.metrics.get(x)) and _finite(r.metrics.get(y))]
         fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
         if pts:
+            err = [r.metrics.get(f"{y}_std") for r, _, _ in pts]
+            if all(_finite(e) for e in err):  # the metric's own uncertainty (FID: bootstrap std)
+                ax.errorbar([p[1] for p in pts], [p[2] for p in pts], yerr=err, fmt="none", ecolor="#d0d0d0",
+                            elinewidth=1, zorder=1, label=f"± {y}_std")
             ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=28, c="#b0b0b0", label="trial", zorder=2)
             front = [p for p in pts if p[0].pareto.get(name)]
             front.sort(key=lambda p: p[1])
@@ -1147,6 +1151,10 @@ def format_summary(name: str, records: list[Record], summary: dict, wall_s: floa
             f"latency {_g(rec.get('latency_ms'))} ms")
     elif b:
         lines.append(f"No point stays within {tol} of the baseline FID: ship the baseline.")
+    if b and _finite(b.get("fid_std")) and b["fid_std"] > (summary["fid_tolerance"] * b["fid"]
+                                                           if summary["fid_tolerance_relative"] else summary["fid_tolerance"]):
+        lines.append(f"Caution: the baseline FID's bootstrap std ({b['fid_std']:.3g}) exceeds the tolerance, so the "
+                     "FID differences here are within sampling noise; evaluate more images (n_samples) to decide.")
     else:
         lines.append(summary.get("note", "no recommendation"))
     return "\n".join(lines)
@@ -1171,8 +1179,10 @@ def sync_mlflow(sweep_dir: Path, state: dict, records: list[Record], summary: di
                             trial_spec=state["sweep"]["trial"], base={}, sweep=state["sweep"])
     for r in records:
         run = kids.get(r.trial_id)
+        t_start = int(r.info["started"] * 1000) if _finite(r.info.get("started")) else None
+        t_end = int(r.info["finished"] * 1000) if _finite(r.info.get("finished")) else None
         if run is None:  # the trial could not log (no mlflow on its machine, or --no-mlflow): log it now
-            run = tracker.call("create_run", exp_id, run_name=r.run_name,
+            run = tracker.call("create_run", exp_id, run_name=r.run_name, start_time=t_start,
                                tags={"mlflow.parentRunId": parent_id, "sweep.trial_id": r.trial_id,
                                      **_child_tags(ctx_like, r.key, r.point)})
             run_id = run.info.run_id
@@ -1196,7 +1206,11 @@ def sync_mlflow(sweep_dir: Path, state: dict, records: list[Record], summary: di
             if r.info.get(k):
                 tags[f"sweep.{k}"] = r.info[k]
         tracker.set_tags(run_id, tags)
-        tracker.call("set_terminated", run_id, status_map.get(r.status, "FINISHED"))
+        # Terminate only what is not already so: the UI's durations are the trials' own, not this sync's.
+        want = status_map.get(r.status, "FINISHED")
+        end = run.info.end_time
+        if run.info.status != want or (t_end and (not end or abs(end - t_end) > 2000)):
+            tracker.call("set_terminated", run_id, want, end_time=t_end)
         run_ids[r.trial_id] = run_id
 
     # The parent: what a person opens first.
@@ -1206,11 +1220,10 @@ def sync_mlflow(sweep_dir: Path, state: dict, records: list[Record], summary: di
     try:
         import pandas as pd
 
-        table = pd.read_csv(sweep_dir / "pareto.csv")
-        tracker.call("log_table", parent_id, data=table, artifact_file="pareto/fronts.json")
-        tracker.call("log_table", parent_id, data=pd.read_csv(sweep_dir / "results.csv"), artifact_file="results.json")
+        log_table(tracker, parent_id, pd.read_csv(sweep_dir / "pareto.csv"), "pareto/fronts.json")
+        log_table(tracker, parent_id, pd.read_csv(sweep_dir / "results.csv"), "results.json")
     except Exception as e:  # noqa: BLE001 - the CSV artifacts above hold the same
-        print(f"note: MLflow log_table skipped ({type(e).__name__}: {e})", file=sys.stderr)
+        print(f"note: MLflow tables skipped ({type(e).__name__}: {e})", file=sys.stderr)
     pm: dict[str, Any] = {f"trials.{s}": n for s, n in summary["status"].items()}
     b, rec = summary.get("baseline"), summary.get("recommended")
     if b:
@@ -1225,8 +1238,27 @@ def sync_mlflow(sweep_dir: Path, state: dict, records: list[Record], summary: di
              "sweep.recommended_run_id": run_ids.get(rec["trial_id"], "") if rec else "",
              "sweep.recommended": rec["run_name"] if rec else "none"}
     tracker.set_tags(parent_id, ptags)
-    tracker.call("set_terminated", parent_id, "FINISHED" if finished else "KILLED")
+    want = "FINISHED" if finished else "KILLED"
+    if tracker.call("get_run", parent_id).info.status != want:
+        tracker.call("set_terminated", parent_id, want)
     return parent_id
+
+
+def log_table(tracker: Tracker, run_id: str, df, artifact_file: str) -> None:
+    """An MLflow table artifact (what ``log_table`` writes), replaced rather than appended to, so that syncing
+    the same sweep again (--resume, --import-results) leaves one copy of each row."""
+    import tempfile
+
+    folder, name = os.path.split(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        df.to_json(path, orient="split", index=False, date_format="iso")
+        tracker.call("log_artifact", run_id, str(path), folder or None)
+    tags = tracker.call("get_run", run_id).data.tags
+    logged = json.loads(tags.get("mlflow.loggedArtifacts", "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        tracker.set_tags(run_id, {"mlflow.loggedArtifacts": json.dumps(logged + [entry])})
 
 
 def open_parent(tracker: Tracker, exp_id: str, state: dict) -> str:
@@ -1506,7 +1538,7 @@ def finish(sweep_dir: Path, state: dict, sp: SweepParams, base: dict, records: l
     if wall is not None:
         state["wall_s"] = round(wall, 2)
         _atomic_json(_state_file(sweep_dir), state)
-    print(format_summary(sweep_dir.name, records, summary, wall))
+    print(format_summary(sweep_dir.name, records, summary, summary.get("wall_s")))
     if tracker is not None:
         parent = sync_mlflow(sweep_dir, state, records, summary, artifacts, tracker, finished=complete)
         summary["mlflow_parent_run_id"] = parent

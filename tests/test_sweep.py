@@ -224,6 +224,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, mlflow
     client, _, parents, children = store(uri, "killme")
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["sweep.trial_id"] for c in children} == {r["trial_id"] for r in rows}
+    table = json.loads(Path(client.download_artifacts(parents[0].info.run_id, "results.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == 4  # replaced, not appended to, by the second import
     c = [c for c in children if c.info.run_name == "c2-w1-k1"][0]
     assert len(client.get_metric_history(c.info.run_id, "distill_loss")) == 4
     assert c.data.params["clock.period"] == "2" and c.info.status == "FINISHED"
