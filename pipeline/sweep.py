@@ -922,9 +922,13 @@ def _record(ctx: TrialContext, sp: SweepParams, trial_id: str, point: dict, stat
 def records_from_results(ctx: TrialContext, sp: SweepParams, grid) -> list[Record]:
     out = []
     for r in grid:
-        point = {d: r.config[d] for d in DIMENSIONS if d in r.config}
+        cfg = r.config
+        if cfg is None and r.path and (Path(r.path) / "params.json").is_file():  # failed before its first report
+            cfg = json.loads((Path(r.path) / "params.json").read_text())
+        cfg = cfg or {}
+        point = {d: cfg[d] for d in DIMENSIONS if d in cfg}
         last = dict(r.metrics or {})
-        trial_id = last.get("trial_id") or Path(r.path).name
+        trial_id = last.get("trial_id") or (Path(r.path).name if r.path else f"trial-{len(out)}")
         history = []
         df = r.metrics_dataframe
         if df is not None and "distill_step" in df.columns and "distill_loss" in df.columns:
@@ -1461,9 +1465,9 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": verbose}
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            kwargs["address"] = address
-        else:
-            kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+            kwargs["address"] = address  # "auto" joins a cluster that `ray start` runs on this machine
+        else:  # a fresh local instance, even if some `ray start` cluster runs here
+            kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
         ray.init(**kwargs)
         started_ray = True
     try:

@@ -38,7 +38,7 @@ def ray_cluster():
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
@@ -173,6 +173,27 @@ def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monke
             n = len(client.get_metric_history(c.info.run_id, "distill_loss"))
             assert n == 8 * int(rows[c.info.run_name]["attempts"]), (c.info.run_name, n)
     assert "always fails" in [c for c in children if c.info.run_name == "c5-w2-k1"][0].data.tags["sweep.error"]
+
+
+def test_random_search_with_asha_stops_trials_on_the_distillation_loss(tmp_path, ray_cluster, mlflow_uri):
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "name": "asha", "trial": "tests/test_sweep_trial.py:quick_trial",
+        "space": {"clock": {"randint": [2, 7]}, "width": {"choice": [1, 2, 4]}, "cut": [1]},
+        "search": {"algorithm": "random", "num_samples": 6, "seed": 1}, "baseline": "none",
+        "scheduler": {"name": "asha", "options": {"grace_period": 2, "reduction_factor": 2}},
+        "max_concurrent": 2, "resources": {"cpus_per_trial": 0.5}, "overrides": {"sleep": 1.0, "reports": 8},
+    })
+    sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=mlflow_uri)
+    rows = read_csv(tmp_path / "sweeps" / "asha" / "results.csv")
+    assert len(rows) == 6 and all(2 <= int(r["clock"]) < 7 and r["width"] in ("1", "2", "4") for r in rows)
+    status = {r["trial_id"]: r["status"] for r in rows}
+    assert set(status.values()) <= {"complete", "early_stopped"} and "early_stopped" in status.values()
+    client, _, _, children = store(mlflow_uri, "asha")
+    for c in children:
+        s = status[c.data.tags["sweep.trial_id"]]
+        assert c.info.status == ("FINISHED" if s == "complete" else "KILLED") and c.data.tags["sweep.status"] == s
+        n = len(client.get_metric_history(c.info.run_id, "distill_loss"))
+        assert n == 8 if s == "complete" else 2 <= n < 8  # stopped at a rung, after >= grace_period reports
 
 
 def _wait_for(pred, timeout, what):
