@@ -1315,7 +1315,7 @@ def check_points(base: dict, sp: SweepParams, points: list[dict], source: str) -
         raise SweepConfigError(problems, source)
 
 
-def _make_search(sp: SweepParams, points: list[dict], baselines_in_tune: list[dict]):
+def _make_search(sp: SweepParams, points: list[dict]):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -1406,7 +1406,7 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
     if sp.scheduler.name != "fifo" and not accepts_on_log(fn):
         print(f"warning: {sp.trial} takes no on_log callback, so {sp.scheduler.name} sees no distillation losses "
               "and cannot stop trials early", file=sys.stderr)
-    search_alg, num_samples = _make_search(sp, points, baselines)
+    search_alg, num_samples = _make_search(sp, points)
     scheduler = _make_scheduler(sp)
     if sp.baseline.endswith(".json") and not (REPO_ROOT / sp.baseline).is_file() and not Path(sp.baseline).is_file():
         raise SweepConfigError([("sweep.baseline", f"{sp.baseline} not found (run `dvc repro evaluate`, or use "
