@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The `full` configuration on a GPU machine that has neither DVC nor MLflow (this project's device machine):
+# the same stage scripts `dvc repro` runs, in dvc.yaml's order, inside a persistent work directory so that a
+# second call resumes where a time-limited first one stopped (trajectories resume by shard, distill from its
+# checkpoint, ablate by row). Results are tarred into OUT after every stage, so a killed call still returns them.
+#
+#   pipeline/gpu_full.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
+#
+# PREPARED_DIR holds data/prepared's prompts.json and embeddings.safetensors made on a CPU machine with
+# `python pipeline/prepare.py` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
+# statistics are computed here from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
+# of the FID Inception). With DVC at hand, use `cp configs/full.yaml params.yaml && dvc repro` instead.
+set -euo pipefail
+W=$1 FM=$2 PREP=$3 OUT=$4 BUDGET=${5:-570}
+END=$(( $(date +%s) + BUDGET ))
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$W" "$OUT"
+cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/configs "$SRC"/dvc.yaml "$W"/   # code refreshed, data kept
+cd "$W"
+sed "s#^  data_root: .*#  data_root: $FM#" configs/full.yaml > params.yaml
+export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+snapshot() {
+  tar czf "$OUT/results.tmp.tgz" --ignore-failed-read params.yaml metrics plots models/adaptor data/trajectories/meta.json \
+      data/ablate/rows 2>/dev/null || true
+  mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"
+}
+stage() {  # stage NAME DONE_FILE: run pipeline/NAME.py unless DONE_FILE exists, within the time left
+  local left=$(( END - $(date +%s) ))
+  if [ -e "$2" ]; then echo "== $1: done before"; return 0; fi
+  if [ "$left" -lt 20 ]; then echo "== $1: no time left"; exit 0; fi
+  echo "== $1 ($(date +%T), ${left}s left)"
+  local t0=$(date +%s)
+  timeout "$left" python pipeline/"$1".py || { rc=$?; snapshot; echo "== $1 stopped rc=$rc"; exit 0; }
+  echo "== $1 took $(( $(date +%s) - t0 ))s"
+  snapshot
+}
+
+if [ ! -f data/prepared/reference_stats.npz ]; then
+  mkdir -p data/prepared.tmp && cp "$PREP"/prompts.json "$PREP"/embeddings.safetensors data/prepared.tmp/
+  python - <<'EOF'
+import json, torch
+from pipeline.config import load_params
+from clockwork.embedded.data import CaptionedFashion
+from clockwork.metrics import ReferenceStats, inception_features
+p = load_params("prepare")
+idx = torch.tensor(json.load(open("data/prepared.tmp/prompts.json"))["reference_indices"])
+held = CaptionedFashion("heldout", root=p.world.data_root, seed=p.prepare.seed)
+feats = inception_features(held.images_uint8(idx), device="cuda")
+ReferenceStats.from_features(feats, {"split": "heldout", "n": len(idx), "extractor": "tf-fid-inception-2015-12-05"}).save(
+    "data/prepared.tmp/reference_stats.npz")
+EOF
+  mv data/prepared.tmp data/prepared
+  echo "== reference statistics computed"
+fi
+stage trajectories data/trajectories/.complete
+touch data/trajectories/.complete
+stage distill metrics/distill.json
+stage evaluate metrics/evaluate.json
+stage ablate metrics/ablate.json
+echo "== all stages done ($(date +%T))"
