@@ -8,7 +8,7 @@
 #
 # PREPARED_DIR holds data/prepared's prompts.json and embeddings.safetensors made on a CPU machine with
 # `python pipeline/prepare.py` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
-# statistics are computed here from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
+# statistics are computed here by pipeline/gpu_prepare.py from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
 # of the FID Inception). With DVC at hand, use `cp configs/full.yaml params.yaml && dvc repro` instead.
 set -euo pipefail
 W=$1 FM=$2 PREP=$3 OUT=$4 BUDGET=${5:-570}
@@ -37,20 +37,7 @@ stage() {  # stage NAME DONE_FILE: run pipeline/NAME.py unless DONE_FILE exists,
 }
 
 if [ ! -f data/prepared/reference_stats.npz ]; then
-  mkdir -p data/prepared.tmp && cp "$PREP"/prompts.json "$PREP"/embeddings.safetensors data/prepared.tmp/
-  python - <<'EOF'
-import json, torch
-from pipeline.config import load_params
-from clockwork.embedded.data import CaptionedFashion
-from clockwork.metrics import ReferenceStats, inception_features
-p = load_params("prepare")
-idx = torch.tensor(json.load(open("data/prepared.tmp/prompts.json"))["reference_indices"])
-held = CaptionedFashion("heldout", root=p.world.data_root, seed=p.prepare.seed)
-feats = inception_features(held.images_uint8(idx), device="cuda")
-ReferenceStats.from_features(feats, {"split": "heldout", "n": len(idx), "extractor": "tf-fid-inception-2015-12-05"}).save(
-    "data/prepared.tmp/reference_stats.npz")
-EOF
-  mv data/prepared.tmp data/prepared
+  python pipeline/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"
 fi
 stage trajectories data/trajectories/.complete

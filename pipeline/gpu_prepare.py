@@ -1,0 +1,49 @@
+"""Finish data/prepared on a machine without the MiniLM text encoder (a GPU machine things are carried to).
+
+`python pipeline/prepare.py` on a CPU machine makes prompts.json and embeddings.safetensors; the text encoder
+(91 MB) does not travel, but those two files do. This script copies them from SRC into data/prepared and
+computes the FID reference statistics here, from the same held-out reference images prepare.py uses
+(prompts.json's ``reference_indices``), so the result equals prepare.py's output. Embedded world only.
+
+    python pipeline/gpu_prepare.py SRC        # SRC: a data/prepared made on the CPU machine (no reference stats)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_params  # noqa: E402
+
+
+def main() -> None:
+    src = Path(sys.argv[1])
+    p = load_params("prepare")
+    if p.world.kind != "embedded":
+        sys.exit("gpu_prepare.py: embedded world only (world.kind=sd15 runs prepare.py where its text encoder is)")
+    import torch
+
+    from clockwork.embedded.data import CaptionedFashion
+    from clockwork.metrics import ReferenceStats, inception_features
+    from pipeline.common import PREPARED_DIR, atomic_dir, log, pick_device
+
+    info = json.loads((src / "prompts.json").read_text())
+    if len(info["eval_prompts"]) != p.prepare.eval_prompts or len(info["reference_indices"]) != p.prepare.reference_images:
+        sys.exit(f"gpu_prepare.py: {src} was made with other prepare settings than {p.prepare}")
+    with atomic_dir(PREPARED_DIR) as out:
+        for f in ("prompts.json", "embeddings.safetensors"):
+            shutil.copy(src / f, out / f)
+        idx = torch.tensor(info["reference_indices"])
+        held = CaptionedFashion("heldout", root=p.world.data_root, seed=p.prepare.seed)
+        log(f"Inception statistics of {len(idx)} held-out reference images")
+        feats = inception_features(held.images_uint8(idx), device=pick_device(p.prepare.device))
+        ReferenceStats.from_features(feats, {"split": "heldout", "n": len(idx), "extractor": "tf-fid-inception-2015-12-05"}).save(
+            out / "reference_stats.npz")
+
+
+if __name__ == "__main__":
+    main()
