@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis import paper
 from analysis.loader import ablate_frame, is_missing
-from analysis.tables import Table, flops_unit, main_steps, params, sampler_pairs, sig
+from analysis.tables import Table, flops_unit, main_steps, params, reference_baseline, sampler_pairs, sig
 
 FID_REL_TOL = 0.05
 CLIP_REL_TOL = 0.03
@@ -189,13 +189,11 @@ def _largest(fr):
 
 
 def _baseline(ablation):
+    """The ablation's baseline row, else one run the same way elsewhere (tables.reference_baseline: another
+    ablation's baseline at the same steps, sampler and image count, then evaluate.json's)."""
     def get(fr):
         rows = _ab(fr, ablation)
-        b = _one(rows, lambda r: r["is_baseline"])
-        if b is None and fr.evaluate is not None and len(rows):
-            ev = fr.evaluate[(fr.evaluate["kind"] == "baseline") & (fr.evaluate["steps"].isin(rows["steps"]))]
-            b = ev.iloc[0] if len(ev) else None
-        return b
+        return reference_baseline(rows, fr.evaluate, fr.ablate) if len(rows) else None
     return get
 
 

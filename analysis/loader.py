@@ -1,9 +1,13 @@
 """One place that reads this project's results (DVC metrics files, sweep CSVs, MLflow) into DataFrames.
 
 Everything here only reads. Where results live:
-- ``CLOCKWORK_RESULTS``: root holding ``metrics/``, ``plots/``, ``sweeps/`` (default: the repository root);
+- ``CLOCKWORK_RESULTS``: the results root (default: the repository root), in either layout (:data:`LAYOUT`):
+  the pipeline's (``metrics/evaluate.json``, ``metrics/ablate.json``, ``metrics/distill.json``,
+  ``plots/distill_loss.csv``) or a flat folder of the same files (``reports/full/evaluate.json``, ...);
+  ``sweeps/<name>/results.csv`` and ``params.yaml`` under the root in both;
 - ``CLOCKWORK_REPORTS``: where tables and figures are written (default: ``<repo>/reports``);
-- MLflow: ``CLOCKWORK_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else ``<results>/mlflow.db`` if it exists.
+- MLflow: ``CLOCKWORK_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else ``<results>/mlflow.db`` if it exists;
+  ``CLOCKWORK_MLFLOW_URI=none`` turns the MLflow view off.
 The formats are those of docs/CONTRACTS.md. ``metrics/evaluate.json`` is required and is validated
 strictly (a malformed file raises :class:`ResultsError`); every other input is optional: when it is
 missing the loader returns ``None`` and :meth:`Results.note` says what was skipped.
@@ -34,6 +38,25 @@ EVALUATE_NUMERIC = ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gfl
 ABLATE_REQUIRED = ("ablation", "variant", "fid")
 ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps")
 SWEEP_REQUIRED = ("trial_id", "fid", "gflops")
+
+
+# Where each results file is looked for under a results root, first match wins: the pipeline's layout
+# (metrics/ and plots/, the DVC outs), then a flat folder of the same files (reports/full/, a GPU run's copy).
+LAYOUT = {
+    "evaluate.json": ("metrics/evaluate.json", "evaluate.json"),
+    "ablate.json": ("metrics/ablate.json", "ablate.json"),
+    "distill.json": ("metrics/distill.json", "distill.json"),
+    "distill_loss.csv": ("plots/distill_loss.csv", "distill_loss.csv"),
+}
+MLFLOW_OFF = {"none", "off", "0", "false"}
+
+
+def results_file(root: str | os.PathLike, name: str) -> Path:
+    """``root``'s copy of results file ``name`` (a :data:`LAYOUT` key) in whichever layout exists; the
+    pipeline's path when none does (so a message names where the file should be)."""
+    root = Path(root)
+    candidates = [root / rel for rel in LAYOUT[name]]
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 class ResultsError(ValueError):
@@ -239,7 +262,9 @@ def ablate_frame(rows: list[dict], where: str = "ablate rows") -> pd.DataFrame:
 
 
 def load_distill(root: Path) -> tuple[dict | None, pd.DataFrame | None]:
-    js, csv = root / "metrics" / "distill.json", root / "plots" / "distill_loss.csv"
+    """``metrics/distill.json`` and ``plots/distill_loss.csv`` under ``root`` (either :data:`LAYOUT`); ``None``
+    for a missing one."""
+    js, csv = results_file(root, "distill.json"), results_file(root, "distill_loss.csv")
     summary = _read_json(js) if js.is_file() else None
     if summary is not None and not isinstance(summary, dict):
         raise ResultsError(f"{js}: expected an object")
@@ -419,6 +444,8 @@ class Results:
         uri = os.environ.get("CLOCKWORK_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri and (root / "mlflow.db").is_file():
             uri = f"sqlite:///{root / 'mlflow.db'}"
+        if uri and uri.strip().lower() in MLFLOW_OFF:
+            uri = None
         res = cls(root=root, reports=reports, mlflow_uri=uri or None)
         res._guard_synthetic()
         return res
@@ -453,11 +480,27 @@ class Results:
             return None
         return str(kind) if kind else None
 
+    def file(self, name: str) -> Path:
+        """Where results file ``name`` (``evaluate.json``, ``ablate.json``, ...) is read from (:data:`LAYOUT`)."""
+        return results_file(self.root, name)
+
+    def source(self, name: str) -> str:
+        """How tables name results file ``name``: the pipeline's ``metrics/evaluate.json`` in the pipeline
+        layout, else the file's path from the repository (``reports/full/evaluate.json``)."""
+        f = self.file(name)
+        rel = LAYOUT[name][0]
+        if f == self.root / rel:
+            return rel
+        try:
+            return str(f.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            return str(f)
+
     def evaluate(self) -> pd.DataFrame:
-        return load_evaluate(self.root / "metrics" / "evaluate.json", default_teacher=self.world() or "teacher")
+        return load_evaluate(self.file("evaluate.json"), default_teacher=self.world() or "teacher")
 
     def ablate(self) -> pd.DataFrame | None:
-        df = load_ablate(self.root / "metrics" / "ablate.json")
+        df = load_ablate(self.file("ablate.json"))
         if df is None:
             self.note("metrics/ablate.json not found: skipping the ablation tables and figures")
         return df
@@ -523,6 +566,9 @@ class Results:
         if table is None:
             self.note(f"{name}: {missing}; skipped")
             return None
+        if getattr(table, "source", None):  # name the files the numbers were read from (flat layout: their paths)
+            for key, (rel, _) in LAYOUT.items():
+                table.source = table.source.replace(rel, self.source(key))
         self._path(name, "md").write_text(table.to_markdown())
         self._path(name, "tex").write_text(table.to_latex())
         return table

@@ -36,15 +36,20 @@ def _front_line(ax, x, y, higher_is_better=False, label="Pareto front"):
 
 
 def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
-    """Fig. 4: FID vs FLOPs per image over step counts, baseline vs Clockwork, one panel per teacher."""
-    teachers = list(pts["teacher"].unique())
-    fig, axes = plt.subplots(1, len(teachers), figsize=(5.5 * len(teachers), 4.2), squeeze=False)
-    for ax, teacher in zip(axes[0], teachers):
-        g = pts[pts["teacher"] == teacher]
+    """Fig. 4: FID vs FLOPs per image over step counts, baseline vs Clockwork; one panel per teacher and image
+    count (``pts["panel"]``: FIDs on different numbers of images are not comparable)."""
+    panels = list(pts["panel"].unique()) if "panel" in pts else list(pts["teacher"].unique())
+    key = "panel" if "panel" in pts else "teacher"
+    names = [n for n in pts["series"].unique() if n != "baseline"]
+    colors = {"baseline": "tab:gray", **{n: f"C{i}" for i, n in enumerate(names)}}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        g = pts[pts[key] == panel]
+        teacher = g["teacher"].iloc[0]
         scale, unit = flops_unit(g["gflops"])  # per panel: teachers differ by orders of magnitude
-        for i, (series, s) in enumerate(g.groupby("series", sort=False)):
+        for series, s in g.groupby("series", sort=False):
             s = s.sort_values("steps")
-            color = "tab:gray" if series == "baseline" else f"C{i}"
+            color = colors[series]
             ax.errorbar(s["gflops"] / scale, s["fid"], yerr=_err(s["fid_std"]), marker="o", capsize=3, color=color,
                         label=series, zorder=3)
             for _, r in s.iterrows():
@@ -56,7 +61,7 @@ def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
             ax.scatter(b["gflops"] / scale, b["fid"], label=f"baseline, {int(b['steps'].iloc[0])} steps",
                        **BASELINE_STYLE)
         ax.set(xlabel=f"{unit} per image (incl. CFG)", ylabel="FID (lower is better)",
-               title=f"{teacher}: FID vs compute (labels: sampler steps)")
+               title=f"{panel}\nFID vs compute (point labels: sampler steps)")
         ax.legend(loc="best")
     fig.tight_layout()
     return fig

@@ -64,6 +64,9 @@ def kid_scaled(v) -> float:
     return v * 1e3 if not is_missing(v) else v
 
 
+UNCERTAINTY = ("±: FID, std over bootstrap resamples of the generated images (same images, not new seeds); "
+               "KID, std over subsets; CLIP, standard error over images.")
+
 # ------------------------------------------------------------------------------------------------ Table
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -150,9 +153,10 @@ def main_steps(ev: pd.DataFrame, teacher: str) -> int:
     return int((named if len(named) else t)["steps"].max())
 
 
-def method_label(r) -> str:
+def method_label(r, main: int | None = None) -> str:
     if r["kind"] == "baseline":
-        return "baseline (full UNet)"
+        fewer = main is not None and not is_missing(r["steps"]) and int(r["steps"]) != main
+        return f"baseline (full UNet), {int(r['steps'])} steps" if fewer else "baseline (full UNet)"
     parts = [f"Clockwork ({r['adaptor']} adaptor" if not is_missing(r["adaptor"]) else "Clockwork ("]
     if not is_missing(r.get("clock")):
         parts.append(", " + clock_label(r.get("clock"), r["steps"]))
@@ -160,36 +164,124 @@ def method_label(r) -> str:
 
 
 def table1(ev: pd.DataFrame) -> Table:
-    """Table 1: per teacher, the baseline and every Clockwork variant at the baseline's step count."""
+    """Table 1: per teacher, the baseline and every Clockwork variant at the baseline's step count, then the
+    baselines with fewer steps (the plain way to save FLOPs); Δ columns are against the baseline."""
     scale, unit = flops_unit(ev["gflops"])
     rows = []
     for teacher in ev["teacher"].unique():
         steps = main_steps(ev, teacher)
-        t = ev[(ev["teacher"] == teacher) & (ev["steps"] == steps)]
+        everything = ev[ev["teacher"] == teacher]
+        t = everything[everything["steps"] == steps]
         base = t[t["kind"] == "baseline"].iloc[0]
-        for _, r in pd.concat([t[t["kind"] == "baseline"], t[t["kind"] == "clockwork"]]).iterrows():
+        fewer = everything[(everything["kind"] == "baseline") & (everything["steps"] < steps)]
+        for _, r in pd.concat([t[t["kind"] == "baseline"], t[t["kind"] == "clockwork"],
+                               fewer.sort_values("steps", ascending=False)]).iterrows():
             rows.append({
-                "teacher": teacher, "method": method_label(r), "steps": int(r["steps"]),
+                "teacher": teacher, "method": method_label(r, steps), "steps": int(r["steps"]),
                 "sampler": "-" if is_missing(r.get("sampler")) else r["sampler"],
                 "FID ↓": pm(r["fid"], r["fid_std"]), "KID×10³ ↓": pm(kid_scaled(r["kid"]), kid_scaled(r["kid_std"])),
                 "CLIP ↑": pm(r["clip"], r["clip_std"], 4),
                 f"{unit}/image": sig(r["gflops"] / scale), f"Δ{unit}": pct(r["gflops"], base["gflops"]) if
-                r["kind"] != "baseline" else "-",
+                r.name != base.name else "-",
                 "latency (ms)": fmt(r["latency_ms"], 1),
-                "Δlatency": pct(r["latency_ms"], base["latency_ms"]) if r["kind"] != "baseline" else "-",
+                "Δlatency": pct(r["latency_ms"], base["latency_ms"]) if r.name != base.name else "-",
                 "samples": "-" if is_missing(r["n_samples"]) else f"{int(r['n_samples'])}",
             })
-    devices = sorted({str(d) for d in ev["device"] if not is_missing(d)})
-    lat = f"latency of the UNet loop on {', '.join(devices)}" if devices else "latency of the UNet loop on this machine"
+    devices = sorted({str(d) for d in ev["device"] if not is_missing(d)}) if "device" in ev else []
+    lat = (f"latency of the UNet loop on {', '.join(devices)}" if devices
+           else "latency of the UNet loop on the machine that ran the evaluation")
     return Table(pd.DataFrame(rows), label="tab:main",
-                 caption=f"Table 1: baseline vs Clockwork per teacher. FLOPs per image include CFG; {lat}; "
-                         "± is the std over evaluation splits.",
+                 caption=f"Table 1: baseline vs Clockwork per teacher, and the baseline with fewer steps. FLOPs per "
+                         f"image include CFG; Δ against the baseline; {lat}.",
+                 notes=UNCERTAINTY, source="metrics/evaluate.json")
+
+
+# --------------------------------------------------------------------------------------- acceptance checks
+
+# The project's acceptance criteria for the headline comparison (issue 4): the trained Clockwork at the
+# baseline's step count against the baseline.
+ACCEPT_MAX_FLOPS_RATIO = 0.75
+ACCEPT_MAX_FID_RATIO = 1.10
+ACCEPT_MIN_CLIP_RATIO = 0.98
+NOISE_SIGMAS = 2.0  # a strict "lower FID" whose difference is below 2σ of the difference is flagged
+
+
+def _noisy(a, b, sa, sb) -> bool:
+    return not (is_missing(sa) or is_missing(sb)) and abs(a - b) < NOISE_SIGMAS * math.hypot(sa, sb)
+
+
+def _passed(ok: bool, noisy: bool = False) -> str:
+    return ("pass" if ok else "FAIL") + (" (within noise)" if noisy else "")
+
+
+def headline_rows(ev: pd.DataFrame, teacher: str) -> tuple[pd.Series, pd.Series | None, pd.Series | None]:
+    """(baseline, trained Clockwork, identity Clockwork) at the teacher's main step count: the ``clockwork``
+    entry (else the first trained adaptor) and the ``clockwork_identity`` entry (else the first identity)."""
+    steps = main_steps(ev, teacher)
+    t = ev[(ev["teacher"] == teacher) & (ev["steps"] == steps)]
+    base = t[t["kind"] == "baseline"].iloc[0]
+    cw = t[t["kind"] == "clockwork"]
+    ident = cw[cw["adaptor"] == "identity"]
+    named, trained = cw[cw["method"] == "clockwork"], cw[cw["adaptor"] != "identity"]
+    trained = named if len(named) else trained
+    return base, (trained.iloc[0] if len(trained) else None), (ident.iloc[0] if len(ident) else None)
+
+
+def acceptance_table(ev: pd.DataFrame) -> Table | None:
+    """The acceptance checks, per teacher: the trained Clockwork vs the baseline (FLOPs, FID, CLIP ratios), vs
+    the identity adaptor, and vs every baseline with fewer steps that costs at least as many FLOPs."""
+    rows = []
+    for teacher in ev["teacher"].unique():
+        base, cw, ident = headline_rows(ev, teacher)
+        if cw is None:
+            continue
+        scale, unit = flops_unit([base["gflops"]])
+
+        def add(check, measured, criterion, result):
+            rows.append({"teacher": teacher, "check": check, "measured": measured, "criterion": criterion,
+                         "result": result})
+
+        r = cw["gflops"] / base["gflops"]
+        add("FLOPs per image, Clockwork / baseline",
+            f"{sig(cw['gflops'] / scale)} / {sig(base['gflops'] / scale)} {unit} = {r:.3f}×",
+            f"≤ {ACCEPT_MAX_FLOPS_RATIO:.2f}×", _passed(r <= ACCEPT_MAX_FLOPS_RATIO))
+        r = cw["fid"] / base["fid"]
+        add("FID, Clockwork / baseline", f"{pm(cw['fid'], cw['fid_std'])} / {pm(base['fid'], base['fid_std'])} = {r:.3f}×",
+            f"≤ {ACCEPT_MAX_FID_RATIO:.2f}×", _passed(r <= ACCEPT_MAX_FID_RATIO))
+        if not (is_missing(cw.get("clip")) or is_missing(base.get("clip"))):
+            r = cw["clip"] / base["clip"]
+            add("CLIP score, Clockwork / baseline", f"{fmt(cw['clip'])} / {fmt(base['clip'])} = {r:.3f}×",
+                f"≥ {ACCEPT_MIN_CLIP_RATIO:.2f}×", _passed(r >= ACCEPT_MIN_CLIP_RATIO))
+        if ident is not None:
+            add(f"trained {cw['adaptor']} adaptor beats the identity adaptor (FID)",
+                f"{pm(cw['fid'], cw['fid_std'])} vs {pm(ident['fid'], ident['fid_std'])}", "lower FID",
+                _passed(cw["fid"] < ident["fid"], _noisy(cw["fid"], ident["fid"], cw["fid_std"], ident["fid_std"])))
+        fewer = ev[(ev["teacher"] == teacher) & (ev["kind"] == "baseline") & (ev["steps"] < base["steps"])]
+        dear = fewer[fewer["gflops"] >= cw["gflops"]].sort_values("steps", ascending=False)
+        for _, b in dear.iterrows():
+            add(f"Clockwork ({int(cw['steps'])} steps) beats the baseline with {int(b['steps'])} steps, which costs "
+                f"≥ its FLOPs (FID)",
+                f"{pm(cw['fid'], cw['fid_std'])} at {sig(cw['gflops'] / scale)} {unit} vs "
+                f"{pm(b['fid'], b['fid_std'])} at {sig(b['gflops'] / scale)} {unit}", "lower FID",
+                _passed(cw["fid"] < b["fid"], _noisy(cw["fid"], b["fid"], cw["fid_std"], b["fid_std"])))
+        if dear.empty:
+            add("Clockwork beats a baseline with fewer steps at ≥ its FLOPs (FID)",
+                "no baseline with fewer steps costs as many FLOPs as Clockwork", "lower FID", "not measured")
+    if not rows:
+        return None
+    return Table(pd.DataFrame(rows), label="tab:acceptance",
+                 caption="Acceptance checks: the trained Clockwork at the baseline's step count.",
+                 notes=f"'(within noise)': the FID difference is below {NOISE_SIGMAS:g}σ of the bootstrap stds.",
                  source="metrics/evaluate.json")
 
 
 def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
-    """All (teacher, kind, adaptor, steps) points for FID vs FLOPs: evaluate.json plus ablate's ``steps`` rows."""
-    cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "latency_ms", "source"]
+    """All (teacher, kind, adaptor, steps) points for FID vs FLOPs: evaluate.json plus ablate's ``steps`` rows.
+
+    FID falls as the number of images grows, so points are grouped into panels by teacher and image count
+    (``panel``) and the Pareto front is taken within a panel, never across image counts."""
+    cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "latency_ms", "n_samples",
+            "source"]
     pts = ev.assign(source="evaluate")[cols[:-1] + ["source"]]
     if ab is not None and len(ab[ab["ablation"] == "steps"]):
         s = ab[ab["ablation"] == "steps"].copy()
@@ -200,22 +292,28 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
     pts = pts.dropna(subset=["fid", "gflops"])
     pts["series"] = np.where(pts["kind"] == "baseline", "baseline",
                              "Clockwork (" + pts["adaptor"].fillna("?").astype(str) + ")")
-    # evaluate.json wins over an ablation run of the same configuration
-    pts = pts.drop_duplicates(subset=["teacher", "series", "steps"], keep="first")
+    # evaluate.json wins over an ablation run of the same configuration with as many images
+    pts["images"] = pts["n_samples"].map(lambda n: "?" if is_missing(n) else str(int(n)))
+    pts = pts.drop_duplicates(subset=["teacher", "series", "steps", "images"], keep="first")
+    counts = pts.groupby("teacher")["images"].nunique()
+    pts["panel"] = [t if counts[t] == 1 else f"{t}, {n} images" for t, n in zip(pts["teacher"], pts["images"])]
     pts["pareto"] = False
-    for teacher, g in pts.groupby("teacher"):
+    for _, g in pts.groupby("panel"):
         pts.loc[g.index, "pareto"] = pareto_mask(g["gflops"], g["fid"])
-    return pts.sort_values(["teacher", "series", "steps"]).reset_index(drop=True)
+    order = {"evaluate": 0, "ablate": 1}
+    pts["_o"] = pts["source"].map(order)
+    return pts.sort_values(["teacher", "_o", "images", "series", "steps"]).drop(columns="_o").reset_index(drop=True)
 
 
 def fig4_table(pts: pd.DataFrame) -> Table:
     scale, unit = flops_unit(pts["gflops"])
     df = pd.DataFrame({
-        "teacher": pts["teacher"], "method": pts["series"], "steps": pts["steps"].astype(int),
+        "teacher": pts["teacher"], "images": pts["images"], "method": pts["series"], "steps": pts["steps"].astype(int),
         "FID ↓": [pm(a, b) for a, b in zip(pts["fid"], pts["fid_std"])],
         f"{unit}/image": [sig(g / scale) for g in pts["gflops"]],
         "on Pareto front": np.where(pts["pareto"], "yes", "no"), "from": pts["source"]})
-    return Table(df, caption="Fig. 4 points: FID vs FLOPs over step counts (Pareto front over all points).",
+    return Table(df, caption="Fig. 4 points: FID vs FLOPs over step counts (Pareto front within each teacher and "
+                             "image count).", notes=UNCERTAINTY,
                  source="metrics/evaluate.json, metrics/ablate.json (ablation=steps)", label="tab:fig4")
 
 
@@ -228,19 +326,29 @@ def _rows(ab: pd.DataFrame | None, ablation: str) -> pd.DataFrame:
     return ab[ab["ablation"] == ablation].copy()
 
 
-def reference_baseline(ab_rows: pd.DataFrame, ev: pd.DataFrame | None) -> pd.Series | None:
-    """The ablation's own baseline row, else evaluate.json's baseline at the same steps (and sampler)."""
+def _matching(cands: pd.DataFrame, rows: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """``cands`` at the most common value of each key among ``rows`` (where both have it)."""
+    for k in keys:
+        if k in rows and k in cands and rows[k].notna().any() and cands[k].notna().any():
+            cands = cands[cands[k] == rows[k].dropna().mode().iloc[0]]
+    return cands
+
+
+def reference_baseline(ab_rows: pd.DataFrame, ev: pd.DataFrame | None, ab: pd.DataFrame | None = None) -> pd.Series | None:
+    """The ablation's own baseline row, else a baseline row of another ablation run the same way (steps,
+    sampler, sample count: FID depends on the number of images), else evaluate.json's baseline at the same
+    steps (and sampler)."""
     if len(ab_rows) and ab_rows["is_baseline"].any():
         return ab_rows[ab_rows["is_baseline"]].iloc[0]
-    if ev is None or not len(ab_rows):
+    if not len(ab_rows):
         return None
-    b = ev[ev["kind"] == "baseline"]
-    steps = ab_rows["steps"].dropna()
-    if len(steps):
-        b = b[b["steps"] == steps.mode().iloc[0]]
-    samplers = ab_rows["sampler"].dropna()
-    if len(samplers) and b["sampler"].notna().any():
-        b = b[b["sampler"] == samplers.mode().iloc[0]]
+    if ab is not None and len(ab):
+        other = _matching(ab[ab["is_baseline"]], ab_rows, ("steps", "sampler", "n_samples"))
+        if len(other):
+            return other.iloc[0]
+    if ev is None:
+        return None
+    b = _matching(ev[ev["kind"] == "baseline"], ab_rows, ("steps", "sampler"))
     return b.iloc[0] if len(b) else None
 
 
@@ -252,6 +360,14 @@ def _metric_cols(r, base, scale, unit) -> dict:
                                   else f"{r['gflops'] / base['gflops']:.3f}×")}
 
 
+def ablation_note(rows: pd.DataFrame) -> str:
+    """FID depends on the number of images: say how many each row used."""
+    n = sorted({int(v) for v in rows.get("n_samples", pd.Series(dtype=float)).dropna()})
+    imgs = f"FID/KID on {'/'.join(map(str, n))} generated images per row: " if n else ""
+    return (imgs + "FID falls as the image count grows, so compare rows within one table (or with Table 1 only at "
+            "the same count). " + UNCERTAINTY)
+
+
 def _ablation_table(rows: pd.DataFrame, base, first_cols, caption, label, ablation) -> Table:
     allg = list(rows["gflops"]) + ([base["gflops"]] if base is not None else [])
     scale, unit = flops_unit(allg)
@@ -261,9 +377,14 @@ def _ablation_table(rows: pd.DataFrame, base, first_cols, caption, label, ablati
                     **_metric_cols(base, base, scale, unit)})
     for _, r in rows.iterrows():
         out.append({**first_cols(r), **_metric_cols(r, base, scale, unit)})
-    return Table(pd.DataFrame(out), caption=caption, label=label,
-                 source=f"metrics/ablate.json (ablation={ablation})"
-                 + ("" if base is None or rows["is_baseline"].any() else "; baseline from metrics/evaluate.json"))
+    if base is None or rows["is_baseline"].any():
+        where = ""
+    elif "ablation" in base.index:
+        where = f"; baseline from metrics/ablate.json (ablation={base['ablation']}, the same steps, sampler and images)"
+    else:
+        where = "; baseline from metrics/evaluate.json"
+    return Table(pd.DataFrame(out), caption=caption, label=label, notes=ablation_note(rows),
+                 source=f"metrics/ablate.json (ablation={ablation})" + where)
 
 
 def _variant_first(extra):
@@ -281,7 +402,7 @@ def adaptor_type_table(ab, ev) -> Table | None:
     extra = lambda r: {"adaptor": "", "params": ""} if r is None else {  # noqa: E731
         "adaptor": "-" if r["is_baseline"] else r["adaptor"],
         "params": "-" if r["is_baseline"] else params(r.get("adaptor_params"))}
-    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+    return _ablation_table(rows, reference_baseline(rows, ev, ab), _variant_first(extra),
                            "Table 3a: adaptor type (parameter count of the adaptor).", "tab:adaptor", "adaptor_type")
 
 
@@ -292,7 +413,7 @@ def schedule_table(ab, ev) -> Table | None:
     extra = lambda r: {"adaptor steps (1-based)": ""} if r is None else {  # noqa: E731
         "adaptor steps (1-based)": "-" if r["adaptor_steps"] is None
         else "{" + ",".join(str(s + 1) for s in r["adaptor_steps"]) + "}"}
-    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+    return _ablation_table(rows, reference_baseline(rows, ev, ab), _variant_first(extra),
                            "Table 3b: which sampler steps use the adaptor.", "tab:schedule", "schedule")
 
 
@@ -303,7 +424,7 @@ def cut_table(ab, ev) -> Table | None:
     names = {1: "stage 1", 2: "stage 2", 3: "stage 3"}
     extra = lambda r: {"cut": ""} if r is None else {  # noqa: E731
         "cut": "-" if r["is_baseline"] or is_missing(r.get("cut")) else names.get(int(r["cut"]), str(r["cut"]))}
-    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+    return _ablation_table(rows, reference_baseline(rows, ev, ab), _variant_first(extra),
                            "Table 3c: where the UNet is cut.", "tab:cut", "cut")
 
 
@@ -314,7 +435,7 @@ def inputs_table(ab, ev) -> Table | None:
     extra = lambda r: {"adaptor inputs": "", "schedule": ""} if r is None else {  # noqa: E731
         "adaptor inputs": inputs_label(r["inputs"]),
         "schedule": "-" if r["is_baseline"] else clock_label(r.get("clock"), r.get("steps"))}
-    return _ablation_table(rows, reference_baseline(rows, ev), _variant_first(extra),
+    return _ablation_table(rows, reference_baseline(rows, ev, ab), _variant_first(extra),
                            "Table 5: adaptor inputs.", "tab:inputs", "inputs")
 
 
@@ -346,6 +467,7 @@ def sampler_table(ab) -> Table | None:
         "ΔFID": [f"{c - b:+.2f}" for b, c in zip(p["fid_base"], p["fid_cw"])],
         "baseline CLIP": [fmt(v, 4) for v in p["clip_base"]], "Clockwork CLIP": [fmt(v, 4) for v in p["clip_cw"]]})
     return Table(df, caption="Table 4: samplers, baseline -> Clockwork (lower FID is better).",
+                 notes=ablation_note(_rows(ab, "sampler")),
                  source="metrics/ablate.json (ablation=sampler)", label="tab:samplers")
 
 
@@ -354,13 +476,15 @@ def training_points(ab: pd.DataFrame | None, ev: pd.DataFrame | None = None) -> 
     rows = _rows(ab, "training")
     if rows.empty:
         return rows
-    pts = rows[~rows["is_baseline"]][["training", "steps", "fid", "fid_std", "clip", "gflops"]].copy()
-    base = rows[rows["is_baseline"]][["steps", "fid", "fid_std", "clip", "gflops"]]
-    if base.empty:
+    cols = ["steps", "fid", "fid_std", "clip", "gflops", "n_samples"]
+    pts = rows[~rows["is_baseline"]][["training", *cols]].copy()
+    base = rows[rows["is_baseline"]][cols]
+    if base.empty:  # another ablation's baselines (same image count first), else evaluate.json's
         extra = [_rows(ab, "steps"), None if ev is None else ev.assign(is_baseline=ev["kind"] == "baseline")]
-        base = pd.concat([e[e["is_baseline"]][["steps", "fid", "fid_std", "clip", "gflops"]] for e in extra
-                          if e is not None and len(e)], ignore_index=True)
+        base = pd.concat([e[e["is_baseline"]][cols] for e in extra if e is not None and len(e)], ignore_index=True)
         base = base[base["steps"].isin(pts["steps"])]
+        same_n = base["n_samples"].isin(pts["n_samples"].dropna().unique())
+        base = pd.concat([base[same_n], base[~same_n]])
     if len(base):
         pts = pd.concat([pts, base.drop_duplicates("steps").assign(training="baseline (no adaptor)")])
     return pts.sort_values(["training", "steps"]).reset_index(drop=True)
@@ -373,7 +497,7 @@ def training_table(pts: pd.DataFrame) -> Table:
     wide.columns.name = None
     return Table(wide.fillna("-").rename(columns={c: f"FID, {c}" for c in wide.columns if c != "steps"}),
                  caption="Fig. 7: adaptor distilled on unrolled trajectories vs on forward-noised images, FID by step count.",
-                 source="metrics/ablate.json (ablation=training)", label="tab:training")
+                 notes=ablation_note(pts), source="metrics/ablate.json (ablation=training)", label="tab:training")
 
 
 def distill_table(summary: dict) -> Table:

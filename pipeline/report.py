@@ -1,15 +1,23 @@
-"""Stage `report`: execute the analysis notebooks headlessly -> reports/analysis/ (+ a summary of the metrics).
+"""Stages `report` and `report_full`: execute the analysis notebooks headlessly (+ a summary of the metrics).
+
+    python pipeline/report.py                                                  # `report`: metrics/ -> reports/analysis/
+    python pipeline/report.py --results reports/full --out reports/full/analysis --no-executed   # `report_full`
 
 Every ``<report.notebooks>/*.ipynb`` runs with nbclient (kernel python3) in the notebooks' folder with the
-repository on PYTHONPATH (as analysis/run_all.py does), ``CLOCKWORK_RESULTS`` = the repository (metrics/,
-plots/, sweeps/) and ``CLOCKWORK_REPORTS`` = ``report.out`` for the tables and figures it writes; the
-executed notebook and an HTML export land there too. A failing notebook fails the stage (nothing is
-swapped in). ``summary.md`` tabulates metrics/evaluate.json and
-metrics/ablate.json whether or not notebooks exist.
+repository on PYTHONPATH (as analysis/run_all.py does), ``CLOCKWORK_RESULTS`` = ``--results`` (default: the
+repository, i.e. metrics/, plots/, sweeps/; a flat folder of evaluate.json, ablate.json, distill.json and
+distill_loss.csv such as reports/full/ works too, see analysis/loader.py LAYOUT) and ``CLOCKWORK_REPORTS`` =
+``--out`` (default: ``report.out``) for the tables and figures it writes. The executed notebooks and their
+HTML exports land in ``<out>/notebooks/`` unless ``--no-executed`` (committed outputs: small, and the same
+bytes on every rerun). A results folder other than the repository gets no MLflow view (its sweeps, if any,
+come from its own ``sweeps/`` or ``mlflow.db``), so the pipeline's runs never mix into another run's report.
+A failing notebook fails the stage (nothing is swapped in). ``summary.md`` tabulates evaluate.json and
+ablate.json whether or not notebooks exist.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -29,65 +37,98 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict | None) -> str:
+def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict | None,
+                     names: dict[str, str] | None = None) -> str:
+    """The metrics files as plain tables; ``names`` says where each file was read from (for the headings)."""
+    names = {"evaluate": "metrics/evaluate.json", "ablate": "metrics/ablate.json", "distill": "metrics/distill.json",
+             **(names or {})}
     out = ["# Clockwork reproduction: metrics summary", ""]
     if evaluate:
+        evaluate = {k: v for k, v in evaluate.items() if not k.startswith("_")}
         base = evaluate.get("baseline", {}).get("gflops") or 1.0
-        cols = ["fid", "fid_std", "kid", "clip", "gflops", "latency_ms", "adaptor_params", "steps", "clock", "cut", "adaptor"]
-        out += ["## evaluate (metrics/evaluate.json)", "", "| method | " + " | ".join(cols) + " | GFLOPs ratio |",
+        cols = ["fid", "fid_std", "kid", "clip", "gflops", "latency_ms", "adaptor_params", "steps", "clock", "cut",
+                "adaptor", "n_samples"]
+        out += [f"## evaluate ({names['evaluate']})", "", "| method | " + " | ".join(cols) + " | GFLOPs ratio |",
                 "|---" * (len(cols) + 2) + "|"]
         for name, m in evaluate.items():
             out.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + f" | {m['gflops'] / base:.3f} |")
         out.append("")
     if distill:
-        out += ["## distill (metrics/distill.json)", "", "```", json.dumps(distill, indent=1), "```", ""]
+        out += [f"## distill ({names['distill']})", "", "```", json.dumps(distill, indent=1), "```", ""]
     if ablate:
-        cols = ["ablation", "variant", "fid", "fid_std", "clip", "gflops", "latency_ms", "adaptor_params", "training"]
-        out += ["## ablate (metrics/ablate.json)", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+        cols = ["ablation", "variant", "fid", "fid_std", "clip", "gflops", "latency_ms", "adaptor_params", "training",
+                "n_samples"]
+        out += [f"## ablate ({names['ablate']})", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
         out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in ablate.get("rows", [])]
         out.append("")
     return "\n".join(out)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Execute the analysis notebooks on a results folder.")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results folder: the repository's metrics/ + plots/ layout or a flat folder of the same "
+                         "files (default: the repository)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: params.yaml report.out)")
+    ap.add_argument("--no-executed", action="store_true",
+                    help="do not keep the executed notebooks and their HTML exports (only tables, figures, summary)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     p = load_params("report")
+    from analysis.loader import results_file
     from pipeline import tracking
     from pipeline.common import atomic_dir, log
 
     r = p.report
-    root = Path.cwd()
+    root = Path.cwd().resolve()
+    results = (args.results or root).resolve()
+    if not results.is_dir():
+        raise SystemExit(f"error: --results {args.results} is not a folder")
+    out_dir = args.out or Path(r.out)
     nb_dir = Path(r.notebooks)
     notebooks = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")) or sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
-    load = lambda f: json.loads(Path(f).read_text()) if Path(f).is_file() else None  # noqa: E731
-    with tracking.stage_run("report", p.flat()) as run:
-        with atomic_dir(r.out) as out:
-            (out / "summary.md").write_text(summary_markdown(load("metrics/evaluate.json"), load("metrics/ablate.json"),
-                                                             load("metrics/distill.json")))
+    files = {k: results_file(results, f"{k}.json") for k in ("evaluate", "ablate", "distill")}
+    load = lambda f: json.loads(f.read_text()) if f.is_file() else None  # noqa: E731
+    rel = lambda f: str(f.relative_to(root)) if f.is_relative_to(root) else str(f)  # noqa: E731
+    with tracking.stage_run("report", {**p.flat(), "report.results": rel(results), "report.out": str(out_dir)},
+                            run_name="report" if results == root else f"report {rel(results)}") as run:
+        with atomic_dir(out_dir) as out:
+            (out / "summary.md").write_text(summary_markdown(*(load(files[k]) for k in ("evaluate", "ablate", "distill")),
+                                                             names={k: rel(f) for k, f in files.items()}))
             if notebooks:
                 import nbformat
                 from nbclient import NotebookClient
                 from nbconvert import HTMLExporter
 
                 # Notebooks write their tables/plots into the (temporary, then swapped-in) output folder.
-                os.environ["CLOCKWORK_RESULTS"] = str(root.resolve())
+                os.environ["CLOCKWORK_RESULTS"] = str(results)
                 os.environ["CLOCKWORK_REPORTS"] = str(out.resolve())
-                os.environ["PYTHONPATH"] = os.pathsep.join([str(root.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])
+                if results != root and not (results / "mlflow.db").is_file():
+                    os.environ["CLOCKWORK_MLFLOW_URI"] = "none"  # not the pipeline's MLflow runs: not these results
+                os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
                 os.environ.setdefault("MPLBACKEND", "Agg")
                 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-                (out / "notebooks").mkdir()
+                if not args.no_executed:
+                    (out / "notebooks").mkdir()
                 for nb_path in notebooks:
                     t0 = time.perf_counter()
                     nb = nbformat.read(nb_path, as_version=4)
                     NotebookClient(nb, timeout=r.timeout_s, kernel_name="python3",
                                    resources={"metadata": {"path": str(nb_path.parent.resolve())}}).execute()
-                    nbformat.write(nb, out / "notebooks" / nb_path.name)
-                    html, _ = HTMLExporter().from_notebook_node(nb)
-                    (out / "notebooks" / nb_path.with_suffix(".html").name).write_text(html)
+                    if not args.no_executed:
+                        nbformat.write(nb, out / "notebooks" / nb_path.name)
+                        html, _ = HTMLExporter().from_notebook_node(nb)
+                        (out / "notebooks" / nb_path.with_suffix(".html").name).write_text(html)
                     log(f"executed {nb_path} in {time.perf_counter() - t0:.0f}s")
             else:
                 log(f"no notebooks in {nb_dir}/ yet: wrote the metrics summary only")
-            (out / "index.json").write_text(json.dumps({"notebooks": [n.name for n in notebooks]}, indent=1) + "\n")
-        run.log_artifact(r.out, "report")
+            written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+            (out / "index.json").write_text(json.dumps({"results": rel(results), "notebooks": [n.name for n in notebooks],
+                                                        "files": written}, indent=1) + "\n")
+        run.log_artifact(out_dir, "report")
 
 
 if __name__ == "__main__":

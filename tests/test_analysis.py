@@ -127,11 +127,58 @@ def test_table1_numbers_come_from_evaluate_json(full_run, full_results):
     _, reports = full_run
     ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
     text = (reports / "table1_main.md").read_text()
-    for method in ("baseline", "clockwork", "clockwork_identity"):
+    for method in ("baseline", "clockwork", "clockwork_identity", "baseline_6steps", "baseline_4steps"):
         assert f"{ev[method]['fid']:.2f} ± {ev[method]['fid_std']:.2f}" in text
-    assert "baseline_4steps" not in text  # lower step counts go to Fig. 4, not Table 1
+    rows = md_rows(reports / "table1_main.md")
+    assert [r[1] for r in rows[-2:]] == ["baseline (full UNet), 6 steps", "baseline (full UNet), 4 steps"]
     fig4 = (reports / "fig4_points.md").read_text()
     assert f"{ev['baseline_4steps']['fid']:.2f}" in fig4
+    checks = md_rows(reports / "table1_acceptance.md")
+    assert len(checks) == 5 and all(r[-1] in {"pass", "FAIL", "pass (within noise)", "FAIL (within noise)"}
+                                    for r in checks)
+
+
+def test_acceptance_checks_are_computed(tmp_path):
+    ev = loader.load_evaluate(write_fixtures(tmp_path, minimal=True) / "metrics" / "evaluate.json")
+    ok = tables.acceptance_table(ev).df.set_index("check")["result"]
+    assert len(ok) == 5 and set(ok) <= {"pass", "pass (within noise)"}, ok
+    worse = ev.copy()
+    cw = worse["method"] == "clockwork"
+    worse.loc[cw, ["fid", "gflops", "clip"]] = [30.0, worse.loc[cw, "gflops"].iloc[0] * 1.2, 0.1]
+    bad = tables.acceptance_table(worse).df
+    assert bad["result"].str.startswith("FAIL").sum() == 4, bad  # FLOPs, FID, CLIP, identity; 6 steps now cheaper
+    assert bad["result"].iloc[-1] == "not measured"
+
+
+def test_flat_results_folder_reads_like_the_pipeline_layout(tmp_path):
+    nested = write_fixtures(tmp_path / "nested", minimal=True)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "evaluate.json").write_text((nested / "metrics" / "evaluate.json").read_text())
+    (flat / "distill_loss.csv").write_text("step,loss\n1,0.5\n2,0.25\n")
+    a = loader.Results(root=nested, reports=tmp_path / "r1")
+    b = loader.Results(root=flat, reports=tmp_path / "r2")
+    pd.testing.assert_frame_equal(a.evaluate(), b.evaluate())
+    assert a.source("evaluate.json") == "metrics/evaluate.json"
+    assert b.source("evaluate.json") == str(flat / "evaluate.json")
+    assert b.distill()[1]["loss"].tolist() == [0.5, 0.25] and b.ablate() is None
+    table = b.write_table(tables.table1(b.evaluate()), "table1_main")
+    assert table.source == str(flat / "evaluate.json")
+
+
+def test_committed_full_reports_are_up_to_date(tmp_path):
+    """reports/full/analysis is what `dvc repro report_full` makes from the committed reports/full metrics."""
+    committed = REPO / "reports" / "full" / "analysis"
+    if not committed.is_dir():
+        pytest.skip("reports/full/analysis not generated yet")
+    env = {k: v for k, v in os.environ.items() if k not in ("CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS")}
+    proc = subprocess.run([sys.executable, "pipeline/report.py", "--results", "reports/full", "--out",
+                           str(tmp_path / "out"), "--no-executed"], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "CLOCKWORK_MLFLOW": "0"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fresh = {p.name: p.read_text() for p in (tmp_path / "out").glob("*.md")}
+    assert fresh and fresh == {p.name: p.read_text() for p in committed.glob("*.md")}, \
+        "reports/full/analysis is stale: run `dvc repro report_full` and commit it"
 
 
 # ------------------------------------------------------------------------------------------------- units

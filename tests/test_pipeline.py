@@ -80,7 +80,8 @@ def _finite(x) -> bool:
 
 
 def test_smoke_repro_runs_every_stage(smoke) -> None:
-    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "report"}, smoke["out"][-3000:]
+    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "report", "report_full"}, \
+        smoke["out"][-3000:]
     assert "'teacher' is frozen" in smoke["out"] and "'clip' is frozen" in smoke["out"]
     print(f"smoke dvc repro: {smoke['seconds']:.0f}s")
 
@@ -118,6 +119,9 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
         assert (repo / png).read_bytes()[:4] == b"\x89PNG"
     assert (repo / "models/adaptor/config.json").is_file()
     assert (repo / "reports/analysis/summary.md").is_file()
+    # report_full re-made the committed full-configuration report from the committed metrics, unchanged
+    for f in (REPO / "reports/full/analysis").glob("*.md"):
+        assert (repo / "reports/full/analysis" / f.name).read_text() == f.read_text(), f.name
 
 
 def test_smoke_logged_to_mlflow(smoke) -> None:
