@@ -295,3 +295,15 @@ def test_committed_notebooks_have_no_outputs():
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
                 assert cell["outputs"] == [] and cell["execution_count"] is None, p.name
+
+
+def test_readme_results_tables_are_copied_from_generated_files():
+    """Every table row of README's full-configuration results is a line of a generated reports/full/analysis/*.md."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Results (full configuration")
+    end = readme.find("\n## ", start + 3)
+    section = readme[start:end if end > 0 else None]
+    rows = [ln for ln in section.splitlines() if ln.startswith("|")]
+    generated = {ln for p in (REPO / "reports" / "full" / "analysis").glob("*.md") for ln in p.read_text().splitlines()}
+    assert len(rows) > 20
+    assert [r for r in rows if r not in generated] == []
