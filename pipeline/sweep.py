@@ -1374,6 +1374,19 @@ def _reporter(sp: SweepParams, dims: list[str]):
         max_report_frequency=15, max_progress_rows=40, sort_by_metric=False)
 
 
+def check_inputs(root: Path) -> None:
+    """Before Ray starts: the files every default trial reads (the `prepare` stage's output) must exist.
+
+    Trials would otherwise each fail (and be retried) with the same FileNotFoundError. The trajectory store may
+    be missing: the first trial that needs it unrolls it (slower; docs/SWEEP.md says to run the stage first).
+    """
+    prepared = root / "data" / "prepared"
+    missing = [f for f in ("prompts.json", "embeddings.safetensors", "reference_stats.npz") if not (prepared / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{prepared} lacks {', '.join(missing)}: run `dvc repro trajectories` (or "
+                                "`python pipeline/prepare.py`) with the same params file before the sweep; nothing run")
+
+
 def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None, *, resume: bool = False,
               overwrite: bool = False, address: str | None = None, gpus_per_trial: float | None = None,
               cpus_per_trial: float | None = None, max_concurrent: int | None = None, use_mlflow: bool = True,
@@ -1436,6 +1449,8 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
             print(" ", run_name(p), json.dumps(p))
         return {"points": points, "baselines": baselines}
 
+    if sp.trial == DEFAULT_TRIAL:
+        check_inputs(REPO_ROOT)
     tracker = None
     if use_mlflow and importlib.util.find_spec("mlflow") is None:
         print("note: mlflow is not installed here: recording to sweeps/<name>/ only; log the sweep later with "

@@ -170,3 +170,16 @@ def test_full_params_yaml_points_are_checked_by_the_pipeline_validator(tmp_path)
     keys = [k for k, _ in e.value.problems]
     assert keys == ["trial c2-resnet-w32-k9-s8: cut"], e.value
     assert "valid cuts" in str(e.value)
+
+
+def test_missing_prepared_data_is_an_error_before_ray_starts(tmp_path):
+    """The default trial reads data/prepared: without it the sweep stops at once (no Ray, no sweep folder)."""
+    with pytest.raises(FileNotFoundError, match="lacks prompts.json, embeddings.safetensors, reference_stats.npz"):
+        sweep.check_inputs(tmp_path)
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    for f in ("prompts.json", "embeddings.safetensors"):
+        (tmp_path / "data" / "prepared" / f).write_text("{}")
+    with pytest.raises(FileNotFoundError, match="lacks reference_stats.npz: run `dvc repro trajectories`"):
+        sweep.check_inputs(tmp_path)
+    (tmp_path / "data" / "prepared" / "reference_stats.npz").write_text("")
+    sweep.check_inputs(tmp_path)
