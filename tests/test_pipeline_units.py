@@ -218,3 +218,22 @@ def test_trajectory_rows_are_split_per_prompt(tmp_path: Path) -> None:
     first3 = common.load_trajectories(tmp_path, 1, max_prompts=3)
     assert sorted(first3["prompt"].tolist()) == [0, 0, 1, 1, 2, 2]
     assert torch.equal(first3["r_out"][0, :, 0, 0, 0].long(), first3["prompt"])
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "dpm", "pndm", "ddim", "euler", "heun"])
+def test_pipeline_samples_the_teacher_on_the_same_timesteps_as_the_library(sampler) -> None:
+    """The stages build samplers from the committed teacher's scheduler_config.json; they must step exactly
+    like clockwork.embedded.teacher.sampling_scheduler (generate, bench, the teacher's own evaluation).
+    A saved DDPM default (timestep_spacing "leading") once made the pipeline's 8 DPM++ steps start at t=888."""
+    from clockwork.embedded.teacher import DEFAULT_TEACHER_DIR, sampling_scheduler
+    from clockwork.schedulers import make_scheduler
+
+    saved = json.loads((Path(DEFAULT_TEACHER_DIR) / "scheduler" / "scheduler_config.json").read_text())
+    for steps in (4, 6, 8):
+        a, b = make_scheduler(sampler, saved), sampling_scheduler(sampler)
+        a.set_timesteps(steps)
+        b.set_timesteps(steps)
+        assert a.timesteps.tolist() == b.timesteps.tolist(), (sampler, steps)
+    if sampler in ("dpm++", "dpm"):
+        a.set_timesteps(8)
+        assert int(a.timesteps[0]) == 999

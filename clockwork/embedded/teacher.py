@@ -46,6 +46,25 @@ def training_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**SCHEDULER_CONFIG)
 
 
+def save_scheduler_config(directory: str | os.PathLike) -> Path:
+    """Write the teacher's noise schedule as ``scheduler_config.json``, with only the keys it sets.
+
+    ``DDPMScheduler.save_pretrained`` would also write DDPM's defaults, among them ``timestep_spacing:
+    "leading"``; a sampler built ``from_config`` on that file keeps it, and DPM-Solver(++) with 8 "leading" steps
+    starts at t=888 instead of 999 - from pure noise while telling the model 17% of the signal is left. Without
+    the key every sampler uses its own default, as :func:`sampling_scheduler` does with the in-memory config.
+    """
+    import json
+
+    import diffusers
+
+    path = Path(directory) / "scheduler_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = {"_class_name": "DDPMScheduler", "_diffusers_version": diffusers.__version__, **SCHEDULER_CONFIG}
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
 def sampling_scheduler(name: str = "dpm++", config: dict | None = None):
     """A diffusers sampler for the teacher's schedule; see :func:`clockwork.schedulers.make_scheduler`."""
     from clockwork.schedulers import make_scheduler

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from clockwork.embedded.data import CaptionedFashion
-from clockwork.embedded.teacher import build_teacher, training_scheduler
+from clockwork.embedded.teacher import build_teacher, save_scheduler_config, training_scheduler
 from clockwork.embedded.text import EmbeddingTable
 
 
@@ -176,5 +176,4 @@ def export_teacher(ema, out_dir: str | os.PathLike, dtype=torch.float16) -> None
     out_dir = Path(out_dir)
     m = copy.deepcopy(ema).to("cpu", dtype=dtype)
     m.save_pretrained(out_dir, safe_serialization=True)
-    sched_dir = out_dir / "scheduler"
-    training_scheduler().save_pretrained(sched_dir)
+    save_scheduler_config(out_dir / "scheduler")
