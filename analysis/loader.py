@@ -5,6 +5,8 @@ Everything here only reads. Where results live:
   the pipeline's (``metrics/evaluate.json``, ``metrics/ablate.json``, ``metrics/distill.json``,
   ``plots/distill_loss.csv``) or a flat folder of the same files (``reports/full/evaluate.json``, ...);
   ``sweeps/<name>/results.csv`` and ``params.yaml`` under the root in both;
+- ``CLOCKWORK_SWEEPS``: the folder holding ``<name>/results.csv`` (+ ``summary.json``, ``sweep.json``) of each
+  sweep (default: ``<results>/sweeps``; the committed ``reports/sweeps`` for the full configuration's report);
 - ``CLOCKWORK_REPORTS``: where tables and figures are written (default: ``<repo>/reports``);
 - MLflow: ``CLOCKWORK_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else ``<results>/mlflow.db`` if it exists;
   ``CLOCKWORK_MLFLOW_URI=none`` turns the MLflow view off.
@@ -15,6 +17,7 @@ missing the loader returns ``None`` and :meth:`Results.note` says what was skipp
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -417,6 +420,94 @@ def _first(row, *keys):
     return None
 
 
+def _rel_repo(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class SweepInfo:
+    """What a sweep's folder says about how it ran (``sweep.json``, ``summary.json``, results.csv's ``node`` /
+    ``gpu_ids`` / ``started``), for captions: a sweep is its own run, with its own budget per trial."""
+
+    name: str
+    source: str  # where its trials were read from
+    state: dict = field(default_factory=dict)  # sweep.json ({} when absent)
+    summary: dict = field(default_factory=dict)  # summary.json ({} when absent)
+    trials: pd.DataFrame | None = None
+
+    @property
+    def overrides(self) -> dict:
+        return (self.state.get("sweep") or {}).get("overrides") or {}
+
+    @property
+    def n_samples(self) -> int | None:
+        n = self.overrides.get("n_samples")
+        if n is None and self.trials is not None and "n_samples" in self.trials and self.trials["n_samples"].notna().any():
+            n = self.trials["n_samples"].dropna().iloc[0]
+        return None if n is None else int(n)
+
+    def device(self) -> str | None:
+        """``CPU`` when no trial got a GPU (results.csv ``gpu_ids`` empty), ``GPU`` when any did; with the nodes."""
+        t = self.trials
+        if t is None or "gpu_ids" not in t:
+            return None
+        gpus = t["gpu_ids"].map(lambda v: "" if is_missing(v) else str(v).strip())
+        kind = "GPU" if (gpus != "").any() else "CPU"
+        nodes = sorted({str(n) for n in t.get("node", pd.Series(dtype=object)).dropna()})
+        return f"{kind} trials" + (f" on node {', '.join(nodes)}" if nodes else "")
+
+    def date(self) -> str | None:
+        if self.trials is None or "started" not in self.trials:
+            return None
+        t = pd.to_numeric(self.trials["started"], errors="coerce").dropna()
+        if t.empty:
+            return None
+        return datetime.datetime.fromtimestamp(float(t.min()), datetime.timezone.utc).strftime("%Y-%m-%d")
+
+    def about(self) -> str:
+        """``CPU trials on node vm, the default params.yaml, 400 distillation steps and 100 evaluated images per
+        trial, 2026-11-26, 28 min``; the parts that are recorded."""
+        parts = [self.device()]
+        config = self.state.get("config")
+        if config:
+            parts.append("the default params.yaml" if str(config) == "params.yaml" else f"params file {config}")
+        budget = []
+        if self.overrides.get("distill_steps") is not None:
+            budget.append(f"{self.overrides['distill_steps']} distillation steps")
+        if self.n_samples is not None:
+            budget.append(f"{self.n_samples} evaluated images")
+        if budget:
+            parts.append(" and ".join(budget) + " per trial")
+        parts.append(self.date())
+        wall = self.summary.get("wall_s", self.state.get("wall_s"))
+        if wall is not None:
+            parts.append(f"{float(wall) / 60:.0f} min")
+        return ", ".join(p for p in parts if p)
+
+    def rule(self) -> str | None:
+        """The sweep's own recommendation rule (summary.json ``fid_tolerance``), as pipeline/sweep.py applies it."""
+        tol = self.summary.get("fid_tolerance")
+        if tol is None:
+            return None
+        within = f"{100 * float(tol):g}% of the baseline's FID" if self.summary.get("fid_tolerance_relative") \
+            else f"+{float(tol):g} FID of the baseline's"
+        return f"the largest FLOPs saving with FID within {within}"
+
+    def caution(self) -> str | None:
+        """pipeline/sweep.py's warning: the baseline's FID std exceeds the tolerance, so rankings are noise."""
+        base, tol = self.summary.get("baseline") or {}, self.summary.get("fid_tolerance")
+        std = base.get("fid_std")
+        if tol is None or is_missing(std) or std is None or self.summary.get("fid_tolerance_relative"):
+            return None
+        if float(std) <= float(tol):
+            return None
+        return (f"The baseline FID's bootstrap std ({float(std):.2f}) exceeds the tolerance ({float(tol):g} FID): "
+                "FID differences of a few points are within sampling noise.")
+
+
 # ------------------------------------------------------------------------------------------------ Results
 
 @dataclass
@@ -434,6 +525,7 @@ class Results:
     root: Path
     reports: Path
     mlflow_uri: str | None = None
+    sweeps: Path | None = None  # folder of <name>/results.csv; None: <root>/sweeps
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -446,13 +538,15 @@ class Results:
             uri = f"sqlite:///{root / 'mlflow.db'}"
         if uri and uri.strip().lower() in MLFLOW_OFF:
             uri = None
-        res = cls(root=root, reports=reports, mlflow_uri=uri or None)
+        sweeps = os.environ.get("CLOCKWORK_SWEEPS")
+        res = cls(root=root, reports=reports, mlflow_uri=uri or None, sweeps=Path(sweeps).resolve() if sweeps else None)
         res._guard_synthetic()
         return res
 
     def __repr__(self) -> str:
         syn = "  [SYNTHETIC fixtures]" if self.synthetic else ""
-        return f"Results(root={self.root}, reports={self.reports}, mlflow={self.mlflow_uri}){syn}"
+        sw = f", sweeps={self.sweeps}" if self.sweeps is not None else ""
+        return f"Results(root={self.root}, reports={self.reports}, mlflow={self.mlflow_uri}{sw}){syn}"
 
     @property
     def synthetic(self) -> bool:
@@ -513,11 +607,25 @@ class Results:
             self.note("plots/distill_loss.csv not found: skipping the distillation loss curve")
         return summary, curve
 
+    @property
+    def sweeps_dir(self) -> Path:
+        """Where ``<name>/results.csv`` of each sweep is read from: ``CLOCKWORK_SWEEPS``, else ``<root>/sweeps``."""
+        return self.sweeps if self.sweeps is not None else self.root / "sweeps"
+
     def sweep_csvs(self) -> dict[str, pd.DataFrame]:
-        found = {p.parent.name: load_sweep_csv(p) for p in sorted((self.root / "sweeps").glob("*/results.csv"))}
+        found = {p.parent.name: load_sweep_csv(p) for p in sorted(self.sweeps_dir.glob("*/results.csv"))}
         if not found:
-            self.note("no sweeps/<name>/results.csv found")
+            self.note(f"no <name>/results.csv under {self.sweeps_dir}")
         return found
+
+    def sweep_info(self, name: str, trials: pd.DataFrame | None = None) -> SweepInfo:
+        """How sweep ``name`` ran, from its folder's sweep.json / summary.json (empty when it came from MLflow)."""
+        folder = self.sweeps_dir / name
+        if not (folder / "results.csv").is_file():
+            return SweepInfo(name, source="its MLflow runs", trials=trials)
+        state, summary = (_read_json(f) if f.is_file() else {} for f in (folder / "sweep.json", folder / "summary.json"))
+        return SweepInfo(name, source=_rel_repo(folder / "results.csv"), state=state if isinstance(state, dict) else {},
+                         summary=summary if isinstance(summary, dict) else {}, trials=trials)
 
     def sweep_mlflow(self) -> pd.DataFrame | None:
         if not self.mlflow_uri:

@@ -99,35 +99,82 @@ def distill_loss(curve: pd.DataFrame):
     return fig
 
 
+CUT_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _short(r) -> str:
+    """``c3 w64 k1``: clock, adaptor width, cut, as in the sweep's trial names (``c3-resnet-w64-k1-s8``)."""
+    parts = [f"{p}{int(r[c])}" for p, c in (("c", "clock"), ("w", "width"), ("k", "cut"))
+             if c in r and not is_missing(r[c])]
+    return " ".join(parts) or str(r["trial_id"])
+
+
 def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, baseline: pd.Series | None,
-                 rec_rule: str = ""):
-    """The sweep's Pareto fronts: FID vs GFLOPs and CLIP vs GFLOPs, recommended trial and baseline marked."""
+                 rec_rule: str = "", info=None, other: str | None = None):
+    """The sweep's Pareto fronts: FID vs GFLOPs and CLIP vs GFLOPs; colour = clock period, marker = cut, front
+    points labelled, recommended trial (gold star) and baseline (black star, dotted line) marked. ``info``: the
+    sweep's :class:`analysis.loader.SweepInfo` (how it ran: in the title); ``other``: the results its FIDs are not
+    comparable with (a sweep is its own run, with its own image count)."""
+    from matplotlib.lines import Line2D
+
     done = completed(trials)
-    panels = [("fid", "FID (lower is better)", False)]
+    n = info.n_samples if info is not None else None
+    panels = [("fid", f"FID on {n} images per trial (lower is better)" if n else "FID (lower is better)", False)]
     if "clip" in done and done["clip"].notna().any():
         panels.append(("clip", "CLIP score (higher is better)", True))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    color_by = "clock" if "clock" in done and done[~is_sweep_baseline(done)]["clock"].nunique() > 1 else None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    own = done[~is_sweep_baseline(done)]
+    clocks = sorted(own["clock"].dropna().unique()) if "clock" in own else []
+    cuts = sorted(own["cut"].dropna().unique()) if "cut" in own else []
+    color = {c: f"C{i}" for i, c in enumerate(clocks)}
+    marker = {c: CUT_MARKERS[i % len(CUT_MARKERS)] for i, c in enumerate(cuts)}
     for ax, (metric, ylabel, hib) in zip(axes[0], panels):
         d = done[done[metric].notna()]
-        trials_only = d[~is_sweep_baseline(d)]
-        groups = trials_only.groupby(trials_only[color_by].astype(str)) if color_by else [("trials", trials_only)]
-        for i, (key, g) in enumerate(groups):
+        t = d[~is_sweep_baseline(d)]
+        keys = [c for c in ("clock", "cut") if c in t]
+        for key, g in (t.groupby(keys, dropna=False) if keys else [((), t)]):
+            key = key if isinstance(key, tuple) else (key,)
+            k = dict(zip(keys, key))
             err = _err(g[f"{metric}_std"]) if f"{metric}_std" in g else None
-            ax.errorbar(g["gflops"], g[metric], yerr=err, fmt="o", ms=5, alpha=0.75, capsize=2, color=f"C{i}",
-                        label=f"clock {key}" if color_by else key, zorder=3)
-        _front_line(ax, d["gflops"].to_numpy(), d[metric].to_numpy(), hib)
+            ax.errorbar(g["gflops"], g[metric], yerr=err, fmt=marker.get(k.get("cut"), "o"), ms=6, alpha=0.8,
+                        capsize=2, color=color.get(k.get("clock"), "C0"), zorder=3)
+        on_front = _front_line(ax, d["gflops"].to_numpy(), d[metric].to_numpy(), hib)
+        for (_, r), front, base in zip(d.iterrows(), on_front, is_sweep_baseline(d)):
+            if front and not base:
+                ax.annotate(_short(r), (r["gflops"], r[metric]), textcoords="offset points", xytext=(5, -11 if hib else 5),
+                            fontsize=7, color="tab:red", zorder=8,
+                            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.5))
         if recommended is not None:
             r = d[d["trial_id"].astype(str) == str(recommended)]
             if len(r):
-                ax.scatter(r["gflops"], r[metric], label=f"recommended: {recommended}", **REC_STYLE)
+                ax.scatter(r["gflops"], r[metric], **REC_STYLE)
         if baseline is not None and not is_missing(baseline.get(metric)):
-            ax.scatter([baseline["gflops"]], [baseline[metric]], label=f"baseline ({int(baseline['steps'])} steps)",
-                       **BASELINE_STYLE)
+            ax.scatter([baseline["gflops"]], [baseline[metric]], **BASELINE_STYLE)
             ax.axhline(baseline[metric], color="black", lw=0.8, ls=":", zorder=1)
-        ax.set(xlabel="GFLOPs per image (incl. CFG)", ylabel=ylabel, title=f"sweep '{name}': {metric.upper()} vs compute")
-        ax.legend(loc="best")
+        ax.set(xlabel="GFLOPs per image (incl. CFG)", ylabel=ylabel,
+               title=f"{'FID' if metric == 'fid' else 'CLIP score'} vs GFLOPs")
+    # one legend for both panels, below them (it covers no point)
+    handles = [Line2D([], [], color="tab:red", ls="--", label="Pareto front (labels: c = clock, w = width, k = cut)")]
+    if recommended is not None and (done["trial_id"].astype(str) == str(recommended)).any():
+        r = done[done["trial_id"].astype(str) == str(recommended)].iloc[0]
+        handles.append(Line2D([], [], ls="", marker="*", markersize=13, color="gold", markeredgecolor="black",
+                              label=f"recommended: {_short(r)}"))
+    if baseline is not None:
+        steps = f", {int(baseline['steps'])} steps" if not is_missing(baseline.get("steps")) else ""
+        handles.append(Line2D([], [], ls=":", marker="*", markersize=13, color="black",
+                              label=f"baseline (full UNet{steps})"))
+    handles += [Line2D([], [], ls="", marker="o", color=color[c], label=f"clock {int(c)}") for c in clocks]
+    handles += [Line2D([], [], ls="", marker=marker[c], color="gray", label=f"cut {int(c)}") for c in cuts]
+    if "fid_std" in done:
+        handles.append(Line2D([], [], color="gray", marker="|", ls="", markersize=10, label="± FID bootstrap std"))
+    about = info.about() if info is not None else ""
+    title = f"Sweep '{name}'" + (f": {about}" if about else "")
+    if other:
+        title += f"\na separate run from {other}: compare its points with each other and its own baseline only"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     if rec_rule:
-        fig.text(0.01, -0.02, f"recommended: {rec_rule}", fontsize=8)
-    fig.tight_layout()
+        fig.text(0.5, -0.03, f"recommended: {rec_rule}", fontsize=8, ha="center")
     return fig

@@ -515,18 +515,20 @@ def distill_table(summary: dict) -> Table:
 RECOMMEND_REL_TOL = 0.05  # within 5% of the baseline's FID
 
 
-def recommend(trials: pd.DataFrame, baseline_fid: float | None) -> tuple[str | None, str]:
+def recommend(trials: pd.DataFrame, baseline_fid: float | None, sweep_rule: str | None = None) -> tuple[str | None, str]:
     """The recommended trial: the one the sweep recorded (``recommended`` column, ``summary.json``, the MLflow
     parent's ``sweep.recommended_trial`` tag), else the operating point rule of clockwork/pareto.py with a 5%
     relative tolerance: the cheapest completed trial whose FID is within 5% of the baseline's (of the best
-    trial's without a baseline)."""
+    trial's without a baseline). ``sweep_rule`` (:meth:`analysis.loader.SweepInfo.rule`) names the rule the
+    sweep applied, for a recorded recommendation."""
+    recorded = "recorded by the sweep" + (f": {sweep_rule}" if sweep_rule else "")
     if "recommended" in trials and trials["recommended"].fillna(False).astype(bool).any():
-        return str(trials[trials["recommended"].fillna(False).astype(bool)]["trial_id"].iloc[0]), "recorded by the sweep"
+        return str(trials[trials["recommended"].fillna(False).astype(bool)]["trial_id"].iloc[0]), recorded
     if "recommended_trial_id" in trials and trials["recommended_trial_id"].notna().any():
         rec = trials["recommended_trial_id"].dropna().astype(str)
         rec = rec[rec != ""]
         if len(rec):
-            return rec.iloc[0], "recorded by the sweep"
+            return rec.iloc[0], recorded
     done = completed(trials)
     done = done[~is_sweep_baseline(done)]
     if done.empty:
@@ -549,27 +551,115 @@ def _cfg(v) -> str:
     return str(v)
 
 
-def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline: pd.Series | None) -> Table:
-    done = completed(trials)
-    done = done.assign(front_fid=pareto_mask(done["gflops"], done["fid"]),
+def trial_label(r) -> str:
+    """A trial's readable name: the sweep's run name (``c3-resnet-w64-k1-s8``), else its trial id."""
+    name = r.get("run_name") if hasattr(r, "get") else None
+    return str(r["trial_id"]) if is_missing(name) or name in (None, "") else str(name)
+
+
+def _front_flags(done: pd.DataFrame) -> pd.DataFrame:
+    """``front_fid`` / ``front_clip``: on the FID-GFLOPs / CLIP-GFLOPs Pareto front of the completed trials."""
+    return done.assign(front_fid=pareto_mask(done["gflops"], done["fid"]),
                        front_clip=pareto_mask(done["gflops"], done["clip"], higher_is_better=True)
                        if "clip" in done else False)
+
+
+def _front_name(a: bool, b: bool) -> str:
+    return "FID+CLIP" if a and b else ("FID" if a else ("CLIP" if b else ""))
+
+
+def _sweep_caption(name: str, what: str, info=None) -> str:
+    about = info.about() if info is not None else ""
+    return f"Sweep '{name}'" + (f" ({about})" if about else "") + f": {what}"
+
+
+def _sweep_notes(baseline: pd.Series | None, rec: str | None, rule: str, trials: pd.DataFrame, info=None,
+                 other: str | None = None) -> str:
+    notes = []
+    if baseline is not None:
+        notes.append(f"Baseline: the full UNet at {int(baseline['steps'])} steps, FID {pm(baseline['fid'], baseline.get('fid_std'))}"
+                     + (f", CLIP {fmt(baseline['clip'], 4)}" if not is_missing(baseline.get("clip")) else "")
+                     + f", {sig(baseline['gflops'])} GFLOPs per image.")
+    if rec is not None:
+        r = trials[trials["trial_id"].astype(str) == str(rec)]
+        notes.append(f"★ recommended: {trial_label(r.iloc[0]) if len(r) else rec} ({rule}).")
+    if info is not None and info.caution():
+        notes.append(info.caution())
+    if info is not None and info.n_samples:
+        notes.append(f"FID on {info.n_samples} images per trial: comparable within this sweep only"
+                     + (f", not with {other}" if other else "") + ".")
+    return " ".join(notes)
+
+
+def _config_cols(d: pd.DataFrame) -> list[str]:
+    """Configuration columns that vary across the sweep's own trials (the baseline aside)."""
+    t = d[~is_sweep_baseline(d)]
+    return [c for c in ("clock", "width", "cut", "adaptor", "steps") if c in d and t[c].nunique(dropna=True) > 1]
+
+
+def _constant_config(d: pd.DataFrame) -> str:
+    t = d[~is_sweep_baseline(d)]
+    same = [(c, t[c].dropna().iloc[0]) for c in ("adaptor", "steps", "width", "cut", "clock")
+            if c in d and t[c].nunique(dropna=True) == 1]
+    return ", ".join(f"{c} {_cfg(v)}" for c, v in same)
+
+
+def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline: pd.Series | None,
+                      info=None, rule: str = "", other: str | None = None) -> Table:
+    """The trials on the FID-GFLOPs or CLIP-GFLOPs Pareto front, cheapest first. ``info``: the sweep's
+    :class:`analysis.loader.SweepInfo` (how it ran, for the caption); ``other``: what its FIDs are not comparable with."""
+    done = _front_flags(completed(trials))
     front = done[done["front_fid"] | done["front_clip"]].sort_values("gflops")
     cfg_cols = [c for c in ("clock", "cut", "width", "adaptor", "steps") if c in front]
-    df = pd.DataFrame({"trial": front["trial_id"].astype(str),
+    df = pd.DataFrame({"trial": [trial_label(r) for _, r in front.iterrows()],
                        **{c: [_cfg(v) for v in front[c]] for c in cfg_cols},
                        "FID ↓": [pm(a, b) for a, b in zip(front["fid"], front.get("fid_std", [None] * len(front)))],
                        "CLIP ↑": [fmt(v, 4) for v in front.get("clip", [None] * len(front))],
                        "GFLOPs/image": [sig(g) for g in front["gflops"]],
                        "FLOPs vs baseline": [f"{g / baseline['gflops']:.3f}×" if baseline is not None else "-"
                                              for g in front["gflops"]],
-                       "front": ["FID+CLIP" if a and b else ("FID" if a else "CLIP")
-                                 for a, b in zip(front["front_fid"], front["front_clip"])],
+                       "front": [_front_name(a, b) for a, b in zip(front["front_fid"], front["front_clip"])],
                        "baseline": np.where(is_sweep_baseline(front), "yes", ""),
                        "recommended": ["★" if str(t) == str(rec) else "" for t in front["trial_id"]]})
-    return Table(df, caption=f"Sweep '{name}': trials on the FID-FLOPs or CLIP-FLOPs Pareto front "
-                             f"({len(done)} completed of {len(trials)}).",
-                 source=f"sweeps/{name}/results.csv or its MLflow runs", label=f"tab:sweep-{name}")
+    return Table(df, caption=_sweep_caption(name, "trials on the FID-GFLOPs or CLIP-GFLOPs Pareto front "
+                                                  f"({len(done)} completed of {len(trials)}).", info),
+                 notes=_sweep_notes(baseline, rec, rule, trials, info, other),
+                 source=info.source if info is not None else f"sweeps/{name}/results.csv or its MLflow runs",
+                 label=f"tab:sweep-{name}")
+
+
+def sweep_trials_table(trials: pd.DataFrame, name: str, rec: str | None, baseline: pd.Series | None,
+                       info=None, rule: str = "", other: str | None = None) -> Table:
+    """Every trial of the sweep (its baseline first, then by GFLOPs) with its Pareto fronts and the recommendation."""
+    done = _front_flags(completed(trials))
+    t = trials.merge(done[["trial_id", "front_fid", "front_clip"]], on="trial_id", how="left")
+    t = t.assign(front_fid=t["front_fid"].fillna(False).astype(bool), front_clip=t["front_clip"].fillna(False).astype(bool),
+                 _base=is_sweep_baseline(t).to_numpy())
+    t = t.sort_values(["_base", "gflops", "trial_id"], ascending=[False, True, True], na_position="last")
+    cols = _config_cols(t)
+    base_g = baseline["gflops"] if baseline is not None else math.nan
+    get = lambda c: t[c] if c in t else pd.Series([math.nan] * len(t), index=t.index)  # noqa: E731
+    df = pd.DataFrame({"trial": [trial_label(r) for _, r in t.iterrows()],
+                       **{c: [_cfg(v) for v in t[c]] for c in cols},
+                       "FID ↓": [pm(a, b) for a, b in zip(t["fid"], get("fid_std"))],
+                       "KID×10³ ↓": [fmt(kid_scaled(v)) for v in get("kid")],
+                       "CLIP ↑": [fmt(v, 4) for v in get("clip")],
+                       "GFLOPs/image": [sig(g) for g in t["gflops"]],
+                       "FLOPs vs baseline": [f"{g / base_g:.3f}×" if not is_missing(g) and not is_missing(base_g) else "-"
+                                             for g in t["gflops"]],
+                       "latency (ms)": [sig(v) for v in get("latency_ms")],
+                       "adaptor params": [params(v) if not b else "-" for v, b in zip(get("adaptor_params"), t["_base"])],
+                       "status": [str(v) if not is_missing(v) else "-" for v in get("status")],
+                       "Pareto front": [_front_name(a, b) for a, b in zip(t["front_fid"], t["front_clip"])],
+                       "recommended": ["★" if str(x) == str(rec) else "" for x in t["trial_id"]]})
+    const = _constant_config(t)
+    what = f"all {len(t)} trials, the baseline (clock 1) first, then by GFLOPs" + (f"; every trial: {const}" if const else "")
+    notes = _sweep_notes(baseline, rec, rule, trials, info, other)
+    notes += (" " if notes else "") + ("Pareto front: FID vs GFLOPs and/or CLIP vs GFLOPs over the completed trials "
+                                       "incl. the baseline; latency: the UNet loop on the machine that ran the trial.")
+    return Table(df, caption=_sweep_caption(name, what + ".", info), notes=notes,
+                 source=info.source if info is not None else f"sweeps/{name}/results.csv or its MLflow runs",
+                 label=f"tab:sweep-{name}-trials")
 
 
 def mlflow_crosscheck(csvs: dict[str, pd.DataFrame], ml: pd.DataFrame | None) -> Table | None:

@@ -1,16 +1,20 @@
 """Stages `report` and `report_full`: execute the analysis notebooks headlessly (+ a summary of the metrics).
 
     python pipeline/report.py                                                  # `report`: metrics/ -> reports/analysis/
-    python pipeline/report.py --results reports/full --out reports/full/analysis --no-executed   # `report_full`
+    python pipeline/report.py --results reports/full --sweeps reports/sweeps --out reports/full/analysis --no-executed
+                                                                               # `report_full`
 
 Every ``<report.notebooks>/*.ipynb`` runs with nbclient (kernel python3) in the notebooks' folder with the
 repository on PYTHONPATH (as analysis/run_all.py does), ``CLOCKWORK_RESULTS`` = ``--results`` (default: the
 repository, i.e. metrics/, plots/, sweeps/; a flat folder of evaluate.json, ablate.json, distill.json and
 distill_loss.csv such as reports/full/ works too, see analysis/loader.py LAYOUT) and ``CLOCKWORK_REPORTS`` =
-``--out`` (default: ``report.out``) for the tables and figures it writes. The executed notebooks and their
-HTML exports land in ``<out>/notebooks/`` unless ``--no-executed`` (committed outputs: small, and the same
-bytes on every rerun). A results folder other than the repository gets no MLflow view (its sweeps, if any,
-come from its own ``sweeps/`` or ``mlflow.db``), so the pipeline's runs never mix into another run's report.
+``--out`` (default: ``report.out``) for the tables and figures it writes, and ``CLOCKWORK_SWEEPS`` = ``--sweeps``
+(a folder of ``<name>/results.csv`` + ``summary.json`` + ``sweep.json``, such as the committed reports/sweeps/;
+default: ``<results>/sweeps``) for the sweep notebook, whose tables and figure say how each sweep ran (a sweep is
+its own run, not the results folder's configuration). The executed notebooks and their HTML exports land in
+``<out>/notebooks/`` unless ``--no-executed`` (committed outputs: small, and the same bytes on every rerun). A
+results folder other than the repository gets no MLflow view (its sweeps, if any, come from its own ``sweeps/``,
+``--sweeps`` or ``mlflow.db``), so the pipeline's runs never mix into another run's report.
 A failing notebook fails the stage (nothing is swapped in). ``summary.md`` tabulates evaluate.json and
 ablate.json whether or not notebooks exist.
 """
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--results", type=Path, default=None,
                     help="results folder: the repository's metrics/ + plots/ layout or a flat folder of the same "
                          "files (default: the repository)")
+    ap.add_argument("--sweeps", type=Path, default=None,
+                    help="folder of recorded sweeps, <name>/results.csv (+ summary.json, sweep.json) each "
+                         "(default: <results>/sweeps)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: params.yaml report.out)")
     ap.add_argument("--no-executed", action="store_true",
                     help="do not keep the executed notebooks and their HTML exports (only tables, figures, summary)")
@@ -87,13 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     results = (args.results or root).resolve()
     if not results.is_dir():
         raise SystemExit(f"error: --results {args.results} is not a folder")
+    sweeps = args.sweeps.resolve() if args.sweeps else None
+    if sweeps is not None and not sweeps.is_dir():
+        raise SystemExit(f"error: --sweeps {args.sweeps} is not a folder")
     out_dir = args.out or Path(r.out)
     nb_dir = Path(r.notebooks)
     notebooks = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")) or sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
     files = {k: results_file(results, f"{k}.json") for k in ("evaluate", "ablate", "distill")}
     load = lambda f: json.loads(f.read_text()) if f.is_file() else None  # noqa: E731
     rel = lambda f: str(f.relative_to(root)) if f.is_relative_to(root) else str(f)  # noqa: E731
-    with tracking.stage_run("report", {**p.flat(), "report.results": rel(results), "report.out": str(out_dir)},
+    extra = {"report.sweeps": rel(sweeps)} if sweeps is not None else {}
+    with tracking.stage_run("report", {**p.flat(), "report.results": rel(results), "report.out": str(out_dir), **extra},
                             run_name="report" if results == root else f"report {rel(results)}") as run:
         with atomic_dir(out_dir) as out:
             (out / "summary.md").write_text(summary_markdown(*(load(files[k]) for k in ("evaluate", "ablate", "distill")),
@@ -106,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
                 # Notebooks write their tables/plots into the (temporary, then swapped-in) output folder.
                 os.environ["CLOCKWORK_RESULTS"] = str(results)
                 os.environ["CLOCKWORK_REPORTS"] = str(out.resolve())
+                if sweeps is not None:
+                    os.environ["CLOCKWORK_SWEEPS"] = str(sweeps)
+                else:
+                    os.environ.pop("CLOCKWORK_SWEEPS", None)  # the results root's own sweeps/, whatever the caller set
                 if results != root and not (results / "mlflow.db").is_file():
                     os.environ["CLOCKWORK_MLFLOW_URI"] = "none"  # not the pipeline's MLflow runs: not these results
                 os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -126,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 log(f"no notebooks in {nb_dir}/ yet: wrote the metrics summary only")
             written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
-            (out / "index.json").write_text(json.dumps({"results": rel(results), "notebooks": [n.name for n in notebooks],
-                                                        "files": written}, indent=1) + "\n")
+            index = {"results": rel(results), **({"sweeps": rel(sweeps)} if sweeps is not None else {}),
+                     "notebooks": [n.name for n in notebooks], "files": written}
+            (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         run.log_artifact(out_dir, "report")
 
 

@@ -25,7 +25,8 @@ from analysis.fixtures import write_fixtures  # noqa: E402
 EXPECTED = {
     **{t: ("md", "tex") for t in ("table1_main", "fig4_points", "table3_adaptor", "table3_schedule", "table3_cut",
                                   "table4_samplers", "table5_inputs", "fig7_training", "distill_summary",
-                                  "sweep_smoke_front", "sweep_mlflow_crosscheck", "paper_vs_ours")},
+                                  "sweep_smoke_front", "sweep_smoke_trials", "sweep_mlflow_crosscheck",
+                                  "paper_vs_ours")},
     **{f: ("png", "svg") for f in ("fig4_fid_vs_flops", "fig7_unrolled_vs_forward_noised", "distill_loss",
                                    "sweep_smoke_pareto")},
 }
@@ -34,7 +35,8 @@ VERDICTS = {"holds", "holds (within noise)", "does not hold", "does not hold (wi
 
 def run_all(results: Path, reports: Path, *only: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "CLOCKWORK_MLFLOW_URI", "CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS")}
+           if k not in ("MLFLOW_TRACKING_URI", "CLOCKWORK_MLFLOW_URI", "CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS",
+                        "CLOCKWORK_SWEEPS")}
     cmd = [sys.executable, str(REPO / "analysis" / "run_all.py"), "--results", str(results), "--reports", str(reports)]
     return subprocess.run(cmd + (["--only", *only] if only else []), env=env, capture_output=True, text=True,
                           timeout=300)
@@ -166,19 +168,81 @@ def test_flat_results_folder_reads_like_the_pipeline_layout(tmp_path):
     assert table.source == str(flat / "evaluate.json")
 
 
+COMMITTED_SWEEP = REPO / "reports" / "sweeps" / "clock-width-cut"
+
+
+def report_full_cmd(out: Path) -> list[str]:
+    """dvc.yaml's `report_full` command with its output folder replaced by ``out``."""
+    import shlex
+
+    import yaml
+
+    cmd = shlex.split(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report_full"]["cmd"])
+    assert cmd[:2] == ["python", "pipeline/report.py"] and "--out" in cmd, cmd
+    cmd[cmd.index("--out") + 1] = str(out)
+    return [sys.executable, *cmd[1:]]
+
+
 def test_committed_full_reports_are_up_to_date(tmp_path):
-    """reports/full/analysis is what `dvc repro report_full` makes from the committed reports/full metrics."""
+    """reports/full/analysis is what `dvc repro report_full` makes from the committed reports/full metrics and the
+    committed sweep records (reports/sweeps/)."""
     committed = REPO / "reports" / "full" / "analysis"
     if not committed.is_dir():
         pytest.skip("reports/full/analysis not generated yet")
-    env = {k: v for k, v in os.environ.items() if k not in ("CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS")}
-    proc = subprocess.run([sys.executable, "pipeline/report.py", "--results", "reports/full", "--out",
-                           str(tmp_path / "out"), "--no-executed"], cwd=REPO, capture_output=True, text=True,
+    env = {k: v for k, v in os.environ.items() if k not in ("CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS", "CLOCKWORK_SWEEPS")}
+    proc = subprocess.run(report_full_cmd(tmp_path / "out"), cwd=REPO, capture_output=True, text=True,
                           env={**env, "CLOCKWORK_MLFLOW": "0"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     fresh = {p.name: p.read_text() for p in (tmp_path / "out").glob("*.md")}
     assert fresh and fresh == {p.name: p.read_text() for p in committed.glob("*.md")}, \
         "reports/full/analysis is stale: run `dvc repro report_full` and commit it"
+    figures = {p.name for p in (tmp_path / "out").glob("*.png")}
+    assert figures == {p.name for p in committed.glob("*.png")}
+    if COMMITTED_SWEEP.is_dir():  # the sweep's fronts are among the committed reports
+        assert {"sweep_clock-width-cut_pareto.png", "sweep_clock-width-cut_pareto.svg"} <= {p.name for p in committed.iterdir()}
+        assert {"sweep_clock-width-cut_front.md", "sweep_clock-width-cut_trials.md"} <= set(fresh)
+
+
+def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
+    """reports/sweeps/<name>/ (CLOCKWORK_SWEEPS) reads like sweeps/<name>/; its fronts and recommendation are the ones
+    pipeline/sweep.py recorded in results.csv and summary.json, and its tables say how it ran."""
+    if not COMMITTED_SWEEP.is_dir():
+        pytest.skip("no committed sweep record")
+    monkeypatch.setenv("CLOCKWORK_RESULTS", str(REPO / "reports" / "full"))
+    monkeypatch.setenv("CLOCKWORK_REPORTS", str(tmp_path))
+    monkeypatch.setenv("CLOCKWORK_SWEEPS", str(COMMITTED_SWEEP.parent))
+    monkeypatch.setenv("CLOCKWORK_MLFLOW_URI", "none")
+    res = loader.Results.from_env()
+    assert res.sweeps_dir == COMMITTED_SWEEP.parent
+    csvs = res.sweep_csvs()
+    assert list(csvs) == ["clock-width-cut"]
+    trials = csvs["clock-width-cut"]
+    summary = json.loads((COMMITTED_SWEEP / "summary.json").read_text())
+    assert len(trials) == summary["n_trials"] == 19 and set(trials["status"]) == {"complete"}
+    assert loader.is_sweep_baseline(trials).sum() == 1
+
+    info = res.sweep_info("clock-width-cut", trials)
+    assert info.source == "reports/sweeps/clock-width-cut/results.csv"
+    assert info.device() == "CPU trials on node vm" and info.n_samples == 100 and info.date() == "2026-11-26"
+    assert "the default params.yaml" in info.about() and "400 distillation steps" in info.about()
+
+    base = tables.sweep_baseline(res.evaluate(), trials)
+    assert base["trial_id"] == summary["baseline"]["trial_id"]  # the sweep's own baseline, not evaluate.json's
+    rec, rule = tables.recommend(trials, base["fid"], info.rule())
+    assert rec == summary["recommended"]["trial_id"] and rule.startswith("recorded by the sweep: ")
+    # the analysis's fronts (pareto_mask) are the sweep's own (summary.json, results.csv flags)
+    flags = tables._front_flags(loader.completed(trials))
+    for col, front in (("front_fid", "fid_gflops"), ("front_clip", "clip_gflops")):
+        assert set(flags[flags[col]]["trial_id"]) == set(summary["fronts"][front])
+        assert flags[col].tolist() == flags[f"pareto_{front}"].tolist()
+
+    table = tables.sweep_front_table(trials, "clock-width-cut", rec, base, info, rule, "reports/full/evaluate.json")
+    rows = table.df.set_index("trial")
+    assert rows.loc[summary["recommended"]["run_name"], "recommended"] == "★"
+    assert "CPU trials" in table.caption and "100 images per trial" in table.notes
+    assert "not with reports/full/evaluate.json" in table.notes
+    every = tables.sweep_trials_table(trials, "clock-width-cut", rec, base, info, rule)
+    assert len(every.df) == 19 and every.df["trial"].iloc[0] == "baseline-s8"
 
 
 # ------------------------------------------------------------------------------------------------- units
@@ -297,13 +361,15 @@ def test_committed_notebooks_have_no_outputs():
                 assert cell["outputs"] == [] and cell["execution_count"] is None, p.name
 
 
-def test_readme_results_tables_are_copied_from_generated_files():
-    """Every table row of README's full-configuration results is a line of a generated reports/full/analysis/*.md."""
+@pytest.mark.parametrize("heading", ["## Results (full configuration", "## Sweeps"])
+def test_readme_results_tables_are_copied_from_generated_files(heading):
+    """Every table row of README's full-configuration results and of its sweep section is a line of a generated
+    reports/full/analysis/*.md."""
     readme = (REPO / "README.md").read_text()
-    start = readme.index("## Results (full configuration")
+    start = readme.index(heading)
     end = readme.find("\n## ", start + 3)
     section = readme[start:end if end > 0 else None]
     rows = [ln for ln in section.splitlines() if ln.startswith("|")]
     generated = {ln for p in (REPO / "reports" / "full" / "analysis").glob("*.md") for ln in p.read_text().splitlines()}
-    assert len(rows) > 20
+    assert len(rows) > (20 if heading.startswith("## Results") else 3)
     assert [r for r in rows if r not in generated] == []
