@@ -1,7 +1,8 @@
 """Sample the committed embedded teacher on a GPU for held-out prompts (FID is computed on the CPU machine).
 
   python pipeline/sample_gpu.py --out $OUT --samples 5000 --guidance 1.5 2.0 --steps 8
-Writes one compressed uint8 array per (guidance, steps) setting: samples_g{g}_s{steps}.npz.
+Writes one compressed uint8 array per (guidance, steps) setting, with the prompt of each image:
+samples_g{g}_s{steps}.npz (images, prompts).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
             gen = torch.Generator(device=dev).manual_seed(args.seed)
             imgs = [pipe(ctx[i:i + 1000], neg, num_inference_steps=steps, guidance_scale=g, generator=gen,
                          output_type="uint8").cpu() for i in range(0, len(held), 1000)]
-            np.savez_compressed(out / f"samples_g{g}_s{steps}.npz", images=torch.cat(imgs).numpy())
+            np.savez_compressed(out / f"samples_g{g}_s{steps}.npz", images=torch.cat(imgs).numpy(), prompts=np.array(held.texts))
             print(f"g={g} steps={steps}: {len(held)} samples, {time.time() - t0:.0f}s")
 
 

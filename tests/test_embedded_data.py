@@ -102,6 +102,13 @@ def test_captions_are_deterministic(train: D.CaptionedFashion) -> None:
     assert other_seed.texts != train.texts
 
 
+def test_limit_keeps_each_images_caption(heldout: D.CaptionedFashion) -> None:
+    """`limit` truncates the split; image i keeps the caption (and the rendering) it has in the whole split."""
+    short = D.CaptionedFashion("heldout", limit=200)
+    assert short.texts == heldout.texts[:200]
+    torch.testing.assert_close(short.images(slice(0, 16)), heldout.images(slice(0, 16)))
+
+
 def test_heldout_phrasing_never_in_train(train: D.CaptionedFashion, heldout: D.CaptionedFashion) -> None:
     unseen = len(D.TEMPLATES) - 1
     assert unseen not in D.TRAIN_TEMPLATES

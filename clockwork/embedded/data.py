@@ -160,11 +160,12 @@ class CaptionedFashion:
 
     def __init__(self, split: str, root: str | os.PathLike | None = None, seed: int = 0, limit: int | None = None):
         images, labels = load_split(split, root)
+        captions = captions_for(labels, split, seed)  # of the whole split, so `limit` never changes image i's caption
         if limit is not None:
-            images, labels = images[:limit], labels[:limit]
+            images, labels, captions = images[:limit], labels[:limit], captions[:limit]
         self.split = split
         self.gray = torch.from_numpy(images.copy())
-        self.captions = captions_for(labels, split, seed)
+        self.captions = captions
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.colour = torch.tensor([c.colour for c in self.captions])
         self.size = torch.tensor([c.size for c in self.captions])
