@@ -63,13 +63,15 @@ class PairDataset:
         }
 
 
-def _atomic_save(adaptor, optimizer, step: int, history: list, ckpt_dir: Path) -> None:
+def _atomic_save(adaptor, optimizer, step: int, history: list, ckpt_dir: Path, gen: torch.Generator,
+                 acc: tuple[float, int]) -> None:
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     adaptor.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
+    torch.save(gen.get_state(), tmp / "rng_state.pt")  # the batch sampler's state: a resumed run draws the same batches
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history, "loss_acc": list(acc)}))
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     if ckpt_dir.exists():
         os.replace(ckpt_dir, old)
@@ -95,6 +97,8 @@ def distill(
         raise ValueError("this adaptor has no trainable parameters (the identity adaptor needs no distillation)")
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history = 0, []
+    gen = torch.Generator().manual_seed(cfg.seed * 7919)
+    acc, acc_n = 0.0, 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt and (ckpt / "trainer_state.json").is_file():
         from safetensors.torch import load_file
@@ -103,9 +107,12 @@ def distill(
         adaptor.load_state_dict(load_file(str(ckpt / "diffusion_pytorch_model.safetensors")))
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
         step, history = int(state["step"]), list(state["history"])
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        if (ckpt / "rng_state.pt").is_file():  # same batches as an uninterrupted run (bitwise on a CPU)
+            gen.set_state(torch.load(ckpt / "rng_state.pt"))
+            acc, acc_n = state.get("loss_acc", [0.0, 0])
+        else:  # a checkpoint written before the sampler state was saved
+            gen.manual_seed(cfg.seed * 7919 + step)
     pbar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress, mininterval=2)
-    acc, acc_n = 0.0, 0
     while step < cfg.steps:
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
         b = data.batch(idx, device)
@@ -133,7 +140,7 @@ def distill(
                 on_log(step, mean)
             acc, acc_n = 0.0, 0
         if ckpt and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _atomic_save(adaptor, opt, step, history, ckpt)
+            _atomic_save(adaptor, opt, step, history, ckpt, gen, (acc, acc_n))
     pbar.close()
     adaptor.eval()
     return history

@@ -145,3 +145,20 @@ def test_resume_continues_from_the_saved_step(setup, tmp_path):
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 20
     assert not any(p.suffix in (".bin", ".pkl") for p in ckpt.iterdir())
     assert not torch.equal(first.up.weight, resumed.up.weight)  # it trained on from there
+    # and it trained on exactly as an uninterrupted run: same batches, same weights (CPU), same loss log
+    straight = build_adaptor("resnet", cut, width=16)
+    torch.manual_seed(0)
+    fresh = build_adaptor("resnet", cut, width=16)
+    straight.load_state_dict(fresh.state_dict())
+    ref = build_adaptor("resnet", cut, width=16)
+    ref.load_state_dict(fresh.state_dict())
+    hist_ref = distill(ref, data, DistillConfig(steps=20, **{**cfg, "log_every": 3}), progress=False)
+    ckpt2 = tmp_path / "ckpt2"
+    with pytest.raises(KeyboardInterrupt):
+        distill(straight, data, DistillConfig(steps=20, **{**cfg, "log_every": 3}), checkpoint_dir=ckpt2,
+                on_log=lambda s, l: (_ for _ in ()).throw(KeyboardInterrupt) if s == 12 else None, progress=False)
+    again2 = build_adaptor("resnet", cut, width=16)
+    hist_res = distill(again2, data, DistillConfig(steps=20, **{**cfg, "log_every": 3}), checkpoint_dir=ckpt2,
+                       progress=False)
+    assert hist_res == hist_ref
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), again2.state_dict().values()))
