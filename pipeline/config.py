@@ -210,9 +210,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "ablate": ("world", "sampling", "trajectories", "cut", "adaptor", "clock", "distill", "ablate"),
     "report": ("report",),
     "report_full": ("report",),
+    "report_default": ("report",),
 }
 # Stages that run another stage's script with arguments (pipeline/<script>.py ...): they read its sections.
-STAGE_SCRIPTS: dict[str, str] = {"report_full": "report"}
+STAGE_SCRIPTS: dict[str, str] = {"report_full": "report", "report_default": "report"}
 # Files a stage needs that no earlier stage of the DAG makes (or that it reads before the DAG can).
 STAGE_FILES: dict[str, tuple[str, ...]] = {
     "prepare": ("world.data_root", "world.captions", "world.distill_captions", "world.reference_images", "world.model"),
@@ -224,6 +225,7 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "ablate": ("world.teacher", "world.scorer", "world.data_root", "world.model"),
     "report": (),
     "report_full": (),
+    "report_default": (),
 }
 
 

@@ -171,13 +171,13 @@ def test_flat_results_folder_reads_like_the_pipeline_layout(tmp_path):
 COMMITTED_SWEEP = REPO / "reports" / "sweeps" / "clock-width-cut"
 
 
-def report_full_cmd(out: Path) -> list[str]:
-    """dvc.yaml's `report_full` command with its output folder replaced by ``out``."""
+def report_full_cmd(out: Path, stage: str = "report_full") -> list[str]:
+    """dvc.yaml's `report_full` (or another report) command with its output folder replaced by ``out``."""
     import shlex
 
     import yaml
 
-    cmd = shlex.split(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report_full"]["cmd"])
+    cmd = shlex.split(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"])
     assert cmd[:2] == ["python", "pipeline/report.py"] and "--out" in cmd, cmd
     cmd[cmd.index("--out") + 1] = str(out)
     return [sys.executable, *cmd[1:]]
@@ -201,6 +201,20 @@ def test_committed_full_reports_are_up_to_date(tmp_path):
     if COMMITTED_SWEEP.is_dir():  # the sweep's fronts are among the committed reports
         assert {"sweep_clock-width-cut_pareto.png", "sweep_clock-width-cut_pareto.svg"} <= {p.name for p in committed.iterdir()}
         assert {"sweep_clock-width-cut_front.md", "sweep_clock-width-cut_trials.md"} <= set(fresh)
+
+
+def test_committed_default_reports_are_up_to_date(tmp_path):
+    """reports/default/analysis is what `dvc repro report_default` makes from the committed reports/default metrics."""
+    committed = REPO / "reports" / "default" / "analysis"
+    if not committed.is_dir():
+        pytest.skip("reports/default/analysis not generated yet")
+    env = {k: v for k, v in os.environ.items() if k not in ("CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS", "CLOCKWORK_SWEEPS")}
+    proc = subprocess.run(report_full_cmd(tmp_path / "out", "report_default"), cwd=REPO, capture_output=True, text=True,
+                          env={**env, "CLOCKWORK_MLFLOW": "0"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fresh = {p.name: p.read_text() for p in (tmp_path / "out").glob("*.md")}
+    assert fresh and fresh == {p.name: p.read_text() for p in committed.glob("*.md")}, \
+        "reports/default/analysis is stale: run `dvc repro report_default` and commit it"
 
 
 def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
@@ -370,6 +384,7 @@ def test_readme_results_tables_are_copied_from_generated_files(heading):
     end = readme.find("\n## ", start + 3)
     section = readme[start:end if end > 0 else None]
     rows = [ln for ln in section.splitlines() if ln.startswith("|")]
-    generated = {ln for p in (REPO / "reports" / "full" / "analysis").glob("*.md") for ln in p.read_text().splitlines()}
+    generated = {ln for d in ("full", "default") for p in (REPO / "reports" / d / "analysis").glob("*.md")
+                 for ln in p.read_text().splitlines()}
     assert len(rows) > (20 if heading.startswith("## Results") else 3)
     assert [r for r in rows if r not in generated] == []

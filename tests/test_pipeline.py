@@ -80,7 +80,8 @@ def _finite(x) -> bool:
 
 
 def test_smoke_repro_runs_every_stage(smoke) -> None:
-    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "report", "report_full"}, \
+    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "report", "report_full",
+                                    "report_default"}, \
         smoke["out"][-3000:]
     assert "'teacher' is frozen" in smoke["out"] and "'clip' is frozen" in smoke["out"]
     print(f"smoke dvc repro: {smoke['seconds']:.0f}s")
@@ -120,8 +121,9 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
     assert (repo / "models/adaptor/config.json").is_file()
     assert (repo / "reports/analysis/summary.md").is_file()
     # report_full re-made the committed full-configuration report from the committed metrics, unchanged
-    for f in (REPO / "reports/full/analysis").glob("*.md"):
-        assert (repo / "reports/full/analysis" / f.name).read_text() == f.read_text(), f.name
+    for name in ("full", "default"):  # and report_default the committed default-run report
+        for f in (REPO / f"reports/{name}/analysis").glob("*.md"):
+            assert (repo / f"reports/{name}/analysis" / f.name).read_text() == f.read_text(), f.name
 
 
 def test_smoke_logged_to_mlflow(smoke) -> None:
