@@ -277,6 +277,17 @@ class Prepared:
                    ReferenceStats.load(root / "reference_stats.npz"))
 
 
+def teacher_scheduler_config(teacher_dir: str | os.PathLike) -> dict:
+    """The embedded teacher's noise schedule, from which every sampler is built: its saved
+    ``scheduler/scheduler_config.json``, else the built-in one (:func:`clockwork.embedded.teacher.training_scheduler`)."""
+    path = Path(teacher_dir) / "scheduler" / "scheduler_config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from clockwork.embedded.teacher import training_scheduler
+
+    return dict(training_scheduler().config)
+
+
 class World:
     """The teacher and everything needed to sample from it: embedded (offline) or SD v1.5 (diffusers)."""
 
@@ -287,14 +298,10 @@ class World:
         self.root = Path(root)
         self._scorer = None
         if self.kind == "embedded":
-            from clockwork.embedded.teacher import load_teacher, training_scheduler
+            from clockwork.embedded.teacher import load_teacher
 
             self.unet = load_teacher(self._path(world_params.teacher), dtype=torch.float32, device=device)
-            sched_dir = self._path(world_params.teacher) / "scheduler"
-            if (sched_dir / "scheduler_config.json").is_file():
-                self.scheduler_config = json.loads((sched_dir / "scheduler_config.json").read_text())
-            else:
-                self.scheduler_config = dict(training_scheduler().config)
+            self.scheduler_config = teacher_scheduler_config(self._path(world_params.teacher))
             self.vae = None
             self.sd_pipe = None
             self.teacher_id = file_sha(self._path(world_params.teacher) / "diffusion_pytorch_model.safetensors")

@@ -41,9 +41,11 @@ def main() -> None:
                       adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
                       cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
     unet_config = teacher_unet_config(p.world, Path.cwd())
-    sched_cfg = json.loads((Path(p.world.teacher) / "scheduler" / "scheduler_config.json").read_text()) \
-        if p.world.kind == "embedded" else None
-    if sched_cfg is None:
+    if p.world.kind == "embedded":  # the schedule without loading the teacher
+        from pipeline.common import teacher_scheduler_config
+
+        sched_cfg = teacher_scheduler_config(p.world.teacher)
+    else:
         from pipeline.common import load_world
 
         sched_cfg = load_world(p.world, "cpu").scheduler_config

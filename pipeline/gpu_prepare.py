@@ -28,8 +28,8 @@ def main() -> None:
     import torch
 
     from clockwork.embedded.data import CaptionedFashion
-    from clockwork.metrics import ReferenceStats, inception_features
-    from pipeline.common import PREPARED_DIR, atomic_dir, log, pick_device
+    from pipeline.common import PREPARED_DIR, atomic_dir, pick_device
+    from pipeline.prepare import reference_stats
 
     info = json.loads((src / "prompts.json").read_text())
     if len(info["eval_prompts"]) != p.prepare.eval_prompts or len(info["reference_indices"]) != p.prepare.reference_images:
@@ -37,11 +37,8 @@ def main() -> None:
     with atomic_dir(PREPARED_DIR) as out:
         for f in ("prompts.json", "embeddings.safetensors"):
             shutil.copy(src / f, out / f)
-        idx = torch.tensor(info["reference_indices"])
         held = CaptionedFashion("heldout", root=p.world.data_root, seed=p.prepare.seed)
-        log(f"Inception statistics of {len(idx)} held-out reference images")
-        feats = inception_features(held.images_uint8(idx), device=pick_device(p.prepare.device))
-        ReferenceStats.from_features(feats, {"split": "heldout", "n": len(idx), "extractor": "tf-fid-inception-2015-12-05"}).save(
+        reference_stats(held, torch.tensor(info["reference_indices"]), pick_device(p.prepare.device)).save(
             out / "reference_stats.npz")
 
 

@@ -17,12 +17,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params  # noqa: E402
 
 
+def reference_stats(held, index, device: str):
+    """FID reference statistics of the held-out images ``index`` (a CaptionedFashion split)."""
+    from clockwork.metrics import ReferenceStats, inception_features
+    from pipeline.common import log
+
+    log(f"Inception statistics of {len(index)} held-out reference images")
+    feats = inception_features(held.images_uint8(index), device=device)
+    meta = {"split": "heldout", "n": len(index), "extractor": "tf-fid-inception-2015-12-05"}
+    return ReferenceStats.from_features(feats, meta)
+
+
 def _embedded(p, out: Path, device: str) -> dict:
     import torch
 
     from clockwork.embedded.data import CaptionedFashion, all_prompt_strings
     from clockwork.embedded.text import EmbeddingTable, MiniLMEncoder
-    from clockwork.metrics import ReferenceStats, inception_features
     from pipeline.common import log
 
     root = p.world.data_root
@@ -37,10 +47,7 @@ def _embedded(p, out: Path, device: str) -> dict:
     log(f"encoding {len(all_prompt_strings())} captions with MiniLM")
     table = EmbeddingTable.build(all_prompt_strings(), encoder=MiniLMEncoder(device=device))
     table.save(out / "embeddings.safetensors")
-    log(f"Inception statistics of {n_ref} held-out reference images")
-    feats = inception_features(held.images_uint8(ref_idx), device=device)
-    ReferenceStats.from_features(feats, {"split": "heldout", "n": n_ref, "extractor": "tf-fid-inception-2015-12-05"}).save(
-        out / "reference_stats.npz")
+    reference_stats(held, ref_idx, device).save(out / "reference_stats.npz")
     return {
         "world": "embedded",
         "distill_prompts": [train.texts[int(i)] for i in train_idx],

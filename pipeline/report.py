@@ -1,8 +1,8 @@
-"""Stages `report` and `report_full`: execute the analysis notebooks headlessly (+ a summary of the metrics).
+"""Stages `report`, `report_full` and `report_default`: execute the analysis notebooks headlessly (+ a summary).
 
     python pipeline/report.py                                                  # `report`: metrics/ -> reports/analysis/
     python pipeline/report.py --results reports/full --sweeps reports/sweeps --out reports/full/analysis --no-executed
-                                                                               # `report_full`
+                                                                               # `report_full` (report_default alike)
 
 Every ``<report.notebooks>/*.ipynb`` runs with nbclient (kernel python3) in the notebooks' folder with the
 repository on PYTHONPATH (as analysis/run_all.py does), ``CLOCKWORK_RESULTS`` = ``--results`` (default: the

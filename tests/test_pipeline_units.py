@@ -228,7 +228,8 @@ def test_pipeline_samples_the_teacher_on_the_same_timesteps_as_the_library(sampl
     from clockwork.embedded.teacher import DEFAULT_TEACHER_DIR, sampling_scheduler
     from clockwork.schedulers import make_scheduler
 
-    saved = json.loads((Path(DEFAULT_TEACHER_DIR) / "scheduler" / "scheduler_config.json").read_text())
+    saved = common.teacher_scheduler_config(DEFAULT_TEACHER_DIR)
+    assert saved == json.loads((Path(DEFAULT_TEACHER_DIR) / "scheduler" / "scheduler_config.json").read_text())
     for steps in (4, 6, 8):
         a, b = make_scheduler(sampler, saved), sampling_scheduler(sampler)
         a.set_timesteps(steps)
