@@ -6,6 +6,16 @@ Points with a missing or non-finite objective are never on the front (a failed t
 
 The operating point answers "which setting do I ship": the cheapest point whose quality stays within a
 tolerance of the baseline (the plain UNet, clock 1). Cheapest = the largest FLOPs saving.
+
+The competitor answers "is it worth it at all": a user can always sample the plain UNet with fewer steps.
+:func:`plain_steps_front` is the front of the plain baseline measured at several step counts (same prompts,
+same seeds) and :func:`versus_fewer_steps` scores any method point against it:
+``delta = front(point's cost) - point's FID`` (for a maximised metric such as CLIP: ``point - front``), the
+front interpolated linearly in cost between its two neighbouring step counts, so **positive = better than
+taking fewer steps** at the same FLOPs. Outside the front's cost range there is no such plain point and the
+answer says so (``status``) instead of extrapolating. The standard deviation comes from paired bootstrap
+replicates when every point carries them (``fid_boot``: the metric on the same resampled prompt indices for
+every method), else from propagating the points' own ``*_std`` as independent errors.
 """
 
 from __future__ import annotations
@@ -101,4 +111,80 @@ def operating_point(
     return best
 
 
-__all__ = ["pareto_mask", "pareto_front", "operating_point"]
+def plain_steps_front(rows: Sequence[Mapping[str, Any]], quality: str = "fid", cost: str = "gflops",
+                      quality_mode: str = "min") -> list[Mapping[str, Any]]:
+    """The rows of the plain baseline (one per step count) that are on the (cost, quality) front, cheapest first.
+
+    A step count that costs more and is no better than another is dropped: nobody would pick it, and a
+    non-monotone front would make the interpolation reward a method for the plain sampler's noise.
+    """
+    if quality_mode not in MODES:
+        raise ValueError(f"quality_mode must be 'min' or 'max', got {quality_mode!r}")
+    return [rows[i] for i in pareto_front(rows, cost, quality, "min", quality_mode)]
+
+
+def _boot(row: Mapping[str, Any], key: str) -> np.ndarray | None:
+    v = row.get(f"{key}_boot")
+    if v is None:
+        return None
+    a = np.asarray(v, dtype=float)
+    return a if a.ndim == 1 and len(a) > 1 and np.isfinite(a).all() else None
+
+
+def versus_fewer_steps(point: Mapping[str, Any], front: Sequence[Mapping[str, Any]], quality: str = "fid",
+                       cost: str = "gflops", quality_mode: str = "min") -> dict[str, Any]:
+    """``point`` against the plain-steps ``front`` (from :func:`plain_steps_front`) at the point's cost.
+
+    Returns ``{"delta", "delta_std", "front", "front_std", "status", "steps"}``: ``front`` is the front's
+    quality interpolated at the point's cost, ``delta`` how much better the point is (positive = it beats
+    taking fewer steps; FID points for FID), ``steps`` the (possibly fractional) plain step count of equal
+    cost when the rows carry ``steps``. ``status`` is ``"inside"``, or ``"cheaper_than_front"`` /
+    ``"costlier_than_front"`` (then ``delta`` and ``front`` are ``None``: no plain step count costs that).
+    """
+    if quality_mode not in MODES:
+        raise ValueError(f"quality_mode must be 'min' or 'max', got {quality_mode!r}")
+    pts = [(_value(r, cost), _value(r, quality), r) for r in front]
+    pts = [p for p in pts if math.isfinite(p[0]) and math.isfinite(p[1])]
+    if not pts:
+        raise ValueError(f"the plain-steps front has no finite ({cost}, {quality}) point; evaluate the baseline "
+                         "at several step counts first")
+    pts.sort(key=lambda p: p[0])
+    c, q = _value(point, cost), _value(point, quality)
+    out: dict[str, Any] = {"delta": None, "delta_std": None, "front": None, "front_std": None, "steps": None}
+    if not (math.isfinite(c) and math.isfinite(q)):
+        return {**out, "status": "no_metrics"}
+    if c < pts[0][0] - 1e-9:
+        return {**out, "status": "cheaper_than_front"}
+    if c > pts[-1][0] + 1e-9:
+        return {**out, "status": "costlier_than_front"}
+    hi = next(i for i, p in enumerate(pts) if p[0] >= c - 1e-9)
+    lo = hi if abs(pts[hi][0] - c) <= 1e-9 or hi == 0 else hi - 1
+    (c0, q0, r0), (c1, q1, r1) = pts[lo], pts[hi]
+    w = 0.0 if c1 == c0 else (c - c0) / (c1 - c0)
+    sign = 1.0 if quality_mode == "min" else -1.0
+    f = (1 - w) * q0 + w * q1
+    boots = [_boot(r, quality) for r in (r0, r1, point)]
+    if all(b is not None for b in boots) and len({len(b) for b in boots}) == 1:  # paired: same resampled prompts
+        fb = (1 - w) * boots[0] + w * boots[1]
+        f_std, d_std = float(np.std(fb, ddof=1)), float(np.std(sign * (fb - boots[2]), ddof=1))
+    else:  # independent errors
+        s0, s1, sp = (_value(r, f"{quality}_std") for r in (r0, r1, point))
+        s0, s1, sp = (x if math.isfinite(x) else 0.0 for x in (s0, s1, sp))
+        f_std = math.hypot((1 - w) * s0, w * s1)
+        d_std = math.hypot(f_std, sp)
+    s0, s1 = _value(r0, "steps"), _value(r1, "steps")
+    steps = (1 - w) * s0 + w * s1 if math.isfinite(s0) and math.isfinite(s1) else None
+    return {"delta": sign * (f - q), "delta_std": d_std, "front": f, "front_std": f_std, "status": "inside",
+            "steps": steps}
+
+
+def beats_fewer_steps(cmp: Mapping[str, Any], margin: float = 1.0, sigmas: float = 2.0) -> bool | None:
+    """Does a :func:`versus_fewer_steps` answer beat the front by ``margin`` and ``sigmas`` standard deviations?
+    ``None`` when the point is outside the front's cost range (no answer)."""
+    if cmp.get("delta") is None:
+        return None
+    return bool(cmp["delta"] >= margin and cmp["delta"] >= sigmas * (cmp.get("delta_std") or 0.0))
+
+
+__all__ = ["pareto_mask", "pareto_front", "operating_point", "plain_steps_front", "versus_fewer_steps",
+           "beats_fewer_steps"]

@@ -63,3 +63,63 @@ def test_operating_point():
         operating_point(ROWS, 10.0, -1)
     with pytest.raises(ValueError, match="baseline"):
         operating_point(ROWS, math.nan, 1.0)
+
+
+# ------------------------------------------------------------------ the competitor: the plain-steps front
+from clockwork.pareto import beats_fewer_steps, plain_steps_front, versus_fewer_steps  # noqa: E402
+
+#           steps gflops fid   clip
+PLAIN = [dict(steps=s, gflops=g, fid=f, fid_std=0.3, clip=c, clip_std=0.1)
+         for s, g, f, c in ((3, 6.0, 32.0, 80.0), (4, 8.0, 27.0, 82.0), (5, 10.0, 25.0, 83.0), (6, 12.0, 23.0, 83.5),
+                            (7, 14.0, 23.5, 83.2), (8, 16.0, 21.0, 84.0))]
+
+
+def test_plain_steps_front_drops_dominated_step_counts():
+    # 7 steps costs more than 6 and is worse: not a choice anyone would make.
+    assert [r["steps"] for r in plain_steps_front(PLAIN)] == [3, 4, 5, 6, 8]
+    assert [r["steps"] for r in plain_steps_front(PLAIN, "clip", quality_mode="max")] == [3, 4, 5, 6, 8]
+
+
+def test_versus_fewer_steps_interpolates_and_signs():
+    front = plain_steps_front(PLAIN)
+    # Halfway between 5 steps (25.0 @ 10) and 6 steps (23.0 @ 12): the front gives 24.0 at 11 GFLOPs.
+    better = versus_fewer_steps(dict(gflops=11.0, fid=22.5, fid_std=0.4), front)
+    assert better["status"] == "inside" and better["front"] == pytest.approx(24.0)
+    assert better["delta"] == pytest.approx(1.5) and better["steps"] == pytest.approx(5.5)
+    # independent errors: front std = hypot(0.5*0.3, 0.5*0.3), delta std adds the point's 0.4
+    assert better["delta_std"] == pytest.approx(math.hypot(math.hypot(0.15, 0.15), 0.4))
+    worse = versus_fewer_steps(dict(gflops=11.0, fid=25.0), front)
+    assert worse["delta"] == pytest.approx(-1.0)
+    # CLIP is maximised: higher than the front is better
+    clip = versus_fewer_steps(dict(gflops=11.0, clip=84.0), plain_steps_front(PLAIN, "clip", quality_mode="max"),
+                              "clip", quality_mode="max")
+    assert clip["delta"] == pytest.approx(84.0 - 83.25)
+    # exactly on a plain point: compared with that point alone
+    on = versus_fewer_steps(dict(gflops=8.0, fid=26.0), front)
+    assert on["front"] == pytest.approx(27.0) and on["delta"] == pytest.approx(1.0)
+
+
+def test_versus_fewer_steps_says_when_outside_the_front():
+    front = plain_steps_front(PLAIN)
+    assert versus_fewer_steps(dict(gflops=5.0, fid=30.0), front)["status"] == "cheaper_than_front"
+    out = versus_fewer_steps(dict(gflops=17.0, fid=20.0), front)
+    assert out["status"] == "costlier_than_front" and out["delta"] is None
+    assert beats_fewer_steps(out) is None
+    assert versus_fewer_steps(dict(gflops=11.0, fid=math.nan), front)["status"] == "no_metrics"
+    with pytest.raises(ValueError, match="front has no finite"):
+        versus_fewer_steps(dict(gflops=11.0, fid=20.0), [dict(gflops=None, fid=None)])
+
+
+def test_versus_fewer_steps_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 1.0, 50)  # the prompt resample moves every method alike
+    front = [dict(gflops=10.0, fid=25.0, fid_boot=(25.0 + shared).tolist()),
+             dict(gflops=12.0, fid=23.0, fid_boot=(23.0 + shared).tolist())]
+    pt = dict(gflops=11.0, fid=22.0, fid_std=1.0, fid_boot=(22.0 + shared + rng.normal(0, 0.1, 50)).tolist())
+    res = versus_fewer_steps(pt, front)
+    assert res["delta"] == pytest.approx(2.0)
+    # paired: the shared resampling noise cancels, so the std is ~0.1, far below the unpaired ~1.2
+    assert res["delta_std"] < 0.2 and res["front_std"] > 0.5
+    assert beats_fewer_steps(res) is True
+    assert beats_fewer_steps({**res, "delta": 0.9}) is False
+    assert beats_fewer_steps({**res, "delta_std": 1.5}) is False
