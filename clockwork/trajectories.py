@@ -113,8 +113,13 @@ class TrajectoryStore:
             raise FileNotFoundError(f"{self.root}: {len(missing)} shard(s) missing, e.g. {missing[0]}; re-run `trajectories` to resume")
         return paths
 
-    def load(self, cut: int, max_shards: int | None = None) -> dict[str, torch.Tensor]:
-        """All shards of one cut, concatenated along the batch axis (dim 1 of per-step tensors)."""
+    def load(self, cut: int, max_shards: int | None = None, with_latents: bool = False) -> dict[str, torch.Tensor]:
+        """All shards of one cut, concatenated along the batch axis (dim 1 of per-step tensors).
+
+        ``with_latents``: also ``latents`` (S, N, C, H, W), the sampler state x_t at every step *before*
+        ``scheduler.scale_model_input``, one per r_in row (a shard stores each prompt's x_t once; its
+        unconditional and conditional rows share it), and ``cond`` (N,) bool, True for the conditional rows.
+        """
         meta = self.meta
         if cut not in meta["cuts"]:
             raise ValueError(f"trajectories at {self.root} hold cuts {meta['cuts']}, not cut={cut}; add it to trajectories.cuts")
@@ -126,6 +131,23 @@ class TrajectoryStore:
             "temb": parts[0]["temb"],
             "timesteps": parts[0]["timesteps"],
         }
+        if with_latents:
+            lat, cond = [], []
+            for i, p in enumerate(parts):
+                if "latents" not in p:
+                    raise ValueError(f"{self.root}: shard {i} has no latents; re-run `trajectories`")
+                x = p["latents"][:-1]  # (S+1, b, ...): the state fed at each of the S steps, then the final one
+                b, rows = x.shape[1], p[f"r_in.c{cut}"].shape[1]
+                if rows == 2 * b:  # CFG as one batch: the unconditional half, then the conditional half
+                    lat.append(torch.cat([x, x], dim=1))
+                    cond.append(torch.arange(rows) >= b)
+                elif rows == b:
+                    lat.append(x)
+                    cond.append(torch.ones(rows, dtype=torch.bool))
+                else:
+                    raise ValueError(f"{self.root}: shard {i} has {b} latents for {rows} rows")
+            out["latents"] = torch.cat(lat, dim=1)
+            out["cond"] = torch.cat(cond)
         return out
 
 

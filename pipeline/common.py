@@ -648,18 +648,27 @@ def row_prompts(meta: dict, rows: int) -> torch.Tensor:
 
 
 def _select(traj: dict, mask: torch.Tensor) -> dict:
-    return {**traj, "r_in": traj["r_in"][:, mask], "r_out": traj["r_out"][:, mask], "text": traj["text"][mask],
-            "prompt": traj["prompt"][mask]}
+    out = {**traj, "r_in": traj["r_in"][:, mask], "r_out": traj["r_out"][:, mask], "text": traj["text"][mask],
+           "prompt": traj["prompt"][mask]}
+    for k, dim in (("latents", 1), ("cond", 0), ("ctx", 0)):  # per-row extras, when present
+        if k in traj:
+            out[k] = traj[k][:, mask] if dim else traj[k][mask]
+    return out
 
 
-def load_trajectories(root: str | os.PathLike, cut: int, max_prompts: int | None = None) -> dict[str, torch.Tensor]:
-    """One cut of a trajectory store (both CFG halves of every prompt), optionally its first ``max_prompts`` prompts."""
+def load_trajectories(root: str | os.PathLike, cut: int, max_prompts: int | None = None,
+                      with_latents: bool = False) -> dict[str, torch.Tensor]:
+    """One cut of a trajectory store (both CFG halves of every prompt), optionally its first ``max_prompts`` prompts.
+
+    ``with_latents``: also each row's x_t per step and its ``cond`` flag (``TrajectoryStore.load``), what
+    :func:`pair_dataset` needs for the output-space loss (``distill.output_weight > 0``).
+    """
     from clockwork.trajectories import TrajectoryStore
 
     store = TrajectoryStore(root)
     meta = store.meta
     shards = None if max_prompts is None else -(-max_prompts // meta["shard_size"])
-    traj = store.load(cut, max_shards=shards)
+    traj = store.load(cut, max_shards=shards, with_latents=with_latents)
     if shards is not None:
         meta = {**meta, "num_prompts": min(meta["num_prompts"], shards * meta["shard_size"]),
                 "num_shards": min(meta["num_shards"], shards)}
@@ -682,35 +691,89 @@ def split_trajectories(traj: dict, heldout: int) -> tuple[dict, dict | None]:
     return _select(traj, ~held), _select(traj, held)
 
 
-def pair_dataset(traj: dict, spec: MethodSpec, scheduler):
+def row_contexts(traj: dict, table, prompts: Sequence[str]) -> torch.Tensor:
+    """(rows, L, D) the text token states every trajectory row was sampled with: the negative (empty) prompt's
+    ``table.uncond(1)[0]`` for unconditional rows, ``table.lookup([prompts[traj["prompt"][r]]])[0]`` for
+    conditional ones (``traj`` from :func:`load_trajectories` with ``with_latents=True``, whose ``prompt``
+    indices point into ``prompts``, the list the store was unrolled for). Checked against the pooled ``text``
+    the store recorded, so a wrong prompt list or table fails here."""
+    if "cond" not in traj or "prompt" not in traj:
+        raise ValueError("per-row text contexts need trajectories loaded with_latents=True (their `cond` flags)")
+    pid, cond = traj["prompt"], traj["cond"]
+    if len(pid) and int(pid.max()) >= len(prompts):
+        raise ValueError(f"trajectory rows of prompt {int(pid.max())} but only {len(prompts)} prompts given")
+    used = sorted(set(pid[cond].tolist()))
+    neg = table.uncond(1, dtype=torch.float16)[0]  # the table stores fp16 states: no rounding
+    states = table.lookup([prompts[i] for i in used], dtype=torch.float16)[0] if used else neg[:0]
+    where = torch.zeros(len(prompts), dtype=torch.long)
+    where[torch.tensor(used, dtype=torch.long)] = torch.arange(1, len(used) + 1)
+    ctx = torch.cat([neg, states])[torch.where(cond, where[pid], 0)]
+    text = traj["text"].float()
+    if (ctx.float().mean(dim=1) - text).norm() > 1e-2 * text.norm() + 1e-6:
+        raise ValueError("the prompt embeddings do not match the ones these trajectories were unrolled with "
+                         "(wrong prompt list or embedding table)")
+    return ctx
+
+
+def pair_dataset(traj: dict, spec: MethodSpec, scheduler, table=None, prompts: Sequence[str] | None = None):
     """Teacher-forced (r_in(t), r_out(t+1)) -> r_out(t) pairs at the spec's adaptor steps.
 
     An adaptor that ignores r_out(t+1) may also run at step 0; PairDataset needs a previous step, so the
     trajectory gets a zero step in front (its r_out is never read by such an adaptor).
+
+    With ``table`` and ``prompts`` (for the output-space loss; ``traj`` loaded ``with_latents=True``) the pairs
+    also carry the teacher's UNet inputs: per-row text contexts (:func:`row_contexts`) and x_t scaled by the
+    sampler's ``scale_model_input`` factors (:func:`clockwork.distill.model_input_scales`).
     """
-    from clockwork.distill import PairDataset
+    from clockwork.distill import PairDataset, model_input_scales
 
     loops = adaptor_loop_indices(scheduler, spec.steps, spec.clock_obj(), spec.uses_r_out_prev)
     if not loops:
         raise ValueError(f"{spec}: the clock never runs the adaptor, nothing to distill")
+    scale = None
+    if table is not None or prompts is not None:
+        if table is None or prompts is None or "latents" not in traj:
+            raise ValueError("the teacher's UNet inputs need table=, prompts= and trajectories loaded with_latents=True")
+        traj = {**traj, "ctx": row_contexts(traj, table, prompts)}
+        scale = model_input_scales(scheduler, spec.steps)
     if min(loops) == 0:
         pad = lambda x: torch.cat([torch.zeros_like(x[:1]), x])  # noqa: E731
         traj = {**traj, "r_in": pad(traj["r_in"]), "r_out": pad(traj["r_out"]), "temb": pad(traj["temb"])}
+        for k in ("latents", "timesteps"):  # per-step inputs of the output-space loss, when present
+            if k in traj:
+                traj[k] = pad(traj[k])
+        if scale is not None:
+            scale = torch.cat([torch.ones(1), scale])
         loops = [i + 1 for i in loops]
-    return PairDataset(traj, loops)
+    return PairDataset(traj, loops, input_scale=scale)
 
 
 def distill_adaptor(spec: MethodSpec, unet_config: dict, traj: dict, scheduler, distill_cfg, device: str = "cpu",
-                    checkpoint_dir: str | os.PathLike | None = None, on_log=None, progress: bool = True):
-    """Build and distill the adaptor ``spec`` describes on trajectories ``traj``; returns (adaptor, history)."""
+                    checkpoint_dir: str | os.PathLike | None = None, on_log=None, progress: bool = True,
+                    teacher_unet=None, table=None, prompts: Sequence[str] | None = None):
+    """Build and distill the adaptor ``spec`` describes on trajectories ``traj``; returns (adaptor, history).
+
+    ``distill_cfg.output_weight > 0`` (the output-space loss) needs the frozen ``teacher_unet`` on ``device``,
+    the prepared embedding ``table`` and the ``prompts`` the store was unrolled for (``traj["prompt"]``
+    indexes them), and ``traj`` loaded ``with_latents=True``; they are unused otherwise.
+    """
+    from clockwork.cut import UNetCut
     from clockwork.distill import distill
 
     adaptor = build_adaptor_for(spec, unet_config)
     if not spec.needs_training:
         return adaptor, []
-    data = pair_dataset(traj, spec, scheduler)
+    teacher = None
+    if distill_cfg.output_weight > 0:
+        if teacher_unet is None or table is None or prompts is None:
+            raise ValueError(f"distill.output_weight={distill_cfg.output_weight} > 0 needs the teacher: "
+                             "distill_adaptor(..., teacher_unet=world.unet, table=prepared.table, prompts=<unrolled prompts>)")
+        data = pair_dataset(traj, spec, scheduler, table=table, prompts=prompts)
+        teacher = UNetCut(teacher_unet, spec.cut)
+    else:
+        data = pair_dataset(traj, spec, scheduler)
     history = distill(adaptor, data, distill_cfg, device=device, checkpoint_dir=checkpoint_dir, on_log=on_log,
-                      progress=progress)
+                      progress=progress, teacher=teacher)
     return adaptor.to("cpu").eval(), history
 
 
@@ -721,7 +784,8 @@ def distill_config(section, steps: int | None = None):
     s = steps if steps is not None else section.steps
     return DistillConfig(steps=s, batch_size=section.batch_size, lr=section.lr, weight_decay=section.weight_decay,
                          seed=section.seed, checkpoint_every=min(section.checkpoint_every, s),
-                         log_every=min(section.log_every, s), grad_clip=section.grad_clip)
+                         log_every=min(section.log_every, s), grad_clip=section.grad_clip,
+                         output_weight=section.output_weight)
 
 
 @torch.no_grad()

@@ -137,6 +137,9 @@ class Distill(Section):
     checkpoint_every: PosInt = 250
     log_every: PosInt = 25
     heldout_prompts: NonNegInt = 64  # last trajectories kept out of training for heldout_mse
+    # weight w of the output-space term: loss = MSE(r_out) + w * MSE(UNet output through the teacher's
+    # high-res decoder); 0 = r_out MSE only. > 0 loads the teacher and data/prepared in the distill stage.
+    output_weight: Annotated[float, Field(ge=0)] = 0.0
     device: Device = "auto"
 
 

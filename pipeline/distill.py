@@ -6,6 +6,10 @@ r_in(t) and r_out(t+1) from the teacher trajectory (teacher forcing); Adam. The 
 MSE on the same pairs, the training-free reference). Checkpoints go to models/distill_ckpt/ (persisted,
 so a killed run resumes; a stamp of the settings wipes checkpoints made with other ones). The loss curve
 is plots/distill_loss.csv (a DVC plot) and an MLflow metric.
+
+`distill.output_weight` > 0 adds the output-space term (clockwork.distill): the stage then also loads the
+teacher on the training device, the trajectories' latents and data/prepared's embedding table (each
+row's text context).
 """
 
 from __future__ import annotations
@@ -41,7 +45,15 @@ def main() -> None:
                       adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
                       cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
     unet_config = teacher_unet_config(p.world, Path.cwd())
-    if p.world.kind == "embedded":  # the schedule without loading the teacher
+    output_term = p.distill.output_weight > 0
+    world = prepared = None
+    if output_term:  # the teacher's high-res part is part of the loss
+        from pipeline.common import Prepared, load_world
+
+        world = load_world(p.world, device)
+        prepared = Prepared.load()
+        sched_cfg = world.scheduler_config
+    elif p.world.kind == "embedded":  # the schedule without loading the teacher
         from pipeline.common import teacher_scheduler_config
 
         sched_cfg = teacher_scheduler_config(p.world.teacher)
@@ -54,7 +66,9 @@ def main() -> None:
     if (meta.get("sampler_name"), meta["steps"], meta["guidance"]) != (spec.sampler, spec.steps, spec.guidance):
         raise SystemExit(f"{TRAJECTORIES_DIR} was unrolled with {meta.get('sampler_name')}/{meta['steps']} steps/"
                          f"guidance {meta['guidance']}, not {spec.sampler}/{spec.steps}/{spec.guidance}; dvc repro trajectories")
-    traj = load_trajectories(TRAJECTORIES_DIR, spec.cut)
+    if output_term and "prompts_sha" in meta and meta["prompts_sha"] != obj_sha(prepared.distill_prompts):
+        raise SystemExit(f"{TRAJECTORIES_DIR} was unrolled for other prompts than data/prepared's; dvc repro trajectories")
+    traj = load_trajectories(TRAJECTORIES_DIR, spec.cut, with_latents=output_term)
     train, held = split_trajectories(traj, p.distill.heldout_prompts)
     cfg = distill_config(p.distill)
 
@@ -69,8 +83,11 @@ def main() -> None:
 
     t0 = time.perf_counter()
     with tracking.stage_run("distill", p.flat()) as run:
+        teacher_kw = dict(teacher_unet=world.unet, table=prepared.table, prompts=prepared.distill_prompts) \
+            if output_term else {}
         adaptor, history = distill_adaptor(spec, unet_config, train, scheduler, cfg, device, CKPT_DIR / "latest",
-                                           on_log=lambda step, loss: run.log_metrics({"loss": loss}, step=step))
+                                           on_log=lambda step, loss: run.log_metrics({"loss": loss}, step=step),
+                                           **teacher_kw)
         seconds = time.perf_counter() - t0
         heldout = heldout_id = None
         if held is not None:
@@ -85,6 +102,8 @@ def main() -> None:
         write_text("plots/distill_loss.csv", "step,loss\n" + "".join(f"{h['step']},{h['loss']:.8g}\n" for h in history))
         metrics = {
             "final_loss": history[-1]["loss"] if history else None,
+            **({"output_weight": cfg.output_weight, "final_r_out_mse": history[-1]["r_out_mse"],
+                "final_output_mse": history[-1]["output_mse"]} if history and "output_mse" in history[-1] else {}),
             "heldout_mse": heldout,
             "heldout_mse_identity": heldout_id,
             "steps": cfg.steps if spec.needs_training else 0,
