@@ -2,6 +2,7 @@
 
     clockwork flops --unet-config sd15 --steps 8 --clock 2 --cut 1 --adaptor identity --batch 2 --json
     clockwork generate --prompt "a red sneaker" --clock 2 --out grid.png
+    clockwork sensitivity --steps 8 --n 16 --out reports/sensitivity/embedded
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _flops(args) -> int:
@@ -35,6 +37,33 @@ def _generate(args) -> int:
                          steps=args.steps, guidance=args.guidance, seed=args.seed, out=args.out,
                          teacher=args.teacher, n_per_prompt=args.n)
     print(f"wrote {path}")
+    return 0
+
+
+def _sensitivity(args) -> int:
+    import torch
+
+    from clockwork import sensitivity as sens
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.unet_config:
+        unet, sched, cond, uncond, kw, _ = sens.config_inputs(args.unet_config, args.sampler, args.n, args.seed,
+                                                              args.sample_size, device)
+    else:
+        unet, sched, cond, uncond, kw, _ = sens.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device)
+    out = Path(args.out)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "clockwork" / "sensitivity_fid_ref.npz"
+    score = sens.embedded_fid(cache, device=device) if args.fid and not args.unet_config else None
+    res = sens.sensitivity(unet, sched, cond, uncond, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                           modes=args.modes.split(","), alphas=[float(a) for a in args.alphas.split(",")],
+                           start_steps=[int(s) for s in args.start_steps.split(",")] if args.start_steps else None,
+                           score=score, unet_kwargs=kw)
+    res["meta"].update(sampler=args.sampler, source=args.unet_config or str(args.teacher or "embedded teacher"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sensitivity.json").write_text(json.dumps(res, indent=1) + "\n")
+    sens.plot_sensitivity(res, out / "sensitivity.png")
+    print(sens.format_table(res))
+    print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity.png'}")
     return 0
 
 
@@ -66,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--teacher", default=None, help="teacher folder (default: the committed embedded teacher)")
     g.add_argument("--out", default="clockwork_grid.png")
     g.set_defaults(fn=_generate)
+
+    sp = sub.add_parser("sensitivity", help="how much the final sample changes when each level's low-res output is "
+                                           "perturbed or reused from step s on (the paper's Fig. 2)")
+    src = sp.add_mutually_exclusive_group()
+    src.add_argument("--teacher", default=None, help="UNet folder (default: the committed embedded teacher)")
+    src.add_argument("--unet-config", default=None, help="sd15 | sd21 | sdxl | PATH/config.json: random weights, shapes only")
+    sp.add_argument("--sample-size", type=int, default=None, help="latent size for --unet-config (e.g. 32: faster)")
+    sp.add_argument("--sampler", default="dpm++", choices=["dpm++", "dpm", "pndm", "ddim", "euler", "heun"])
+    sp.add_argument("--steps", type=int, default=8)
+    sp.add_argument("--guidance", type=float, default=2.0)
+    sp.add_argument("--n", type=int, default=16, help="images (prompts)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--modes", default="noise,reuse", help="comma list of noise, reuse, reuse_once")
+    sp.add_argument("--alphas", default="0.1,0.3", help="relative noise strengths (mode noise)")
+    sp.add_argument("--start-steps", default=None, help="comma list of 0-based start steps (default 1..steps-1)")
+    sp.add_argument("--fid", action="store_true", help="embedded teacher only: FID of every row's samples vs 1000 held-out images (slow on a CPU)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--out", default="sensitivity")
+    sp.set_defaults(fn=_sensitivity)
 
     try:
         from clockwork.bench import add_parser as add_bench  # optional: the benchmark sub-command
