@@ -5,7 +5,7 @@ into a scratch directory, which gets a ``SYNTHETIC`` marker file and ``"_synthet
 each JSON; :class:`analysis.loader.Results` refuses to write reports from such a root into the
 repository's ``reports/``.
 
-    python -m analysis.fixtures /tmp/fx [--no-mlflow] [--minimal]
+    python -m analysis.fixtures /tmp/fx [--no-mlflow] [--minimal] [--old]
 """
 
 from __future__ import annotations
@@ -30,34 +30,89 @@ def _gflops(steps: int, clock: int | None, adaptor_extra: float = 0.0) -> float:
     return (steps - n_adapt) * FULL_STEP_GFLOPS + n_adapt * FULL_STEP_GFLOPS * (ADAPTOR_STEP_SHARE + adaptor_extra)
 
 
-def _metrics(rng, fid: float, gflops: float, latency: float) -> dict:
-    return dict(fid=round(fid, 3), fid_std=round(float(rng.uniform(0.1, 0.3)), 3),
-                kid=round(fid / 2500, 5), kid_std=round(float(rng.uniform(2e-4, 5e-4)), 5),
-                clip=round(0.300 - fid / 2000, 4), clip_std=round(float(rng.uniform(0.001, 0.003)), 4),
-                gflops=round(gflops, 3), latency_ms=round(latency, 2), n_samples=5000)
+N_BOOT = 10  # bootstrap replicates per row (evaluate.fid_bootstrap)
+FRONT_STEPS = (3, 4, 5, 6, 7, 8)  # evaluate.front_steps / ablate.front_steps
+NEW_KEYS = ("split", "fid_boot", "clip_boot", "vs_fewer_steps", "guidance", "train")  # absent from older files
+
+
+def _metrics(rng, fid: float, gflops: float, latency: float, shared: np.ndarray | None = None) -> dict:
+    """One row's metrics; with ``shared`` (the file's common bootstrap draws: every method is scored on the same
+    resampled prompt indices) also ``fid_boot`` / ``clip_boot`` paired replicates, and fid_std/clip_std their stds."""
+    m = dict(fid=round(fid, 3), fid_std=round(float(rng.uniform(0.1, 0.3)), 3),
+             kid=round(fid / 2500, 5), kid_std=round(float(rng.uniform(2e-4, 5e-4)), 5),
+             clip=round(0.300 - fid / 2000, 4), clip_std=round(float(rng.uniform(0.001, 0.003)), 4),
+             gflops=round(gflops, 3), latency_ms=round(latency, 2), n_samples=5000)
+    if shared is not None:
+        own = rng.standard_normal((2, len(shared[0])))
+        fb = m["fid"] + m["fid_std"] * (0.8 * shared[0] + 0.6 * own[0])
+        cb = m["clip"] + m["clip_std"] * (0.8 * shared[1] + 0.6 * own[1])
+        m.update(fid_boot=[round(float(x), 6) for x in fb], clip_boot=[round(float(x), 6) for x in cb],
+                 fid_std=round(float(np.std(fb, ddof=1)), 6), clip_std=round(float(np.std(cb, ddof=1)), 6))
+    return m
+
+
+def vs_fewer_steps(point: dict, plain_rows: list[dict]) -> dict:
+    """What pipeline/common.py's ``vs_fewer_steps`` writes: ``point``'s FID and CLIP against the plain-steps front
+    of ``plain_rows`` (clockwork.pareto, loaded without torch: analysis.loader.pareto)."""
+    from analysis.loader import pareto
+
+    pa = pareto()
+    return {"fid": pa.versus_fewer_steps(point, pa.plain_steps_front(plain_rows, "fid"), "fid"),
+            "clip": pa.versus_fewer_steps(point, pa.plain_steps_front(plain_rows, "clip", quality_mode="max"), "clip",
+                                          quality_mode="max")}
 
 
 def evaluate(rng) -> dict:
+    """metrics/evaluate.json as pipeline/evaluate.py writes it: the baseline at 8 steps, Clockwork (trained and
+    identity), the plain baseline at every other step count of FRONT_STEPS, each with the held-out split, paired
+    bootstrap replicates and its answer against the plain-steps front (vs_fewer_steps)."""
     base = dict(sampler="dpm++", cut=None, clock=None, adaptor=None, adaptor_params=0)
     cw = dict(sampler="dpm++", cut=1, clock=2, steps=8)
+    shared = rng.standard_normal((2, N_BOOT))
     out = {"_synthetic": True}
-    for steps, fid in ((8, 20.0), (6, 21.2), (4, 24.5)):
+    fids = {8: 20.0, 7: 20.5, 6: 21.2, 5: 22.6, 4: 24.5, 3: 29.0}
+    for steps in sorted(FRONT_STEPS, reverse=True):
         key = "baseline" if steps == 8 else f"baseline_{steps}steps"
-        out[key] = {**base, "steps": steps, **_metrics(rng, fid, _gflops(steps, None), 4.0 * steps)}
+        out[key] = {**base, "steps": steps, **_metrics(rng, fids[steps], _gflops(steps, None), 4.0 * steps, shared)}
     out["clockwork"] = {**cw, "adaptor": "resnet", "adaptor_params": 410_000,
-                        **_metrics(rng, 19.7, _gflops(8, 2, 0.03), 24.5)}
+                        **_metrics(rng, 19.7, _gflops(8, 2, 0.03), 24.5, shared)}
     out["clockwork_identity"] = {**cw, "adaptor": "identity", "adaptor_params": 0,
-                                 **_metrics(rng, 20.4, _gflops(8, 2), 23.0)}
+                                 **_metrics(rng, 20.4, _gflops(8, 2), 23.0, shared)}
+    # pipeline/evaluate.py's order: baseline, clockwork, clockwork_identity, then the other step counts
+    order = ["_synthetic", "baseline", "clockwork", "clockwork_identity"] + [f"baseline_{k}steps" for k in
+                                                                          sorted(FRONT_STEPS, reverse=True) if k != 8]
+    out = {k: out[k] for k in order}
+    plain = [m for k, m in out.items() if k == "baseline" or k.startswith("baseline_")]
+    for k, m in out.items():
+        if k != "_synthetic":
+            m.update(split="heldout", vs_fewer_steps=vs_fewer_steps(m, plain))
     return out
 
 
-def ablate(rng) -> dict:
+# the `levers` rows: name -> (FID, changes); made up to give every verdict (beats, ties, loses, outside the front)
+LEVERS = {
+    "reference": (21.0, {}),
+    "long": (19.9, {"train": {"distill_steps": 20000, "distill_prompts": 3840}}),
+    "w64_d1": (23.5, {"params": 120_000, "extra": 0.005}),
+    "w128_d1": (21.8, {"params": 260_000, "extra": 0.015}),
+    "w64_d2": (22.0, {"params": 150_000, "extra": 0.01}),
+    "output_loss": (20.5, {"train": {"output_weight": 1.0}}),
+    "early_middle": (26.0, {"clock": [2, 3, 4, 5]}),
+    "all_prompts": (20.7, {"train": {"distill_prompts": 4096}}),
+    "rollout": (20.3, {"train": {"rollout_steps": 500}}),
+    "four_steps": (25.0, {"steps": 4}),
+}
+
+
+def ablate(rng, split: str = "val") -> dict:
     """metrics/ablate.json with pipeline/ablate.py's variant names and conventions (baselines: adaptor "none",
-    clock 1, no inputs; schedules as 0-based adaptor step lists)."""
+    clock 1, no inputs; schedules as 0-based adaptor step lists), the `levers` rows, the plain-steps `front` rows
+    at FRONT_STEPS, and every row's vs_fewer_steps against the front of its sampler and guidance."""
     rows = []
+    shared = rng.standard_normal((2, N_BOOT))
 
     def add(ablation, variant, fid, *, adaptor="resnet", clock=2, cut=1, inputs=("r_in", "r_out_prev", "time"),
-            training="unrolled", sampler="dpm++", steps=8, params=410_000, extra=0.03):
+            training="unrolled", sampler="dpm++", steps=8, params=410_000, extra=0.03, train=None):
         if adaptor == "none":
             g, clock, cut, inputs, training, params = _gflops(steps, None), 1, None, (), "none", 0
         elif isinstance(clock, list):
@@ -66,8 +121,12 @@ def ablate(rng) -> dict:
             g = _gflops(steps, clock, extra)
         rows.append(dict(ablation=ablation, variant=variant, sampler=sampler, steps=steps, clock=clock, cut=cut,
                          adaptor=adaptor, inputs=list(inputs), training=training, adaptor_params=params,
-                         **_metrics(rng, fid + float(rng.normal(0, 0.05)), g, 3.0 * steps)))
+                         guidance=2.0, train=train or {}, split=split,
+                         **_metrics(rng, fid + float(rng.normal(0, 0.05)), g, 3.0 * steps, shared)))
 
+    for name, (fid, ch) in LEVERS.items():
+        add("levers", name, fid, clock=ch.get("clock", 2), steps=ch.get("steps", 8), params=ch.get("params", 410_000),
+            extra=ch.get("extra", 0.03), train=ch.get("train"))
     add("adaptor_type", "baseline", 20.0, adaptor="none")
     add("adaptor_type", "identity", 20.4, adaptor="identity", inputs=("r_out_prev",), params=0, extra=0,
         training="none")
@@ -93,7 +152,58 @@ def ablate(rng) -> dict:
     for steps, fb, fc in ((4, 24.5, 23.9), (6, 21.2, 20.9), (8, 20.0, 19.7), (16, 19.2, 19.0)):
         add("steps", f"{steps}steps/baseline", fb, adaptor="none", steps=steps)
         add("steps", f"{steps}steps/clockwork", fc, steps=steps)
-    return {"_synthetic": True, "rows": rows}
+    plain = {r["steps"]: r for r in rows if r["ablation"] == "steps" and r["adaptor"] == "none"}
+    for steps, fb in ((3, 29.3), (4, 24.8), (5, 22.9), (6, 21.5), (7, 20.8), (8, 20.3)):
+        if steps in plain:  # pipeline/ablate.py runs a configuration once: the steps ablation's row, renamed
+            rows.append({**plain[steps], "ablation": "front", "variant": f"{steps}steps"})
+        else:
+            add("front", f"{steps}steps", fb, adaptor="none", steps=steps)
+    fronts: dict = {}
+    for r in rows:  # pipeline/ablate.py's with_fewer_steps
+        if r["ablation"] == "front":
+            fronts.setdefault((r["sampler"], r["guidance"]), []).append(r)
+    for r in rows:
+        front = fronts.get((r["sampler"], r["guidance"]))
+        r["vs_fewer_steps"] = vs_fewer_steps(r, front) if front else None
+    return {"_synthetic": True, "split": split, "rows": rows}
+
+
+def old_format(evaluate_json: dict, ablate_json: dict | None) -> tuple[dict, dict | None]:
+    """The same results as files written before the stages computed vs_fewer_steps: no NEW_KEYS, only the 6- and
+    4-step plain baselines, no `levers` / `front` rows, no top-level split."""
+    ev = {k: ({f: v for f, v in m.items() if f not in NEW_KEYS} if isinstance(m, dict) else m)
+          for k, m in evaluate_json.items() if not (k.startswith("baseline_") and k not in ("baseline_6steps", "baseline_4steps"))}
+    if ablate_json is None:
+        return ev, None
+    rows = [{f: v for f, v in r.items() if f not in NEW_KEYS} for r in ablate_json["rows"]
+            if r["ablation"] not in ("levers", "front")]
+    return ev, {"_synthetic": True, "rows": rows}
+
+
+def sensitivity(rng) -> dict:
+    """sensitivity.json as `clockwork sensitivity` (clockwork/sensitivity.py) writes it, numbers made up: the final
+    sample changes more for a higher-resolution cut, an earlier start step and more noise."""
+    cuts, starts, alphas = [1, 2], list(range(1, 8)), [0.1, 0.3]
+    per_cut = {"1": {"r_out_shape": [64, 16, 16], "r_in_scale": 2, "flops": {"full_step_gflops": 1.6,
+                                                                            "adaptor_step_gflops": 0.32,
+                                                                            "replaced_share": 0.8}},
+               "2": {"r_out_shape": [128, 8, 8], "r_in_scale": 4, "flops": {"full_step_gflops": 1.6,
+                                                                           "adaptor_step_gflops": 0.9,
+                                                                           "replaced_share": 0.44}}}
+    rows = []
+    for cut in cuts:
+        for mode, alpha in [("noise", a) for a in alphas] + [("reuse", None)]:
+            for s in starts:
+                scale = (0.6 if cut == 1 else 0.25) * (alpha / 0.1 if alpha else 1.5) * (8 - s) / 7
+                m = scale * float(rng.uniform(0.9, 1.1)) * 0.1
+                rows.append({"cut": cut, "mode": mode, "alpha": alpha, "start_step": s, "rel_l2": round(m, 6),
+                             "rel_l2_std": round(m * float(rng.uniform(0.2, 0.4)), 6), "n": 16})
+    meta = {"scheduler": "DPMSolverMultistepScheduler", "steps": 8, "loop_steps": 8, "guidance": 2.0, "seed": 0, "n": 16,
+            "sample_shape": [3, 32, 32], "cuts": cuts, "modes": ["noise", "reuse"], "alphas": alphas,
+            "start_steps": starts, "reference_equal_across_cuts": True, "ref_score": None, "per_cut": per_cut,
+            "metric": "rel_l2 = ||x - x_ref|| / ||x_ref|| of the final latents, per image; mean and std over n",
+            "sampler": "dpm++", "source": "SYNTHETIC teacher"}
+    return {"_synthetic": True, "meta": meta, "rows": rows}
 
 
 def sweep(rng, n: int = 14, fid_tolerance: float = 1.0) -> pd.DataFrame:
@@ -158,18 +268,25 @@ def log_mlflow(root: Path, df: pd.DataFrame, name: str) -> str:
 
 
 def write_fixtures(root: str | Path, *, mlflow_store: bool = True, minimal: bool = False, seed: int = 0,
-                   sweep_name: str = "smoke") -> Path:
-    """Write SYNTHETIC metrics/, plots/, sweeps/ (and an MLflow sqlite store) under ``root``.
+                   sweep_name: str = "smoke", old: bool = False, ablate_split: str = "val") -> Path:
+    """Write SYNTHETIC metrics/, plots/, sweeps/, sensitivity.json (and an MLflow sqlite store) under ``root``.
 
-    ``minimal``: only metrics/evaluate.json, to check that optional inputs may be missing."""
+    ``minimal``: only metrics/evaluate.json, to check that optional inputs may be missing. ``old``: evaluate.json and
+    ablate.json as written before the stages computed vs_fewer_steps (:func:`old_format`). ``ablate_split``: the split
+    of the ablation rows (configs/full.yaml: ``val``; params.yaml: ``heldout``)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     (root / "metrics").mkdir(parents=True, exist_ok=True)
     (root / SYNTHETIC_MARKER).write_text("Synthetic fixtures written by analysis/fixtures.py - not results.\n")
-    (root / "metrics" / "evaluate.json").write_text(json.dumps(evaluate(rng), indent=1))
+    ev = evaluate(rng)
+    ab = None if minimal else ablate(rng, ablate_split)
+    if old:
+        ev, ab = old_format(ev, ab)
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(ev, indent=1))
     if minimal:
         return root
-    (root / "metrics" / "ablate.json").write_text(json.dumps(ablate(rng), indent=1))
+    (root / "metrics" / "ablate.json").write_text(json.dumps(ab, indent=1))
+    (root / "sensitivity.json").write_text(json.dumps(sensitivity(rng), indent=1))
     (root / "metrics" / "distill.json").write_text(json.dumps(
         {"_synthetic": True, "final_loss": 0.0123, "heldout_mse": 0.0141, "steps": 600, "adaptor_params": 410_000}))
     (root / "plots").mkdir(exist_ok=True)
@@ -189,8 +306,9 @@ def main() -> None:
     ap.add_argument("root")
     ap.add_argument("--no-mlflow", action="store_true")
     ap.add_argument("--minimal", action="store_true")
+    ap.add_argument("--old", action="store_true", help="files as written before vs_fewer_steps existed")
     a = ap.parse_args()
-    print(write_fixtures(a.root, mlflow_store=not a.no_mlflow, minimal=a.minimal))
+    print(write_fixtures(a.root, mlflow_store=not a.no_mlflow, minimal=a.minimal, old=a.old))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ Everything here only reads. Where results live:
   sweep (default: ``<results>/sweeps``; the committed ``reports/sweeps`` for the full configuration's report);
 - ``CLOCKWORK_REPORTS``: where tables and figures are written (default: ``<repo>/reports``);
 - MLflow: ``CLOCKWORK_MLFLOW_URI``, else ``MLFLOW_TRACKING_URI``, else ``<results>/mlflow.db`` if it exists;
-  ``CLOCKWORK_MLFLOW_URI=none`` turns the MLflow view off.
+  ``CLOCKWORK_MLFLOW_URI=none`` turns the MLflow view off;
+- ``CLOCKWORK_SENSITIVITY``: a ``sensitivity.json`` of ``clockwork sensitivity`` (optional; Fig. 2 when given).
+Files older than a key read as before: ``split`` and ``vs_fewer_steps`` (each method against the plain-steps front at
+equal GFLOPs, clockwork.pareto.versus_fewer_steps) are ``None`` there, and tables show "n/a".
 The formats are those of docs/CONTRACTS.md. ``metrics/evaluate.json`` is required and is validated
 strictly (a malformed file raises :class:`ResultsError`); every other input is optional: when it is
 missing the loader returns ``None`` and :meth:`Results.note` says what was skipped.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,7 +43,13 @@ EVALUATE_REQUIRED = ("fid", "gflops", "steps")
 EVALUATE_NUMERIC = ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms",
                     "adaptor_params", "steps", "n_samples")
 ABLATE_REQUIRED = ("ablation", "variant", "fid")
-ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps")
+ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers", "front")
+SPLITS = ("heldout", "val")  # the held-out evaluation prompts | the validation split (training-split prompts not distilled on)
+SPLIT_LABELS = {"heldout": "held-out evaluation prompts", "val": "validation split (training-split prompts and images not "
+                "distilled on)"}
+# vs_fewer_steps (clockwork.pareto.versus_fewer_steps): one answer per metric
+VS_METRICS = ("fid", "clip")
+VS_STATUSES = ("inside", "cheaper_than_front", "costlier_than_front", "no_metrics")
 SWEEP_REQUIRED = ("trial_id", "fid", "gflops")
 
 
@@ -52,6 +62,24 @@ LAYOUT = {
     "distill_loss.csv": ("plots/distill_loss.csv", "distill_loss.csv"),
 }
 MLFLOW_OFF = {"none", "off", "0", "false"}
+
+
+def pareto():
+    """``clockwork/pareto.py`` (plain_steps_front, versus_fewer_steps, beats_fewer_steps): the very module the stages
+    use, loaded from its file when the ``clockwork`` package is not imported yet, since importing the package loads
+    torch and diffusers (seconds per notebook kernel) and pareto.py needs only numpy."""
+    import importlib.util
+    import sys
+
+    if "clockwork.pareto" in sys.modules:
+        return sys.modules["clockwork.pareto"]
+    name = "analysis._clockwork_pareto"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "clockwork" / "pareto.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 def results_file(root: str | os.PathLike, name: str) -> Path:
@@ -124,7 +152,8 @@ def clock_label(clock: Any, steps: Any) -> str:
     """The paper's wording: ``clock 2`` for a period, ``adaptor at {2,4,6,8}`` (1-based) for a step list."""
     if is_missing(clock):
         return "-"
-    if isinstance(clock, (int, float)) or (isinstance(clock, str) and re.fullmatch(r"\s*(Clock\()?\d+\)?\s*", clock)):
+    if (isinstance(clock, numbers.Real) and not isinstance(clock, bool)) or \
+            (isinstance(clock, str) and re.fullmatch(r"\s*(Clock\()?\d+\)?\s*", clock)):
         period = int(re.findall(r"\d+", str(clock))[0])
         return f"clock {period}"
     st = adaptor_steps(clock, steps)
@@ -157,6 +186,51 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path} is not valid JSON: {e}") from None
+
+
+def check_vs_fewer_steps(v: Any, where: str) -> dict | None:
+    """A ``vs_fewer_steps`` entry (docs/CONTRACTS.md): ``None`` (absent: a file older than the key, or a row with no
+    front to compare with) or ``{"fid": V, "clip": V}`` with V = {delta, delta_std, front, front_std, status, steps}."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if not isinstance(v, dict):
+        raise ResultsError(f"{where}.vs_fewer_steps must be an object {{fid: ..., clip: ...}} or null, got {type(v).__name__}")
+    out = {}
+    for metric, ans in v.items():
+        w = f"{where}.vs_fewer_steps.{metric}"
+        if ans is None:
+            out[metric] = None
+            continue
+        if not isinstance(ans, dict):
+            raise ResultsError(f"{w} must be an object, got {type(ans).__name__}")
+        status = ans.get("status")
+        if status not in VS_STATUSES:
+            raise ResultsError(f"{w}.status must be one of {list(VS_STATUSES)}, got {status!r}")
+        ans = dict(ans)
+        for k in ("delta", "delta_std", "front", "front_std", "steps"):
+            x = _num(ans.get(k), f"{w}.{k}")
+            ans[k] = None if math.isnan(x) else x
+        if status == "inside" and ans["delta"] is None:
+            raise ResultsError(f"{w}: status 'inside' needs a delta")
+        out[metric] = ans
+    return out
+
+
+def vs_fewer(row: Any, metric: str = "fid") -> dict | None:
+    """``row``'s answer of ``vs_fewer_steps`` for ``metric`` (``None``: the file has no such key for the row)."""
+    v = row.get("vs_fewer_steps") if hasattr(row, "get") else None
+    if not isinstance(v, dict):
+        return None
+    a = v.get(metric)
+    return a if isinstance(a, dict) else None
+
+
+def _split(v: Any, where: str) -> str | None:
+    if is_missing(v) or v == "":
+        return None
+    if str(v) not in SPLITS:
+        raise ResultsError(f"{where}.split must be one of {list(SPLITS)}, got {v!r}")
+    return str(v)
 
 
 def parse_method(method: str) -> dict:
@@ -206,7 +280,9 @@ def load_evaluate(path: str | os.PathLike, default_teacher: str = "teacher") -> 
         row.update(method=method if parsed["teacher"] is None else method.split("/", 1)[1],
                    teacher=str(entry.get("teacher") or parsed["teacher"] or default_teacher),
                    kind=kind, adaptor=adaptor, steps=int(row["steps"]),
-                   inputs=norm_inputs(entry.get("inputs")), clock=entry.get("clock"))
+                   inputs=norm_inputs(entry.get("inputs")), clock=entry.get("clock"),
+                   split=_split(entry.get("split"), where),
+                   vs_fewer_steps=check_vs_fewer_steps(entry.get("vs_fewer_steps"), where))
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty or "baseline" not in set(df["kind"]):
@@ -229,7 +305,9 @@ def load_ablate(path: str | os.PathLike) -> pd.DataFrame | None:
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ResultsError(f"{path}: expected {{\"rows\": [...]}} (docs/CONTRACTS.md)")
-    return ablate_frame(rows, str(path))
+    split = _split(data.get("split"), str(path))
+    return ablate_frame([r if not isinstance(r, dict) or r.get("split") is not None or split is None
+                         else {**r, "split": split} for r in rows], str(path))
 
 
 def ablate_frame(rows: list[dict], where: str = "ablate rows") -> pd.DataFrame:
@@ -256,9 +334,14 @@ def ablate_frame(rows: list[dict], where: str = "ablate rows") -> pd.DataFrame:
         row["adaptor_steps"] = None if row["is_baseline"] else steps_
         row["training"] = None if row["is_baseline"] or is_missing(r.get("training")) else str(r["training"]).lower()
         row["sampler"] = None if is_missing(r.get("sampler")) else str(r["sampler"]).lower()
+        row["split"] = _split(r.get("split"), w)
+        row["vs_fewer_steps"] = check_vs_fewer_steps(r.get("vs_fewer_steps"), w)
+        if r.get("train") is not None and not isinstance(r.get("train"), dict):
+            raise ResultsError(f"{w}.train must be an object of distillation overrides, got {r['train']!r}")
         out.append(row)
     df = pd.DataFrame(out)
-    for c in ("teacher", "clock", "cut", "sampler", "steps", "training"):
+    for c in ("teacher", "clock", "cut", "sampler", "steps", "training", "split", "vs_fewer_steps", "train",
+              "guidance", "width", "depth"):
         if c not in df:
             df[c] = None
     return df
@@ -277,6 +360,39 @@ def load_distill(root: Path) -> tuple[dict | None, pd.DataFrame | None]:
         if not {"step", "loss"} <= set(curve.columns):
             raise ResultsError(f"{csv}: expected columns step,loss; got {list(curve.columns)}")
     return summary, curve
+
+
+# -------------------------------------------------------------------------------------------- sensitivity
+
+SENSITIVITY_REQUIRED = ("cut", "mode", "start_step", "rel_l2")
+
+
+def load_sensitivity(path: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
+    """``sensitivity.json`` of ``clockwork sensitivity`` (clockwork/sensitivity.py): ``{"meta": {...}, "rows": [{cut,
+    mode, alpha, start_step, rel_l2, rel_l2_std, n, [score]}, ...]}`` -> (meta, one row per run); raises
+    :class:`ResultsError` when the file is missing or malformed (it was asked for)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"sensitivity file {path} is missing: run `clockwork sensitivity --out {path.parent}`")
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not isinstance(data.get("meta", {}), dict):
+        raise ResultsError(f"{path}: expected {{\"meta\": {{...}}, \"rows\": [...]}} (clockwork/sensitivity.py)")
+    rows = []
+    for i, r in enumerate(data["rows"]):
+        w = f"{path}: rows[{i}]"
+        if not isinstance(r, dict):
+            raise ResultsError(f"{w} must be an object")
+        missing = [k for k in SENSITIVITY_REQUIRED if is_missing(r.get(k))]
+        if missing:
+            raise ResultsError(f"{w} lacks required field(s) {missing}")
+        row = dict(r)
+        for k in ("rel_l2", "rel_l2_std", "alpha", "n", "score"):
+            row[k] = _num(r.get(k), f"{w}.{k}")
+        row["cut"], row["start_step"], row["mode"] = int(r["cut"]), int(r["start_step"]), str(r["mode"])
+        rows.append(row)
+    if not rows:
+        raise ResultsError(f"{path}: no rows")
+    return data.get("meta") or {}, pd.DataFrame(rows)
 
 
 # ------------------------------------------------------------------------------------------------- sweeps
@@ -526,6 +642,7 @@ class Results:
     reports: Path
     mlflow_uri: str | None = None
     sweeps: Path | None = None  # folder of <name>/results.csv; None: <root>/sweeps
+    sensitivity: Path | None = None  # sensitivity.json of `clockwork sensitivity` (CLOCKWORK_SENSITIVITY); None: none
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -539,13 +656,16 @@ class Results:
         if uri and uri.strip().lower() in MLFLOW_OFF:
             uri = None
         sweeps = os.environ.get("CLOCKWORK_SWEEPS")
-        res = cls(root=root, reports=reports, mlflow_uri=uri or None, sweeps=Path(sweeps).resolve() if sweeps else None)
+        sens = os.environ.get("CLOCKWORK_SENSITIVITY")
+        res = cls(root=root, reports=reports, mlflow_uri=uri or None, sweeps=Path(sweeps).resolve() if sweeps else None,
+                  sensitivity=Path(sens).resolve() if sens else None)
         res._guard_synthetic()
         return res
 
     def __repr__(self) -> str:
         syn = "  [SYNTHETIC fixtures]" if self.synthetic else ""
         sw = f", sweeps={self.sweeps}" if self.sweeps is not None else ""
+        sw += f", sensitivity={self.sensitivity}" if self.sensitivity is not None else ""
         return f"Results(root={self.root}, reports={self.reports}, mlflow={self.mlflow_uri}{sw}){syn}"
 
     @property
@@ -606,6 +726,17 @@ class Results:
         if curve is None:
             self.note("plots/distill_loss.csv not found: skipping the distillation loss curve")
         return summary, curve
+
+    def load_sensitivity(self) -> tuple[dict, pd.DataFrame] | None:
+        """(meta, rows) of the sensitivity file when one was given (``--sensitivity`` / ``CLOCKWORK_SENSITIVITY``), else
+        ``None`` with a note; a given file that is missing or malformed raises :class:`ResultsError`."""
+        if self.sensitivity is None:
+            self.note("no sensitivity file (--sensitivity / CLOCKWORK_SENSITIVITY): Fig. 2 skipped")
+            return None
+        return load_sensitivity(self.sensitivity)
+
+    def sensitivity_source(self) -> str:
+        return _rel_repo(self.sensitivity) if self.sensitivity is not None else "-"
 
     @property
     def sweeps_dir(self) -> Path:

@@ -10,7 +10,7 @@ paper's numbers and on ours. Units differ where the paper's do:
 - Table 1 ``gflops`` is per image (the paper gives TFLOPs: 10.8 -> 10800), latency on an RTX 3080;
 - Table 3 ``gflops`` is GFLOPs *per adaptor step* at batch 2 (the baseline's per full step), which
   is what the paper prints; claims only compare FLOPs within one source, never across.
-Fig. 7 gives no numbers in the notes (a plot only), so it has no rows here; its claims are
+Figs. 4 and 7 give no numbers in the notes (plots only), so they have no rows here; their claims are
 qualitative on the paper side (see ``analysis.claims``).
 """
 
@@ -81,6 +81,11 @@ ABLATE: list[dict] = [
     _ab("inputs", "every step, no r_out(t+1)", 117.6, inputs=("r_in", "time", "text"), clock=[1, 2, 3, 4, 5, 6, 7],
         teacher=DISTILLED),
 ]
+
+# What the paper says about Fig. 4 (FID vs FLOPs over step counts, baseline and Clockwork): Clockwork's points lie
+# below the plain baseline's curve, i.e. it beats taking fewer steps at equal FLOPs. A plot; /work/shared/paper/
+# clockwork.md gives no numbers for it, so the claim is "stated" on the paper's side.
+FIG4 = {"text": "Clockwork's FID-vs-FLOPs points lie below the baseline's curve over step counts (plot, no numbers)"}
 
 # What the paper says about Fig. 7 (unrolled trajectories vs classic forward-noised distillation).
 FIG7 = {"equal_steps": (6, 8, 16), "better_steps": (4,),

@@ -9,8 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.loader import completed, is_missing, is_sweep_baseline
-from analysis.tables import flops_unit, pareto_mask
+from analysis.loader import SPLIT_LABELS, completed, is_missing, is_sweep_baseline, pareto, vs_fewer
+from analysis.tables import (SENS_MODES, VS_MARGIN, VS_SIGMAS, _cut_words, flops_unit, pareto_mask, sens_variant,
+                             sensitivity_about, verdict_kind)
 
 matplotlib.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8,
                             "svg.hashsalt": "clockwork"})
@@ -35,34 +36,159 @@ def _front_line(ax, x, y, higher_is_better=False, label="Pareto front"):
     return m
 
 
+FRONT_STYLE = dict(color="black", marker="o", ms=6, lw=1.6, ls="-", zorder=4)
+SOURCE_NAMES = {"evaluate": "evaluate.json", "ablate": "ablate.json"}
+
+
+def _plain_front(g: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The baseline rows of ``g`` (one panel, one source) on the plain-steps front of ``metric``, cheapest first
+    (clockwork.pareto.plain_steps_front)."""
+    recs = [{"i": i, "gflops": r["gflops"], metric: r[metric]} for i, r in g.iterrows()
+            if not (is_missing(r[metric]) or is_missing(r["gflops"]))]
+    if not recs:
+        return g.iloc[:0]
+    mode = "max" if metric == "clip" else "min"
+    return g.loc[[r["i"] for r in pareto().plain_steps_front(recs, metric, quality_mode=mode)]]
+
+
 def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
-    """Fig. 4: FID vs FLOPs per image over step counts, baseline vs Clockwork; one panel per teacher and image
-    count (``pts["panel"]``: FIDs on different numbers of images are not comparable)."""
-    panels = list(pts["panel"].unique()) if "panel" in pts else list(pts["teacher"].unique())
+    """Fig. 4: FID (and CLIP, where measured) vs FLOPs per image. Per panel (teacher, split, image count: FIDs on
+    different prompts or numbers of images are not comparable): the plain-steps front of the baseline (a line through
+    the step counts nobody cheaper matches, labelled by step count, from one results file), the baseline's other step
+    counts (hollow; a file's `front` rows make its front where it has them), and each Clockwork variant with error
+    bars, labelled with its steps and (FID) its ΔFID@FLOPs where the file has it. Each front line has the SVG id ``plain-steps-front-<metric>-<panel #>``."""
     key = "panel" if "panel" in pts else "teacher"
+    panels = list(pts[key].unique())
+    metrics = [("fid", "FID (lower is better)")]
+    if "clip" in pts and pts["clip"].notna().any():
+        metrics.append(("clip", "CLIP score (higher is better)"))
     names = [n for n in pts["series"].unique() if n != "baseline"]
-    colors = {"baseline": "tab:gray", **{n: f"C{i}" for i, n in enumerate(names)}}
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(5.8 * len(panels), 4.4 * len(metrics)), squeeze=False)
+    for j, panel in enumerate(panels):
         g = pts[pts[key] == panel]
         teacher = g["teacher"].iloc[0]
+        src = g["front_source"].iloc[0] if "front_source" in g and g["front_source"].iloc[0] else g["source"].iloc[0]
         scale, unit = flops_unit(g["gflops"])  # per panel: teachers differ by orders of magnitude
-        for series, s in g.groupby("series", sort=False):
-            s = s.sort_values("steps")
-            color = colors[series]
-            ax.errorbar(s["gflops"] / scale, s["fid"], yerr=_err(s["fid_std"]), marker="o", capsize=3, color=color,
-                        label=series, zorder=3)
-            for _, r in s.iterrows():
-                ax.annotate(f"{int(r['steps'])}", (r["gflops"] / scale, r["fid"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=color)
-        _front_line(ax, g["gflops"].to_numpy() / scale, g["fid"].to_numpy())
-        b = g[(g["series"] == "baseline") & (g["steps"] == main_steps.get(teacher))]
-        if len(b):
-            ax.scatter(b["gflops"] / scale, b["fid"], label=f"baseline, {int(b['steps'].iloc[0])} steps",
-                       **BASELINE_STYLE)
-        ax.set(xlabel=f"{unit} per image (incl. CFG)", ylabel="FID (lower is better)",
-               title=f"{panel}\nFID vs compute (point labels: sampler steps)")
-        ax.legend(loc="best")
+        for m, (metric, ylabel) in enumerate(metrics):
+            ax = axes[m][j]
+            d = g[g[metric].notna()]
+            plain = d[(d["kind"] == "baseline") & (d["source"] == src)]
+            in_front = plain[plain["ablation"] == "front"] if "ablation" in plain and (plain["ablation"] == "front").any() \
+                else plain  # ablate.json's own front rows where it has them (what its vs_fewer_steps used)
+            front = _plain_front(in_front, metric)
+            if len(front):
+                (line,) = ax.plot(front["gflops"] / scale, front[metric], label="plain-steps front (full UNet; labels: "
+                                  "steps)", **FRONT_STYLE)
+                line.set_gid(f"plain-steps-front-{metric}-{j}")
+                err = _err(front.get(f"{metric}_std"))
+                if err is not None:
+                    ax.errorbar(front["gflops"] / scale, front[metric], yerr=err, fmt="none", ecolor="black", capsize=3,
+                                zorder=4)
+            off = plain.drop(index=front.index)
+            others = d[(d["kind"] == "baseline") & (d["source"] != src)]
+            if len(off):
+                ax.errorbar(off["gflops"] / scale, off[metric], yerr=_err(off.get(f"{metric}_std")), fmt="o", mfc="white",
+                            color="gray", capsize=3, zorder=3, label="plain steps, off the front")
+            if len(others):
+                ax.errorbar(others["gflops"] / scale, others[metric], yerr=_err(others.get(f"{metric}_std")), fmt="x",
+                            color="gray", capsize=3, zorder=3, label=f"plain steps ({SOURCE_NAMES.get(others['source'].iloc[0])})")
+            for _, r in pd.concat([plain, others]).iterrows():
+                ax.annotate(f"{int(r['steps'])}", (r["gflops"] / scale, r[metric]), textcoords="offset points",
+                            xytext=(-4, 6), ha="right", fontsize=7, color="black")
+            for (series, source), s in d[d["kind"] != "baseline"].groupby(["series", "source"], sort=False):
+                s = s.sort_values("steps")
+                color = colors[series]
+                label = series if source == src else f"{series} ({SOURCE_NAMES.get(source, source)})"
+                ax.errorbar(s["gflops"] / scale, s[metric], yerr=_err(s.get(f"{metric}_std")), marker="o" if source == src
+                            else "s", capsize=3, color=color, label=label, zorder=5, ls="-" if len(s) > 1 else "none")
+                for _, r in s.iterrows():
+                    v = vs_fewer(r, metric)
+                    txt = f"{int(r['steps'])}"
+                    if metric == "fid" and v is not None and v.get("delta") is not None:
+                        txt += f": Δ{v['delta']:+.1f}"
+                    ax.annotate(txt, (r["gflops"] / scale, r[metric]), textcoords="offset points", xytext=(5, -10),
+                                fontsize=7, color=color)
+            b = d[(d["kind"] == "baseline") & (d["steps"] == main_steps.get(teacher)) & (d["source"] == src)]
+            if len(b):
+                ax.scatter(b["gflops"] / scale, b[metric], label=f"baseline, {int(b['steps'].iloc[0])} steps",
+                           **BASELINE_STYLE)
+            split = g["split"].dropna().iloc[0] if "split" in g and g["split"].notna().any() else None
+            n = g["images"].iloc[0] if "images" in g else "?"
+            where = f"{SOURCE_NAMES.get(src, src)}: {SPLIT_LABELS.get(split, 'split not recorded') if split else 'split not recorded'}"
+            where = where.replace(" (training-split prompts and images not distilled on)", "")
+            ax.set(xlabel=f"{unit} per image (incl. CFG)", ylabel=ylabel,
+                   title=f"{panel}\n{where}, {n} images" + ("\nΔ: ΔFID@FLOPs vs the front (> 0: better)"
+                                                            if metric == "fid" else ""))
+            ax.title.set_fontsize(9)
+            ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+VERDICT_COLORS = {"beats": "tab:green", "ties": "tab:gray", "loses": "tab:red", "outside": "tab:orange", "n/a": "tab:gray"}
+
+
+def levers(pts: pd.DataFrame, about: str = ""):
+    """ΔFID@FLOPs of each lever against the plain-steps front of its ablation run, with 2σ error bars; the zero line
+    (as good as taking fewer steps) and the +margin line (what "beats fewer steps" needs) marked. Levers outside the
+    front or without an answer are named at zero."""
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(pts) + 1.8))
+    y = np.arange(len(pts))[::-1]
+    for yi, (_, r) in zip(y, pts.iterrows()):
+        kind = verdict_kind(r["verdict"])
+        color = VERDICT_COLORS[kind]
+        if is_missing(r["delta"]):
+            ax.annotate(r["verdict"], (0, yi), xytext=(6, -3), textcoords="offset points", fontsize=8, color=color)
+            ax.plot([0], [yi], marker="x", color=color, zorder=4)
+            continue
+        err = None if is_missing(r["delta_std"]) else VS_SIGMAS * r["delta_std"]
+        ax.errorbar([r["delta"]], [yi], xerr=None if err is None else [[err], [err]], fmt="o", color=color, capsize=4,
+                    ms=7, zorder=4)
+        ax.annotate(r["verdict"], (r["delta"], yi), xytext=(0, 7), textcoords="offset points", fontsize=7, color=color,
+                    ha="center")
+    ax.axvline(0, color="black", lw=1, zorder=2)
+    ax.axvline(VS_MARGIN, color="tab:green", lw=1, ls="--", zorder=2, label=f"+{VS_MARGIN:.1f} FID: the margin to beat")
+    ax.set_yticks(y)
+    ax.set_yticklabels([str(v) for v in pts["variant"]])
+    ax.set_ylim(-0.8, len(pts) - 0.2)
+    ax.set(xlabel=f"ΔFID@FLOPs vs the plain-steps front (FID points, ± {VS_SIGMAS:g}σ; > 0: better than fewer steps)",
+           title="Levers vs taking fewer steps" + (f"\n{about}" if about else ""))
+    ax.title.set_fontsize(9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(meta: dict, rows: pd.DataFrame):
+    """Fig. 2: one panel per mode; x = start step s, y = relative change of the final sample (log), ± std over images;
+    one line per cut (colour) and noise strength α (line style)."""
+    modes = list(dict.fromkeys(rows["mode"]))
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.8 * len(modes), 3.9), squeeze=False, sharey=True)
+    cuts = sorted({int(c) for c in rows["cut"]})
+    styles = ["-", "--", ":", "-."]
+    positive = bool((rows["rel_l2"] > 0).all())
+    for ax, mode in zip(axes[0], modes):
+        g = rows[rows["mode"] == mode]
+        alphas = list(dict.fromkeys(None if is_missing(a) else float(a) for a in g["alpha"]))
+        for ci, cut in enumerate(cuts):
+            for ai, a in enumerate(alphas):
+                s = g[(g["cut"] == cut) & (g["alpha"].isna() if a is None else g["alpha"] == a)].sort_values("start_step")
+                if s.empty:
+                    continue
+                label = _cut_words(meta, cut) + ("" if a is None else f", α={a:g}")
+                ax.errorbar(s["start_step"], s["rel_l2"], yerr=_err(s.get("rel_l2_std")), ls=styles[ai % len(styles)],
+                            marker="o", ms=4, capsize=2, color=f"C{ci}", label=label)
+        if positive:
+            ax.set_yscale("log")
+        ax.set_xticks(sorted({int(v) for v in g["start_step"]}))
+        ax.set(xlabel="start step s (0-based sampler step)", title=SENS_MODES.get(mode, sens_variant(mode, None)))
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("relative L2 change of the final sample")
+    about = sensitivity_about(meta)
+    fig.suptitle("Where can Clockwork pay? Sensitivity of the final sample to r_out below each cut"
+                 + (f"\n{about}" if about else ""), fontsize=9)
     fig.tight_layout()
     return fig
 

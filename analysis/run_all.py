@@ -4,9 +4,10 @@
     python analysis/run_all.py --results /tmp/fx --reports /tmp/fx/reports --only 01 04
     python analysis/run_all.py --save-executed out/notebooks   # keep the executed notebooks to look at
     python analysis/run_all.py --results reports/full --sweeps reports/sweeps --reports /tmp/r   # committed sweeps
+    python analysis/run_all.py --sensitivity reports/sensitivity/embedded/sensitivity.json     # + Fig. 2
 
-The notebooks read ``CLOCKWORK_RESULTS`` / ``CLOCKWORK_REPORTS`` / ``CLOCKWORK_SWEEPS`` (set here from --results /
---reports / --sweeps)
+The notebooks read ``CLOCKWORK_RESULTS`` / ``CLOCKWORK_REPORTS`` / ``CLOCKWORK_SWEEPS`` / ``CLOCKWORK_SENSITIVITY``
+(set here from --results / --reports / --sweeps / --sensitivity)
 and run with analysis/ as their working directory. Committed notebooks carry no outputs; executed
 copies are written only where --save-executed points.
 """
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", help="output folder (sets CLOCKWORK_REPORTS; default: env or reports/)")
     ap.add_argument("--sweeps", help="folder of <name>/results.csv (sets CLOCKWORK_SWEEPS; default: env or "
                                      "<results>/sweeps)")
+    ap.add_argument("--sensitivity", help="sensitivity.json of `clockwork sensitivity` (sets CLOCKWORK_SENSITIVITY; "
+                                          "default: env or none): Fig. 2 (fig2_sensitivity, table_sensitivity)")
     ap.add_argument("--only", nargs="+", help="run only notebooks whose name starts with / contains these")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per cell")
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="notebooks run at once")
@@ -90,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CLOCKWORK_REPORTS"] = str(Path(args.reports).resolve())
     if args.sweeps:
         os.environ["CLOCKWORK_SWEEPS"] = str(Path(args.sweeps).resolve())
+    if args.sensitivity:
+        if not Path(args.sensitivity).is_file():
+            print(f"error: --sensitivity {args.sensitivity} is not a file", file=sys.stderr)
+            return 2
+        os.environ["CLOCKWORK_SENSITIVITY"] = str(Path(args.sensitivity).resolve())
     # the kernel inherits this environment: make `import analysis` work from analysis/ as cwd
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     if args.save_executed is None:  # no one looks at the outputs: skip rendering figures inline

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.loader import clock_label, completed, inputs_label, is_missing, is_sweep_baseline
+from analysis.loader import (SPLIT_LABELS, clock_label, completed, inputs_label, is_missing, is_sweep_baseline, pareto,
+                             vs_fewer)
 
 # ------------------------------------------------------------------------------------------ formatting
 
@@ -73,7 +74,8 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\to$", "≈": r"$\approx$", "≤": r"$\le$", "≥": r"$\ge$", "×": r"$\times$",
                   "−": "-", "σ": r"$\sigma$", "⁻": "-", "³": r"$^3$", "✓": r"\checkmark{}", "✗": r"$\times$",
-                  "★": r"$\star$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "Δ": r"$\Delta$"}
+                  "★": r"$\star$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "Δ": r"$\Delta$",
+                  "α": r"$\alpha$", "ε": r"$\varepsilon$", "·": r"$\cdot$"}
 
 
 def latex_escape(s: str) -> str:
@@ -143,6 +145,160 @@ def pareto_mask(cost, value, higher_is_better: bool = False) -> np.ndarray:
     return mask
 
 
+# ------------------------------------------------------------------------------ versus taking fewer steps
+
+# The question every report asks: does the method beat the plain UNet sampled with fewer steps at equal FLOPs?
+# The stages answer it per row (vs_fewer_steps: clockwork.pareto.versus_fewer_steps against the plain-steps front);
+# the verdict applies clockwork.pareto.beats_fewer_steps with this margin and these sigmas.
+VS_MARGIN = 1.0  # FID points
+VS_SIGMAS = 2.0
+NA = "n/a"
+BEATS, TIES, LOSES, OUTSIDE = "beats fewer steps", "ties", "loses", "outside the front"
+OUTSIDE_WHY = {"cheaper_than_front": "cheaper than its fewest steps", "costlier_than_front": "costlier than its most steps"}
+
+
+def fewer_steps_verdict(v: dict | None, margin: float = VS_MARGIN, sigmas: float = VS_SIGMAS) -> str:
+    """The verdict of one ``vs_fewer_steps`` FID answer: ``beats fewer steps`` (ΔFID@FLOPs >= +margin and >= sigmas·σ:
+    clockwork.pareto.beats_fewer_steps), ``ties`` (|Δ| < sigmas·σ; ``ties (below the +1.0 margin)`` when Δ is
+    significant but smaller than the margin), ``loses`` (Δ <= -sigmas·σ), ``outside the front (...)`` when no plain
+    step count costs as much, ``n/a`` when the file has no answer."""
+    if v is None:
+        return NA
+    status = v.get("status")
+    if status in OUTSIDE_WHY:
+        return f"{OUTSIDE} ({OUTSIDE_WHY[status]})"
+    if status != "inside" or v.get("delta") is None:
+        return f"{NA} (no metrics)"
+    if pareto().beats_fewer_steps(v, margin, sigmas):
+        return BEATS
+    d, sd = float(v["delta"]), float(v.get("delta_std") or 0.0)
+    if d < 0 and d <= -sigmas * sd:
+        return LOSES
+    if abs(d) < sigmas * sd or d == 0:
+        return TIES
+    return f"{TIES} (below the +{margin:.1f} margin)"
+
+
+def verdict_kind(verdict: str) -> str:
+    """``beats`` / ``ties`` / ``loses`` / ``outside`` / ``n/a`` of a :func:`fewer_steps_verdict`."""
+    for k, prefix in (("beats", BEATS), ("ties", TIES), ("loses", LOSES), ("outside", OUTSIDE)):
+        if verdict.startswith(prefix):
+            return k
+    return NA
+
+
+def fmt_vs(v: dict | None, digits: int = 2) -> str:
+    """``+1.89 ± 0.21`` (Δ@FLOPs), ``outside (cheaper)`` / ``outside (costlier)``, or ``n/a``."""
+    if v is None:
+        return NA
+    if v.get("status") in OUTSIDE_WHY:
+        return "outside (" + v["status"].split("_")[0] + ")"
+    if v.get("delta") is None:
+        return NA
+    d, sd = v["delta"], v.get("delta_std")
+    return f"{d:+.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+
+def fmt_front(v: dict | None, digits: int = 2) -> str:
+    if v is None or v.get("front") is None:
+        return NA if v is None or v.get("status") not in OUTSIDE_WHY else "-"
+    return pm(v["front"], v.get("front_std"), digits)
+
+
+def fmt_steps(v: dict | None) -> str:
+    if v is None or v.get("steps") is None:
+        return NA if v is None or v.get("status") not in OUTSIDE_WHY else "-"
+    return f"{v['steps']:.1f}"
+
+
+def front_steps(rows: pd.DataFrame, metric: str = "fid") -> list[int]:
+    """Step counts of the plain-steps front (clockwork.pareto.plain_steps_front) of baseline ``rows``, fewest first."""
+    recs = [r for r in rows[["steps", "gflops", metric]].to_dict("records")
+            if not (is_missing(r[metric]) or is_missing(r["gflops"]))]
+    if not recs:
+        return []
+    mode = "max" if metric == "clip" else "min"
+    return [int(r["steps"]) for r in pareto().plain_steps_front(recs, metric, quality_mode=mode)]
+
+
+def _steps_list(steps) -> str:
+    return ", ".join(str(s) for s in steps) if steps else "-"
+
+
+VS_NOTES = ("ΔFID@FLOPs: the FID of the plain-steps front (the full UNet sampled with fewer steps, same prompts and seeds; "
+            "step counts that cost more and are no better dropped) interpolated linearly in GFLOPs at the method's cost, "
+            "minus the method's FID: positive = better than taking fewer steps. ΔCLIP@FLOPs: the method's CLIP minus the "
+            "front's. ±: std over paired bootstrap replicates (the same resampled prompts for every method) where the file "
+            "has them, else the points' stds propagated. Verdict (clockwork.pareto.beats_fewer_steps): beats fewer steps "
+            f"when ΔFID@FLOPs ≥ +{VS_MARGIN:.1f} and ≥ {VS_SIGMAS:g}σ; ties when |Δ| < {VS_SIGMAS:g}σ; loses when "
+            f"Δ ≤ -{VS_SIGMAS:g}σ; outside the front when no plain step count costs as much. n/a: the results file "
+            "has no vs_fewer_steps for the row (written before the stages computed it).")
+
+
+def _split_words(split) -> str:
+    return SPLIT_LABELS.get(split, "split not recorded") if not is_missing(split) else "split not recorded"
+
+
+def fewer_steps_table(ev: pd.DataFrame) -> Table:
+    """Table 1, first: does each Clockwork method beat the plain-steps front at its own GFLOPs? One row per
+    non-plain method of evaluate.json; the caption answers for the trained Clockwork of each teacher."""
+    rows, answers = [], []
+    scale, unit = flops_unit(ev["gflops"])
+    for teacher in ev["teacher"].unique():
+        steps = main_steps(ev, teacher)
+        t = ev[ev["teacher"] == teacher]
+        base, cw, _ = headline_rows(ev, teacher)
+        methods = t[t["kind"] == "clockwork"].copy()
+        methods["_o"] = [(0 if s == steps else 1, 0 if cw is not None and i == cw.name else 1, s)
+                         for i, s in zip(methods.index, methods["steps"])]
+        for _, r in methods.sort_values("_o").iterrows():
+            v, c = vs_fewer(r, "fid"), vs_fewer(r, "clip")
+            rows.append({
+                "teacher": teacher, "method": method_label(r, steps), "steps": int(r["steps"]),
+                "FID ↓": pm(r["fid"], r["fid_std"]),
+                f"{unit}/image (× baseline)": f"{sig(r['gflops'] / scale)} ({r['gflops'] / base['gflops']:.3f}×)",
+                "equivalent plain steps": fmt_steps(v), "front FID at equal FLOPs": fmt_front(v),
+                "ΔFID@FLOPs ↑": fmt_vs(v), "ΔCLIP@FLOPs ↑": fmt_vs(c, 4 if _is_raw_cos(ev) else 2),
+                "verdict": fewer_steps_verdict(v)})
+        if cw is not None:
+            answers.append(f"{teacher}: {_answer(cw)}")
+    fronts = []
+    for teacher in ev["teacher"].unique():
+        plain = ev[(ev["teacher"] == teacher) & (ev["kind"] == "baseline")]
+        fronts.append(f"{teacher}: {_steps_list(front_steps(plain))} steps (of {_steps_list(sorted(plain['steps']))} "
+                      "evaluated)")
+    splits = sorted({_split_words(s) for s in ev["split"]}) if "split" in ev else ["split not recorded"]
+    n = sorted({int(x) for x in ev["n_samples"].dropna()})
+    imgs = f"{'/'.join(map(str, n))} images per method" if n else ""
+    about = ("Measured on the " + "; ".join(splits) if splits != ["split not recorded"] else "Split not recorded") + \
+        (f", {imgs}" if imgs else "")
+    notes = (f"Plain-steps front (FID): {'; '.join(fronts)}. {about}. " + VS_NOTES)
+    return Table(pd.DataFrame(rows), label="tab:fewer-steps",
+                 caption="Does Clockwork beat fewer steps here? " + ("; ".join(answers) if answers else
+                                                                     "no trained Clockwork entry") + ".",
+                 notes=notes, source="metrics/evaluate.json (vs_fewer_steps)")
+
+
+def _is_raw_cos(ev: pd.DataFrame) -> bool:
+    """CLIP as a raw cosine (~0.30, the paper's) rather than torchmetrics' 100·cos: more digits."""
+    c = ev["clip"].dropna() if "clip" in ev else pd.Series(dtype=float)
+    return bool(len(c)) and float(c.abs().max()) < 1.5
+
+
+def _answer(cw: pd.Series) -> str:
+    v = vs_fewer(cw, "fid")
+    verdict = fewer_steps_verdict(v)
+    kind = verdict_kind(verdict)
+    who = method_label(cw)
+    if kind == NA:
+        return f"not answered ({who}: the results file has no vs_fewer_steps, n/a)"
+    if kind == "outside":
+        return f"not answerable ({who} is {verdict}: no plain step count costs as much)"
+    at = f"ΔFID@FLOPs {fmt_vs(v)} at ≈ {fmt_steps(v)} plain steps' cost"
+    word = {"beats": "yes", "ties": "no, a tie", "loses": "no"}[kind]
+    return f"{word} - {who} {verdict} ({at})"
+
+
 # ---------------------------------------------------------------------------------------------- Table 1
 
 
@@ -155,8 +311,8 @@ def main_steps(ev: pd.DataFrame, teacher: str) -> int:
 
 def method_label(r, main: int | None = None) -> str:
     if r["kind"] == "baseline":
-        fewer = main is not None and not is_missing(r["steps"]) and int(r["steps"]) != main
-        return f"baseline (full UNet), {int(r['steps'])} steps" if fewer else "baseline (full UNet)"
+        other = main is not None and not is_missing(r["steps"]) and int(r["steps"]) != main
+        return f"baseline (full UNet), {int(r['steps'])} steps" if other else "baseline (full UNet)"
     parts = [f"Clockwork ({r['adaptor']} adaptor" if not is_missing(r["adaptor"]) else "Clockwork ("]
     if not is_missing(r.get("clock")):
         parts.append(", " + clock_label(r.get("clock"), r["steps"]))
@@ -173,9 +329,10 @@ def table1(ev: pd.DataFrame) -> Table:
         everything = ev[ev["teacher"] == teacher]
         t = everything[everything["steps"] == steps]
         base = t[t["kind"] == "baseline"].iloc[0]
-        fewer = everything[(everything["kind"] == "baseline") & (everything["steps"] < steps)]
+        # every other plain step count (baseline_<k>steps: the front Clockwork has to beat), most steps first
+        other = everything[(everything["kind"] == "baseline") & (everything["steps"] != steps)]
         for _, r in pd.concat([t[t["kind"] == "baseline"], t[t["kind"] == "clockwork"],
-                               fewer.sort_values("steps", ascending=False)]).iterrows():
+                               other.sort_values("steps", ascending=False)]).iterrows():
             rows.append({
                 "teacher": teacher, "method": method_label(r, steps), "steps": int(r["steps"]),
                 "sampler": "-" if is_missing(r.get("sampler")) else r["sampler"],
@@ -256,8 +413,9 @@ def acceptance_table(ev: pd.DataFrame) -> Table | None:
             add(f"trained {cw['adaptor']} adaptor beats the identity adaptor (FID)",
                 f"{pm(cw['fid'], cw['fid_std'])} vs {pm(ident['fid'], ident['fid_std'])}", "lower FID",
                 _passed(cw["fid"] < ident["fid"], _noisy(cw["fid"], ident["fid"], cw["fid_std"], ident["fid_std"])))
+        # the cheapest plain baseline with fewer steps that still costs >= Clockwork's FLOPs: the closest match in cost
         fewer = ev[(ev["teacher"] == teacher) & (ev["kind"] == "baseline") & (ev["steps"] < base["steps"])]
-        dear = fewer[fewer["gflops"] >= cw["gflops"]].sort_values("steps", ascending=False)
+        dear = fewer[fewer["gflops"] >= cw["gflops"]].sort_values(["gflops", "steps"]).head(1)
         for _, b in dear.iterrows():
             add(f"Clockwork ({int(cw['steps'])} steps) beats the baseline with {int(b['steps'])} steps, which costs "
                 f"≥ its FLOPs (FID)",
@@ -267,54 +425,120 @@ def acceptance_table(ev: pd.DataFrame) -> Table | None:
         if dear.empty:
             add("Clockwork beats a baseline with fewer steps at ≥ its FLOPs (FID)",
                 "no baseline with fewer steps costs as many FLOPs as Clockwork", "lower FID", "not measured")
+        v = vs_fewer(cw, "fid")
+        verdict = fewer_steps_verdict(v)
+        kind = verdict_kind(verdict)
+        if kind in ("beats", "ties", "loses"):
+            measured = (f"ΔFID@FLOPs {fmt_vs(v)} vs the plain-steps front at {sig(cw['gflops'] / scale)} {unit} "
+                        f"(≈ {fmt_steps(v)} steps; front FID {fmt_front(v)})")
+            result = {"beats": "pass", "loses": "FAIL"}.get(kind) or (
+                "FAIL" if "margin" in verdict else "FAIL (within noise)")
+        elif kind == "outside":
+            measured, result = f"Clockwork at {sig(cw['gflops'] / scale)} {unit} is {verdict}", "not measured"
+        else:
+            measured, result = f"{NA}: the results file has no vs_fewer_steps", f"not measured ({NA})"
+        add(f"ΔFID@FLOPs ≥ +{VS_MARGIN:.1f} and ≥ {VS_SIGMAS:g}σ (beats fewer steps)", measured,
+            f"≥ +{VS_MARGIN:.1f} and ≥ {VS_SIGMAS:g}σ", result)
     if not rows:
         return None
     return Table(pd.DataFrame(rows), label="tab:acceptance",
                  caption="Acceptance checks: the trained Clockwork at the baseline's step count.",
-                 notes=f"'(within noise)': the FID difference is below {NOISE_SIGMAS:g}σ of the bootstrap stds.",
+                 notes=f"'(within noise)': the FID difference is below {NOISE_SIGMAS:g}σ of the bootstrap stds. "
+                       "ΔFID@FLOPs: the plain-steps front's FID at Clockwork's GFLOPs minus Clockwork's (positive = "
+                       "better than taking fewer steps; table1_fewer_steps).",
                  source="metrics/evaluate.json")
 
 
 def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
-    """All (teacher, kind, adaptor, steps) points for FID vs FLOPs: evaluate.json plus ablate's ``steps`` rows.
+    """All (teacher, kind, adaptor, steps) points for FID vs FLOPs: evaluate.json plus ablate's ``steps`` rows and
+    its plain-steps ``front`` rows (where a file has ``front`` rows, its front is made of them only).
 
-    FID falls as the number of images grows, so points are grouped into panels by teacher and image count
-    (``panel``) and the Pareto front is taken within a panel, never across image counts."""
-    cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "latency_ms", "n_samples",
-            "source"]
-    pts = ev.assign(source="evaluate")[cols[:-1] + ["source"]]
-    if ab is not None and len(ab[ab["ablation"] == "steps"]):
-        s = ab[ab["ablation"] == "steps"].copy()
+    FID depends on the prompts, the reference images and the number of images, so points are grouped into panels by
+    teacher, split (held-out evaluation prompts vs the validation split) and image count (``panel``); fronts are taken
+    within a panel, never across splits or image counts. ``plain_front``: a baseline point on the plain-steps front
+    (clockwork.pareto.plain_steps_front) of its panel, drawn from one results file only (``front_source``:
+    evaluate.json where the panel has its points, else ablate.json)."""
+    cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "clip_std", "latency_ms",
+            "n_samples", "split", "vs_fewer_steps", "ablation", "source"]
+    e = ev.assign(source="evaluate", ablation=None)
+    pts = e[[c for c in cols if c in e]]
+    if ab is not None and len(ab[ab["ablation"].isin(["steps", "front"])]):
+        s = ab[ab["ablation"].isin(["steps", "front"])].copy()
+        # a front row first: pipeline/ablate.py runs a configuration once, so a steps baseline at a front step count
+        # is the same run, and the front rows are the ones vs_fewer_steps was computed against
+        s = s.sort_values("ablation", key=lambda a: a != "front", kind="stable")
         s["kind"] = np.where(s["is_baseline"], "baseline", "clockwork")
         s["teacher"] = s["teacher"].fillna(ev["teacher"].iloc[0]) if "teacher" in s else ev["teacher"].iloc[0]
         s["source"] = "ablate"
         pts = pd.concat([pts, s[[c for c in cols if c in s]]], ignore_index=True)
+    for c in ("clip_std", "split", "vs_fewer_steps"):
+        if c not in pts:
+            pts[c] = None
     pts = pts.dropna(subset=["fid", "gflops"])
     pts["series"] = np.where(pts["kind"] == "baseline", "baseline",
                              "Clockwork (" + pts["adaptor"].fillna("?").astype(str) + ")")
-    # evaluate.json wins over an ablation run of the same configuration with as many images
+    # evaluate.json wins over an ablation run of the same configuration on the same split with as many images
     pts["images"] = pts["n_samples"].map(lambda n: "?" if is_missing(n) else str(int(n)))
-    pts = pts.drop_duplicates(subset=["teacher", "series", "steps", "images"], keep="first")
-    counts = pts.groupby("teacher")["images"].nunique()
-    pts["panel"] = [t if counts[t] == 1 else f"{t}, {n} images" for t, n in zip(pts["teacher"], pts["images"])]
+    pts["split_"] = pts["split"].map(lambda v: "?" if is_missing(v) else str(v))
+    pts = pts.drop_duplicates(subset=["teacher", "series", "steps", "images", "split_"], keep="first")
+    groups = pts.groupby("teacher")[["images", "split_"]].nunique()
+    pts["panel"] = [_panel(t, sp, n, groups.loc[t]) for t, sp, n in zip(pts["teacher"], pts["split_"], pts["images"])]
     pts["pareto"] = False
+    pts["plain_front"] = False
+    pts["front_source"] = ""
     for _, g in pts.groupby("panel"):
         pts.loc[g.index, "pareto"] = pareto_mask(g["gflops"], g["fid"])
+        src = "evaluate" if (g["source"] == "evaluate").any() else "ablate"
+        plain = g[(g["kind"] == "baseline") & (g["source"] == src)]
+        if (plain["ablation"] == "front").any():  # ablate.json's own front (what its vs_fewer_steps used)
+            plain = plain[plain["ablation"] == "front"]
+        recs = [{"i": i, "gflops": r["gflops"], "fid": r["fid"]} for i, r in plain.iterrows()]
+        on = [r["i"] for r in pareto().plain_steps_front(recs, "fid")] if recs else []
+        pts.loc[on, "plain_front"] = True
+        pts.loc[g.index, "front_source"] = src
     order = {"evaluate": 0, "ablate": 1}
     pts["_o"] = pts["source"].map(order)
-    return pts.sort_values(["teacher", "_o", "images", "series", "steps"]).drop(columns="_o").reset_index(drop=True)
+    return (pts.sort_values(["teacher", "_o", "split_", "images", "series", "steps"]).drop(columns=["_o", "split_"])
+            .reset_index(drop=True))
+
+
+def _panel(teacher, split, images, g) -> str:
+    if g["images"] == 1 and g["split_"] == 1:
+        return teacher
+    parts = [teacher]
+    if g["split_"] > 1:
+        parts.append(f"{split} split" if split != "?" else "split not recorded")
+    if g["images"] > 1:
+        parts.append(f"{images} images")
+    return ", ".join(parts)
 
 
 def fig4_table(pts: pd.DataFrame) -> Table:
     scale, unit = flops_unit(pts["gflops"])
-    df = pd.DataFrame({
-        "teacher": pts["teacher"], "images": pts["images"], "method": pts["series"], "steps": pts["steps"].astype(int),
-        "FID ↓": [pm(a, b) for a, b in zip(pts["fid"], pts["fid_std"])],
-        f"{unit}/image": [sig(g / scale) for g in pts["gflops"]],
-        "on Pareto front": np.where(pts["pareto"], "yes", "no"), "from": pts["source"]})
-    return Table(df, caption="Fig. 4 points: FID vs FLOPs over step counts (Pareto front within each teacher and "
-                             "image count).", notes=UNCERTAINTY,
-                 source="metrics/evaluate.json, metrics/ablate.json (ablation=steps)", label="tab:fig4")
+    df = pd.DataFrame({"teacher": pts["teacher"]})
+    has_split = pts["split"].notna().any()
+    if has_split:
+        df["split"] = pts["split"].map(lambda v: "-" if is_missing(v) else str(v))
+    df = df.assign(**{"images": pts["images"], "method": pts["series"], "steps": pts["steps"].astype(int),
+                      "FID ↓": [pm(a, b) for a, b in zip(pts["fid"], pts["fid_std"])],
+                      f"{unit}/image": [sig(g / scale) for g in pts["gflops"]]})
+    if any(vs_fewer(r) is not None for _, r in pts.iterrows()):
+        df["ΔFID@FLOPs ↑"] = ["-" if k == "baseline" else fmt_vs(vs_fewer(r))
+                              for k, (_, r) in zip(pts["kind"], pts.iterrows())]
+    df["on plain-steps front"] = ["-" if k != "baseline" or src != fs else ("yes" if f else "no")
+                                  for k, f, src, fs in zip(pts["kind"], pts["plain_front"], pts["source"],
+                                                           pts["front_source"])]
+    df["on Pareto front"] = np.where(pts["pareto"], "yes", "no")
+    df["from"] = pts["source"]
+    notes = ("Plain-steps front: the baseline's step counts that no cheaper step count matches in FID "
+             "(clockwork.pareto.plain_steps_front), within one panel and one results file (evaluate.json where the panel "
+             "has its points; '-': a baseline of the other file); the Pareto front is over every point of a panel. ")
+    if has_split:
+        notes += ("evaluate.json and ablate.json rows on different splits or image counts are in different panels and "
+                  "are not comparable. ")
+    return Table(df, caption="Fig. 4 points: FID vs FLOPs over step counts (fronts within each teacher, split and "
+                             "image count).", notes=notes + UNCERTAINTY,
+                 source="metrics/evaluate.json, metrics/ablate.json (ablation=steps, front)", label="tab:fig4")
 
 
 # -------------------------------------------------------------------------------------------- ablations
@@ -327,28 +551,29 @@ def _rows(ab: pd.DataFrame | None, ablation: str) -> pd.DataFrame:
 
 
 def _matching(cands: pd.DataFrame, rows: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
-    """``cands`` at the most common value of each key among ``rows`` (where both have it)."""
+    """``cands`` at the most common value of each key among ``rows`` (where both have it; ``split`` wherever the rows
+    have one: a candidate on an unrecorded split may be on another)."""
     for k in keys:
-        if k in rows and k in cands and rows[k].notna().any() and cands[k].notna().any():
+        if k in rows and k in cands and rows[k].notna().any() and (cands[k].notna().any() or k == "split"):
             cands = cands[cands[k] == rows[k].dropna().mode().iloc[0]]
     return cands
 
 
 def reference_baseline(ab_rows: pd.DataFrame, ev: pd.DataFrame | None, ab: pd.DataFrame | None = None) -> pd.Series | None:
-    """The ablation's own baseline row, else a baseline row of another ablation run the same way (steps,
-    sampler, sample count: FID depends on the number of images), else evaluate.json's baseline at the same
-    steps (and sampler)."""
+    """The ablation's own baseline row, else a baseline row of another ablation run the same way (split, steps,
+    sampler, sample count: FID depends on the prompts and the number of images), else evaluate.json's baseline at
+    the same steps (and sampler) when it is on the same split (or the files do not say)."""
     if len(ab_rows) and ab_rows["is_baseline"].any():
         return ab_rows[ab_rows["is_baseline"]].iloc[0]
     if not len(ab_rows):
         return None
     if ab is not None and len(ab):
-        other = _matching(ab[ab["is_baseline"]], ab_rows, ("steps", "sampler", "n_samples"))
+        other = _matching(ab[ab["is_baseline"]], ab_rows, ("split", "steps", "sampler", "n_samples"))
         if len(other):
             return other.iloc[0]
     if ev is None:
         return None
-    b = _matching(ev[ev["kind"] == "baseline"], ab_rows, ("steps", "sampler"))
+    b = _matching(ev[ev["kind"] == "baseline"], ab_rows, ("split", "steps", "sampler"))  # never across splits
     return b.iloc[0] if len(b) else None
 
 
@@ -358,6 +583,20 @@ def _metric_cols(r, base, scale, unit) -> dict:
             f"{unit}/image": sig(r["gflops"] / scale) if not is_missing(r.get("gflops")) else "-",
             "FLOPs vs baseline": ("-" if base is None or is_missing(r.get("gflops")) or is_missing(base.get("gflops"))
                                   else f"{r['gflops'] / base['gflops']:.3f}×")}
+
+
+def split_caption(rows: pd.DataFrame) -> str:
+    """What split the rows were measured on, for a caption (empty when the file does not say): the validation split
+    (configs/full.yaml's ablate.split) is not comparable with evaluate.json's held-out FIDs."""
+    splits = sorted({str(v) for v in rows.get("split", pd.Series(dtype=object)) if not is_missing(v)})
+    if not splits:
+        return ""
+    if splits == ["val"]:
+        return (" Measured on the validation split (training-split prompts and images not distilled on): these FIDs are "
+                "not comparable with Table 1's (held-out evaluation prompts).")
+    if splits == ["heldout"]:
+        return " Measured on the held-out evaluation prompts, as Table 1 (compare FIDs only at the same image count)."
+    return f" Measured on the splits {', '.join(splits)}: compare rows of one split only."
 
 
 def ablation_note(rows: pd.DataFrame) -> str:
@@ -377,14 +616,30 @@ def _ablation_table(rows: pd.DataFrame, base, first_cols, caption, label, ablati
                     **_metric_cols(base, base, scale, unit)})
     for _, r in rows.iterrows():
         out.append({**first_cols(r), **_metric_cols(r, base, scale, unit)})
+    if _has_vs(rows):  # the stages' answer against the ablation run's plain-steps front, where the file has it
+        col = [fmt_vs(vs_fewer(r)) if not r["is_baseline"] else "-" for _, r in rows.iterrows()]
+        for o, c in zip(out[len(out) - len(rows):], col):
+            o["ΔFID@FLOPs ↑"] = c
+        for o in out[: len(out) - len(rows)]:
+            o["ΔFID@FLOPs ↑"] = "-"
     if base is None or rows["is_baseline"].any():
         where = ""
     elif "ablation" in base.index:
         where = f"; baseline from metrics/ablate.json (ablation={base['ablation']}, the same steps, sampler and images)"
     else:
         where = "; baseline from metrics/evaluate.json"
-    return Table(pd.DataFrame(out), caption=caption, label=label, notes=ablation_note(rows),
+    notes = ablation_note(rows) + (" " + VS_SHORT if _has_vs(rows) else "")
+    return Table(pd.DataFrame(out), caption=caption + split_caption(rows), label=label, notes=notes,
                  source=f"metrics/ablate.json (ablation={ablation})" + where)
+
+
+VS_SHORT = ("ΔFID@FLOPs: the FID of the ablation run's plain-steps front (its `front` rows) at the row's GFLOPs minus the "
+            "row's FID, ± paired-bootstrap std; positive = better than taking fewer steps (n/a: no front for the row's "
+            "sampler and guidance; outside: no plain step count costs as much).")
+
+
+def _has_vs(rows: pd.DataFrame) -> bool:
+    return "vs_fewer_steps" in rows and any(isinstance(v, dict) for v in rows["vs_fewer_steps"])
 
 
 def _variant_first(extra):
@@ -439,6 +694,127 @@ def inputs_table(ab, ev) -> Table | None:
                            "Table 5: adaptor inputs.", "tab:inputs", "inputs")
 
 
+# ------------------------------------------------------------------------------------------------ levers
+
+TRAIN_WORDS = {"distill_steps": lambda v: f"{int(v)} distillation steps",
+               "distill_prompts": lambda v: f"{int(v)} distillation prompts",
+               "output_weight": lambda v: f"output-space loss w={float(v):g}",
+               "rollout_steps": lambda v: f"{int(v)} own-rollout fine-tuning steps"}
+
+
+def _int(v) -> str:
+    return str(int(v)) if isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer() else str(v)
+
+
+def lever_settings(r) -> dict[str, str]:
+    """What a ``levers`` row runs, field by field, in words (``width 64``, ``clock 2``, ``20000 distillation steps``)."""
+    d: dict[str, str] = {}
+    if not is_missing(r.get("adaptor")):
+        d["adaptor"] = f"{r['adaptor']} adaptor"
+    for k in ("width", "depth"):
+        if not is_missing(r.get(k)):
+            d[k] = f"{k} {_int(r[k])}"
+    if not is_missing(r.get("clock")):
+        d["clock"] = clock_label(r.get("clock"), r.get("steps"))
+    if not is_missing(r.get("cut")):
+        d["cut"] = f"cut {_int(r['cut'])}"
+    if not is_missing(r.get("steps")):
+        d["steps"] = f"{_int(r['steps'])} steps"
+    if r.get("inputs") is not None and not is_missing(r.get("inputs")):
+        d["inputs"] = "inputs " + inputs_label(r["inputs"])
+    train = r.get("train")
+    for k, v in sorted((train if isinstance(train, dict) else {}).items()):
+        d[f"train.{k}"] = TRAIN_WORDS[k](v) if k in TRAIN_WORDS else f"{k} {v}"
+    return d
+
+
+def lever_changes(r, ref) -> str:
+    """What lever ``r`` changes from the ``reference`` lever ``ref`` (all its settings when it is the reference or there
+    is none); where the rows do not record width/depth, a different adaptor size shows as its parameter count."""
+    mine = lever_settings(r)
+    if ref is None or r.name == ref.name:
+        return ", ".join(mine.values()) or "-"
+    theirs = lever_settings(ref)
+    diff = [v for k, v in mine.items() if theirs.get(k) != v]
+    diff += [f"default {k.split('.', 1)[1].replace('_', ' ')}" for k in theirs if k.startswith("train.") and k not in mine]
+    if not any(k in mine or k in theirs for k in ("width", "depth")) and not is_missing(r.get("adaptor_params")) \
+            and not is_missing(ref.get("adaptor_params")) and r["adaptor_params"] != ref["adaptor_params"]:
+        diff.append(f"adaptor of {params(r['adaptor_params'])} params (reference {params(ref['adaptor_params'])})")
+    return ", ".join(diff) if diff else "same settings as the reference"
+
+
+def levers_table(ab: pd.DataFrame | None) -> Table | None:
+    """Every ``levers`` row (a named variant of the Clockwork method that might make it pay) against the plain-steps
+    front of the same ablation run (its ``front`` rows, listed below the levers): what it changes, FID, GFLOPs as a
+    multiple of the front's row at the levers' step count, ΔFID@FLOPs and ΔCLIP@FLOPs, and the verdict."""
+    levers = _rows(ab, "levers")
+    if levers.empty:
+        return None
+    front = _rows(ab, "front").sort_values("steps", ascending=False)
+    ref_row = levers[levers["variant"].astype(str) == "reference"]
+    ref = ref_row.iloc[0] if len(ref_row) else None
+    k = int(levers["steps"].mode().iloc[0]) if levers["steps"].notna().any() else None
+    at = front[front["steps"] == k] if k is not None else front.iloc[:0]
+    unit_row = at.iloc[0] if len(at) else (front.iloc[0] if len(front) else None)
+    scale, unit = flops_unit(list(levers["gflops"]) + list(front["gflops"]))
+    xcol = f"× {int(unit_row['steps'])}-step front" if unit_row is not None else "× front"
+    raw = _is_raw_cos(levers)
+    out, verdicts = [], {}
+    for _, r in levers.iterrows():
+        v = vs_fewer(r)
+        verdict = fewer_steps_verdict(v)
+        verdicts.setdefault(verdict_kind(verdict), []).append(str(r["variant"]))
+        out.append({"lever": str(r["variant"]), "what it changes": lever_changes(r, ref),
+                    "FID ↓": pm(r["fid"], r.get("fid_std")),
+                    f"{unit}/image": sig(r["gflops"] / scale) if not is_missing(r.get("gflops")) else "-",
+                    xcol: "-" if unit_row is None or is_missing(r.get("gflops")) else f"{r['gflops'] / unit_row['gflops']:.3f}×",
+                    "ΔFID@FLOPs ↑": fmt_vs(v), "ΔCLIP@FLOPs ↑": fmt_vs(vs_fewer(r, "clip"), 4 if raw else 2),
+                    "verdict": verdict})
+    for _, r in front.iterrows():
+        out.append({"lever": f"plain {int(r['steps'])} steps", "what it changes": "the plain-steps front: the full UNet, "
+                    "no adaptor", "FID ↓": pm(r["fid"], r.get("fid_std")), f"{unit}/image": sig(r["gflops"] / scale),
+                    xcol: "-" if unit_row is None else f"{r['gflops'] / unit_row['gflops']:.3f}×",
+                    "ΔFID@FLOPs ↑": "-", "ΔCLIP@FLOPs ↑": "-", "verdict": "front"})
+    words = {"beats": "beat fewer steps", "ties": "tie", "loses": "lose", "outside": "lie outside the front",
+             NA: "have no answer (n/a)"}
+    summary = "; ".join(f"{words[kd]}: {', '.join(verdicts[kd])}" for kd in ("beats", "ties", "loses", "outside", NA)
+                        if kd in verdicts)
+    n = sorted({int(x) for x in levers["n_samples"].dropna()})
+    caption = ("Levers: variants of the Clockwork method that might make it pay, each against the plain-steps front of "
+               "the same ablation run" + (f" ({'/'.join(map(str, n))} images per row)" if n else "") + ". "
+               + (summary[0].upper() + summary[1:] + "." if summary else "") + split_caption(levers))
+    fs = front_steps(front) if len(front) else []
+    notes = (f"Plain-steps front of this run (FID): {_steps_list(fs)} steps"
+             + (f" (of {_steps_list(sorted(int(x) for x in front['steps']))} run)" if len(front) else " (no front rows)")
+             + ". 'what it changes': against the `reference` lever where there is one. " + VS_NOTES + " "
+             + ablation_note(levers))
+    return Table(pd.DataFrame(out), caption=caption, notes=notes, label="tab:levers",
+                 source="metrics/ablate.json (ablation=levers, front; vs_fewer_steps)")
+
+
+def levers_about(ab: pd.DataFrame | None) -> str:
+    """``validation split, 2000 images per row; not comparable with Table 1's FIDs``: for the levers figure's title."""
+    levers = _rows(ab, "levers")
+    splits = sorted({str(v) for v in levers.get("split", pd.Series(dtype=object)) if not is_missing(v)})
+    n = sorted({int(x) for x in levers.get("n_samples", pd.Series(dtype=float)).dropna()})
+    parts = [{"val": "validation split (not comparable with Table 1's FIDs)", "heldout": "held-out evaluation prompts"}
+             .get(sp, sp) for sp in splits]
+    if n:
+        parts.append(f"{'/'.join(map(str, n))} images per row")
+    return ", ".join(parts)
+
+
+def lever_points(ab: pd.DataFrame | None) -> pd.DataFrame:
+    """The ``levers`` rows with their ΔFID@FLOPs answer (``delta``, ``delta_std``, ``verdict``) for :func:`plots.levers`."""
+    levers = _rows(ab, "levers")
+    if levers.empty:
+        return levers
+    vs = [vs_fewer(r) for _, r in levers.iterrows()]
+    return levers.assign(delta=[math.nan if v is None or v.get("delta") is None else v["delta"] for v in vs],
+                         delta_std=[math.nan if v is None or v.get("delta_std") is None else v["delta_std"] for v in vs],
+                         verdict=[fewer_steps_verdict(v) for v in vs]).reset_index(drop=True)
+
+
 def sampler_pairs(ab: pd.DataFrame | None) -> pd.DataFrame:
     """One row per sampler: baseline and Clockwork FID/CLIP side by side (Table 4)."""
     rows = _rows(ab, "sampler")
@@ -452,7 +828,8 @@ def sampler_pairs(ab: pd.DataFrame | None) -> pd.DataFrame:
         b, c = b.iloc[0], c.iloc[0]
         out.append(dict(sampler=s, fid_base=b["fid"], fid_base_std=b.get("fid_std"), fid_cw=c["fid"],
                         fid_cw_std=c.get("fid_std"), clip_base=b.get("clip"), clip_cw=c.get("clip"),
-                        gflops_base=b.get("gflops"), gflops_cw=c.get("gflops"), steps=c.get("steps")))
+                        gflops_base=b.get("gflops"), gflops_cw=c.get("gflops"), steps=c.get("steps"),
+                        vs_cw=vs_fewer(c), has_vs=isinstance(c.get("vs_fewer_steps"), dict)))
     return pd.DataFrame(out)
 
 
@@ -466,8 +843,11 @@ def sampler_table(ab) -> Table | None:
         "Clockwork FID": [pm(a, b) for a, b in zip(p["fid_cw"], p["fid_cw_std"])],
         "ΔFID": [f"{c - b:+.2f}" for b, c in zip(p["fid_base"], p["fid_cw"])],
         "baseline CLIP": [fmt(v, 4) for v in p["clip_base"]], "Clockwork CLIP": [fmt(v, 4) for v in p["clip_cw"]]})
-    return Table(df, caption="Table 4: samplers, baseline -> Clockwork (lower FID is better).",
-                 notes=ablation_note(_rows(ab, "sampler")),
+    rows = _rows(ab, "sampler")
+    if _has_vs(rows):
+        df["Clockwork ΔFID@FLOPs ↑"] = [fmt_vs(v) for v in p["vs_cw"]]
+    return Table(df, caption="Table 4: samplers, baseline -> Clockwork (lower FID is better)." + split_caption(rows),
+                 notes=ablation_note(rows) + (" " + VS_SHORT if _has_vs(rows) else ""),
                  source="metrics/ablate.json (ablation=sampler)", label="tab:samplers")
 
 
@@ -476,15 +856,18 @@ def training_points(ab: pd.DataFrame | None, ev: pd.DataFrame | None = None) -> 
     rows = _rows(ab, "training")
     if rows.empty:
         return rows
-    cols = ["steps", "fid", "fid_std", "clip", "gflops", "n_samples"]
+    cols = ["steps", "fid", "fid_std", "clip", "gflops", "n_samples", "split"]
     pts = rows[~rows["is_baseline"]][["training", *cols]].copy()
     base = rows[rows["is_baseline"]][cols]
     if base.empty:  # another ablation's baselines (same image count first), else evaluate.json's
-        extra = [_rows(ab, "steps"), None if ev is None else ev.assign(is_baseline=ev["kind"] == "baseline")]
+        extra = [_rows(ab, "steps"), _rows(ab, "front"),
+                 None if ev is None else ev.assign(is_baseline=ev["kind"] == "baseline")]
         base = pd.concat([e[e["is_baseline"]][cols] for e in extra if e is not None and len(e)], ignore_index=True)
         base = base[base["steps"].isin(pts["steps"])]
+        # the same split only (never a curve across splits), the same image count first
+        same_split = base["split"].isin(pts["split"].dropna().unique()) | (base["split"].isna() & pts["split"].isna().all())
         same_n = base["n_samples"].isin(pts["n_samples"].dropna().unique())
-        base = pd.concat([base[same_n], base[~same_n]])
+        base = pd.concat([base[same_split & same_n], base[same_split & ~same_n]])
     if len(base):
         pts = pd.concat([pts, base.drop_duplicates("steps").assign(training="baseline (no adaptor)")])
     return pts.sort_values(["training", "steps"]).reset_index(drop=True)
@@ -496,7 +879,8 @@ def training_table(pts: pd.DataFrame) -> Table:
     wide["steps"] = wide["steps"].astype(int)
     wide.columns.name = None
     return Table(wide.fillna("-").rename(columns={c: f"FID, {c}" for c in wide.columns if c != "steps"}),
-                 caption="Fig. 7: adaptor distilled on unrolled trajectories vs on forward-noised images, FID by step count.",
+                 caption="Fig. 7: adaptor distilled on unrolled trajectories vs on forward-noised images, FID by step "
+                         "count." + split_caption(pts[pts["training"] != "baseline (no adaptor)"]),
                  notes=ablation_note(pts), source="metrics/ablate.json (ablation=training)", label="tab:training")
 
 
@@ -510,6 +894,77 @@ def distill_table(summary: dict) -> Table:
     return Table(df, caption="Adaptor distillation summary.", source="metrics/distill.json", label="tab:distill")
 
 
+# -------------------------------------------------------------------------------------------- sensitivity
+
+SENS_MODES = {"noise": "noise on r_out from step s on", "reuse": "r_out(t+1) reused from step s on",
+              "reuse_once": "r_out(t+1) reused at step s only"}
+
+
+def sens_variant(mode: str, alpha) -> str:
+    return mode + ("" if is_missing(alpha) else f" α={float(alpha):g}")
+
+
+def _cut_words(meta: dict, cut: int) -> str:
+    pc = (meta.get("per_cut") or {}).get(str(cut)) or {}
+    shape = pc.get("r_out_shape")
+    share = (pc.get("flops") or {}).get("replaced_share")
+    parts = [f"{shape[-2]}×{shape[-1]}" if shape and len(shape) >= 2 else None,
+             f"{100 * float(share):.0f}% of the FLOPs" if share is not None else None]
+    parts = [p for p in parts if p]
+    return f"cut {cut}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def sensitivity_about(meta: dict) -> str:
+    """``dpm++, 8 steps, CFG 2, 64 images, seed 0, the embedded teacher``: how the sensitivity run was made."""
+    parts = [meta.get("sampler") or meta.get("scheduler"),
+             f"{meta['steps']} steps" if meta.get("steps") is not None else None,
+             f"CFG {float(meta['guidance']):g}" if meta.get("guidance") is not None else None,
+             f"{meta['n']} images" if meta.get("n") is not None else None,
+             f"seed {meta['seed']}" if meta.get("seed") is not None else None, meta.get("source")]
+    return ", ".join(str(p) for p in parts if p)
+
+
+def sensitivity_table(meta: dict, rows: pd.DataFrame, source: str = "sensitivity.json") -> Table:
+    """Fig. 2 as a table: one row per (cut, mode, α), one column per start step s: the mean relative L2 change of the
+    final sample (± std over images) when r_out below the cut is changed from step s on."""
+    starts = sorted({int(s) for s in rows["start_step"]})
+    has_score = "score" in rows and rows["score"].notna().any()
+    out = []
+    keys = list(dict.fromkeys((int(c), m, None if is_missing(a) else float(a))
+                              for c, m, a in zip(rows["cut"], rows["mode"], rows["alpha"])))
+    for cut, mode, alpha in keys:
+        g = rows[(rows["cut"] == cut) & (rows["mode"] == mode)
+                 & (rows["alpha"].isna() if alpha is None else rows["alpha"] == alpha)]
+        cells = {}
+        for st in starts:
+            hit = g[g["start_step"] == st]
+            if hit.empty:
+                cells[f"s={st}"] = "-"
+                continue
+            r = hit.iloc[0]
+            cell = f"{r['rel_l2']:.3g}" + ("" if is_missing(r.get("rel_l2_std")) else f" ± {r['rel_l2_std']:.2g}")
+            if has_score and not is_missing(r.get("score")):
+                cell += f" (score {r['score']:.2f})"
+            cells[f"s={st}"] = cell
+        out.append({"cut": _cut_words(meta, cut), "change": sens_variant(mode, alpha), **cells})
+    ref = meta.get("ref_score")
+    notes = ("Cell: mean relative L2 change ||x - x_ref|| / ||x_ref|| of the final sample (latents) over the images, ± its "
+             "std over images; s: the 0-based sampler step from which r_out (the UNet's output below the cut) is changed. "
+             "noise: r_out + α·std(r_out)·ε on every step ≥ s; reuse: the previous step's r_out on every step ≥ s (the "
+             "identity adaptor from s on); reuse_once: at step s only. Small values: the sample does not care about that "
+             "level there, so an adaptor can stand in for it.")
+    if has_score:
+        notes += " score: the run's own score of the final samples" + (f" (reference {float(ref):.2f})." if ref is not None
+                                                                      else ".")
+    if meta.get("reference_equal_across_cuts") is False:
+        notes += " The reference samples differ across cuts (they should not: UNetCut.full_step is exact)."
+    about = sensitivity_about(meta)
+    return Table(pd.DataFrame(out), label="tab:sensitivity", notes=notes, source=source,
+                 caption="Fig. 2 (sensitivity): how much the final sample changes when the low-resolution features below "
+                         "each cut are perturbed or reused from step s on" + (f" ({about})" if about else "") + ".")
+
+
+# ------------------------------------------------------------------------------------------------- sweeps
 # ------------------------------------------------------------------------------------------------- sweeps
 
 RECOMMEND_REL_TOL = 0.05  # within 5% of the baseline's FID

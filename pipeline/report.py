@@ -1,8 +1,8 @@
 """Stages `report`, `report_full` and `report_default`: execute the analysis notebooks headlessly (+ a summary).
 
     python pipeline/report.py                                                  # `report`: metrics/ -> reports/analysis/
-    python pipeline/report.py --results reports/full --sweeps reports/sweeps --out reports/full/analysis --no-executed
-                                                                               # `report_full` (report_default alike)
+    python pipeline/report.py --results reports/full --sweeps reports/sweeps --out reports/full/analysis --no-executed \
+        --sensitivity reports/sensitivity/embedded/sensitivity.json           # `report_full` (report_default alike)
 
 Every ``<report.notebooks>/*.ipynb`` runs with nbclient (kernel python3) in the notebooks' folder with the
 repository on PYTHONPATH (as analysis/run_all.py does), ``CLOCKWORK_RESULTS`` = ``--results`` (default: the
@@ -11,7 +11,9 @@ distill_loss.csv such as reports/full/ works too, see analysis/loader.py LAYOUT)
 ``--out`` (default: ``report.out``) for the tables and figures it writes, and ``CLOCKWORK_SWEEPS`` = ``--sweeps``
 (a folder of ``<name>/results.csv`` + ``summary.json`` + ``sweep.json``, such as the committed reports/sweeps/;
 default: ``<results>/sweeps``) for the sweep notebook, whose tables and figure say how each sweep ran (a sweep is
-its own run, not the results folder's configuration). The executed notebooks and their HTML exports land in
+its own run, not the results folder's configuration), and ``CLOCKWORK_SENSITIVITY`` = ``--sensitivity`` (a
+``sensitivity.json`` of ``clockwork sensitivity``; optional: Fig. 2, ``fig2_sensitivity`` and ``table_sensitivity``, is
+written only when given). The executed notebooks and their HTML exports land in
 ``<out>/notebooks/`` unless ``--no-executed`` (committed outputs: small, and the same bytes on every rerun). A
 results folder other than the repository gets no MLflow view (its sweeps, if any, come from its own ``sweeps/``,
 ``--sweeps`` or ``mlflow.db``), so the pipeline's runs never mix into another run's report.
@@ -41,9 +43,22 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _vs(m: dict, metric: str = "fid") -> str:
+    """``+1.89 ± 0.11`` / ``cheaper_than_front`` / ``n/a`` (a file without vs_fewer_steps): the row's answer against the
+    plain-steps front at equal GFLOPs (clockwork.pareto.versus_fewer_steps)."""
+    v = (m.get("vs_fewer_steps") or {}).get(metric) if isinstance(m.get("vs_fewer_steps"), dict) else None
+    if not isinstance(v, dict):
+        return "n/a"
+    if v.get("delta") is None:
+        return str(v.get("status"))
+    return f"{v['delta']:+.4g}" + ("" if v.get("delta_std") is None else f" ± {v['delta_std']:.2g}")
+
+
 def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict | None,
                      names: dict[str, str] | None = None) -> str:
-    """The metrics files as plain tables; ``names`` says where each file was read from (for the headings)."""
+    """The metrics files as plain tables; ``names`` says where each file was read from (for the headings).
+    ΔFID@FLOPs / ΔCLIP@FLOPs: each row against the plain-steps front at its GFLOPs (positive = better than taking
+    fewer steps; n/a for files written before the stages computed vs_fewer_steps)."""
     names = {"evaluate": "metrics/evaluate.json", "ablate": "metrics/ablate.json", "distill": "metrics/distill.json",
              **(names or {})}
     out = ["# Clockwork reproduction: metrics summary", ""]
@@ -52,20 +67,29 @@ def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict |
         base = evaluate.get("baseline", {}).get("gflops") or 1.0
         cols = ["fid", "fid_std", "kid", "clip", "gflops", "latency_ms", "adaptor_params", "steps", "clock", "cut",
                 "adaptor", "n_samples"]
-        out += [f"## evaluate ({names['evaluate']})", "", "| method | " + " | ".join(cols) + " | GFLOPs ratio |",
-                "|---" * (len(cols) + 2) + "|"]
+        out += [f"## evaluate ({names['evaluate']})", "",
+                "| method | " + " | ".join(cols) + " | GFLOPs ratio | split | ΔFID@FLOPs | ΔCLIP@FLOPs |",
+                "|---" * (len(cols) + 5) + "|"]
         for name, m in evaluate.items():
-            out.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + f" | {m['gflops'] / base:.3f} |")
+            out.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + f" | {m['gflops'] / base:.3f} | "
+                       f"{_fmt(m.get('split')) or 'n/a'} | {_vs(m)} | {_vs(m, 'clip')} |")
         out.append("")
     if distill:
         out += [f"## distill ({names['distill']})", "", "```", json.dumps(distill, indent=1), "```", ""]
     if ablate:
         cols = ["ablation", "variant", "fid", "fid_std", "clip", "gflops", "latency_ms", "adaptor_params", "training",
                 "n_samples"]
-        out += [f"## ablate ({names['ablate']})", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-        out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in ablate.get("rows", [])]
+        split = ablate.get("split")
+        out += [f"## ablate ({names['ablate']}{', split ' + str(split) if split else ''})", "",
+                "| " + " | ".join(cols) + " | train | ΔFID@FLOPs | ΔCLIP@FLOPs |", "|---" * (len(cols) + 3) + "|"]
+        out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols)
+                + f" | {_train(r.get('train'))} | {_vs(r)} | {_vs(r, 'clip')} |" for r in ablate.get("rows", [])]
         out.append("")
     return "\n".join(out)
+
+
+def _train(t) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.items())) if isinstance(t, dict) and t else ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sweeps", type=Path, default=None,
                     help="folder of recorded sweeps, <name>/results.csv (+ summary.json, sweep.json) each "
                          "(default: <results>/sweeps)")
+    ap.add_argument("--sensitivity", type=Path, default=None,
+                    help="sensitivity.json of `clockwork sensitivity` (Fig. 2: fig2_sensitivity, table_sensitivity); "
+                         "default: none")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: params.yaml report.out)")
     ap.add_argument("--no-executed", action="store_true",
                     help="do not keep the executed notebooks and their HTML exports (only tables, figures, summary)")
@@ -97,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = args.sweeps.resolve() if args.sweeps else None
     if sweeps is not None and not sweeps.is_dir():
         raise SystemExit(f"error: --sweeps {args.sweeps} is not a folder")
+    sensitivity = args.sensitivity.resolve() if args.sensitivity else None
+    if sensitivity is not None and not sensitivity.is_file():
+        raise SystemExit(f"error: --sensitivity {args.sensitivity} is not a file (run `clockwork sensitivity`)")
     out_dir = args.out or Path(r.out)
     nb_dir = Path(r.notebooks)
     notebooks = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")) or sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
@@ -104,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     load = lambda f: json.loads(f.read_text()) if f.is_file() else None  # noqa: E731
     rel = lambda f: str(f.relative_to(root)) if f.is_relative_to(root) else str(f)  # noqa: E731
     extra = {"report.sweeps": rel(sweeps)} if sweeps is not None else {}
+    if sensitivity is not None:
+        extra["report.sensitivity"] = rel(sensitivity)
     with tracking.stage_run("report", {**p.flat(), "report.results": rel(results), "report.out": str(out_dir), **extra},
                             run_name="report" if results == root else f"report {rel(results)}") as run:
         with atomic_dir(out_dir) as out:
@@ -121,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
                     os.environ["CLOCKWORK_SWEEPS"] = str(sweeps)
                 else:
                     os.environ.pop("CLOCKWORK_SWEEPS", None)  # the results root's own sweeps/, whatever the caller set
+                if sensitivity is not None:
+                    os.environ["CLOCKWORK_SENSITIVITY"] = str(sensitivity)
+                else:
+                    os.environ.pop("CLOCKWORK_SENSITIVITY", None)  # Fig. 2 only when asked for
                 if results != root and not (results / "mlflow.db").is_file():
                     os.environ["CLOCKWORK_MLFLOW_URI"] = "none"  # not the pipeline's MLflow runs: not these results
                 os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -142,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                 log(f"no notebooks in {nb_dir}/ yet: wrote the metrics summary only")
             written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
             index = {"results": rel(results), **({"sweeps": rel(sweeps)} if sweeps is not None else {}),
+                     **({"sensitivity": rel(sensitivity)} if sensitivity is not None else {}),
                      "notebooks": [n.name for n in notebooks], "files": written}
             (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         run.log_artifact(out_dir, "report")

@@ -21,23 +21,27 @@ sys.path.insert(0, str(REPO))
 from analysis import claims, loader, tables  # noqa: E402
 from analysis.fixtures import write_fixtures  # noqa: E402
 
-# every report the notebooks write from complete inputs: stem -> extensions
+# every report the notebooks write from complete inputs (+ a sensitivity file): stem -> extensions
 EXPECTED = {
     **{t: ("md", "tex") for t in ("table1_main", "fig4_points", "table3_adaptor", "table3_schedule", "table3_cut",
                                   "table4_samplers", "table5_inputs", "fig7_training", "distill_summary",
                                   "sweep_smoke_front", "sweep_smoke_trials", "sweep_mlflow_crosscheck",
-                                  "paper_vs_ours")},
+                                  "paper_vs_ours", "table1_fewer_steps", "table1_acceptance", "table_levers",
+                                  "table_sensitivity")},
     **{f: ("png", "svg") for f in ("fig4_fid_vs_flops", "fig7_unrolled_vs_forward_noised", "distill_loss",
-                                   "sweep_smoke_pareto")},
+                                   "sweep_smoke_pareto", "fig_levers", "fig2_sensitivity")},
 }
+FEWER_STEPS_VERDICTS = ("beats fewer steps", "ties", "loses", "outside the front", "n/a")
 VERDICTS = {"holds", "holds (within noise)", "does not hold", "does not hold (within noise)", "not measured"}
 
 
-def run_all(results: Path, reports: Path, *only: str) -> subprocess.CompletedProcess:
+def run_all(results: Path, reports: Path, *only: str, sensitivity: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "CLOCKWORK_MLFLOW_URI", "CLOCKWORK_RESULTS", "CLOCKWORK_REPORTS",
-                        "CLOCKWORK_SWEEPS")}
+                        "CLOCKWORK_SWEEPS", "CLOCKWORK_SENSITIVITY")}
     cmd = [sys.executable, str(REPO / "analysis" / "run_all.py"), "--results", str(results), "--reports", str(reports)]
+    if sensitivity is not None:
+        cmd += ["--sensitivity", str(sensitivity)]
     return subprocess.run(cmd + (["--only", *only] if only else []), env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -66,7 +70,7 @@ def full_results(_full_results_started) -> Path:
 @pytest.fixture(scope="session")
 def full_run(full_results, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
-    proc = run_all(full_results, reports)
+    proc = run_all(full_results, reports, sensitivity=full_results / "sensitivity.json")
     return proc, reports
 
 
@@ -94,10 +98,12 @@ def test_missing_optional_inputs_are_skipped(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     written = {p.name for p in (tmp_path / "reports").iterdir()}
     assert {"table1_main.md", "fig4_fid_vs_flops.svg", "paper_vs_ours.md"} <= written
-    assert not any(n.startswith(("sweep_", "table3", "fig7")) for n in written)
+    assert not any(n.startswith(("sweep_", "table3", "fig7", "table_levers", "fig_levers", "fig2", "table_sensitivity"))
+                   for n in written)
     rows = md_rows(tmp_path / "reports" / "paper_vs_ours.md")
     assert len(rows) == len(claims.CLAIMS)
-    assert {r[-1] for r in rows if not r[0].startswith("T1-")} == {"not measured"}
+    # evaluate.json alone answers Table 1's claims and Fig. 4's (its vs_fewer_steps); the ablation claims need ablate.json
+    assert {r[-1] for r in rows if not r[0].startswith(("T1-", "F4-"))} == {"not measured"}
 
 
 def test_all_notebooks_run_and_write_every_report(full_run):
@@ -129,27 +135,42 @@ def test_table1_numbers_come_from_evaluate_json(full_run, full_results):
     _, reports = full_run
     ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
     text = (reports / "table1_main.md").read_text()
-    for method in ("baseline", "clockwork", "clockwork_identity", "baseline_6steps", "baseline_4steps"):
+    for method in ("baseline", "clockwork", "clockwork_identity", "baseline_6steps", "baseline_4steps",
+                   *(k for k in ev if k.startswith("baseline_"))):
         assert f"{ev[method]['fid']:.2f} ± {ev[method]['fid_std']:.2f}" in text
     rows = md_rows(reports / "table1_main.md")
-    assert [r[1] for r in rows[-2:]] == ["baseline (full UNet), 6 steps", "baseline (full UNet), 4 steps"]
+    assert [r[1] for r in rows[-2:]] == ["baseline (full UNet), 4 steps", "baseline (full UNet), 3 steps"]
+    assert [r[1] for r in rows[3:]] == [f"baseline (full UNet), {k} steps" for k in (7, 6, 5, 4, 3)]  # every front row
     fig4 = (reports / "fig4_points.md").read_text()
     assert f"{ev['baseline_4steps']['fid']:.2f}" in fig4
     checks = md_rows(reports / "table1_acceptance.md")
-    assert len(checks) == 5 and all(r[-1] in {"pass", "FAIL", "pass (within noise)", "FAIL (within noise)"}
+    # FLOPs, FID, CLIP, identity, the cheapest costlier fewer-steps baseline, ΔFID@FLOPs vs the plain-steps front
+    assert len(checks) == 6 and all(r[-1] in {"pass", "FAIL", "pass (within noise)", "FAIL (within noise)"}
                                     for r in checks)
+    assert checks[-1][1] == "ΔFID@FLOPs ≥ +1.0 and ≥ 2σ (beats fewer steps)"
 
 
 def test_acceptance_checks_are_computed(tmp_path):
     ev = loader.load_evaluate(write_fixtures(tmp_path, minimal=True) / "metrics" / "evaluate.json")
     ok = tables.acceptance_table(ev).df.set_index("check")["result"]
-    assert len(ok) == 5 and set(ok) <= {"pass", "pass (within noise)"}, ok
+    assert len(ok) == 6 and set(ok) <= {"pass", "pass (within noise)"}, ok
     worse = ev.copy()
     cw = worse["method"] == "clockwork"
+    i = worse.index[cw][0]
     worse.loc[cw, ["fid", "gflops", "clip"]] = [30.0, worse.loc[cw, "gflops"].iloc[0] * 1.2, 0.1]
+    # the stages' answer for that point: far above the front (what versus_fewer_steps would write)
+    worse.at[i, "vs_fewer_steps"] = {"fid": {"delta": -9.3, "delta_std": 0.3, "front": 20.7, "front_std": 0.2,
+                                             "status": "inside", "steps": 6.9}, "clip": None}
     bad = tables.acceptance_table(worse).df
-    assert bad["result"].str.startswith("FAIL").sum() == 4, bad  # FLOPs, FID, CLIP, identity; 6 steps now cheaper
-    assert bad["result"].iloc[-1] == "not measured"
+    # FLOPs, FID, CLIP, identity, the 7-step baseline (6 steps is now cheaper), ΔFID@FLOPs
+    assert bad["result"].str.startswith("FAIL").sum() == 6, bad
+    assert "7 steps" in bad["check"].iloc[4] and bad["result"].iloc[-1] == "FAIL"
+    dearer = worse.copy()
+    dearer.loc[cw, "gflops"] = 100.0  # costs more than any baseline with fewer steps
+    dearer.at[i, "vs_fewer_steps"] = {"fid": {"delta": None, "delta_std": None, "front": None, "front_std": None,
+                                              "status": "costlier_than_front", "steps": None}}
+    res = tables.acceptance_table(dearer).df["result"]
+    assert res.iloc[-2] == "not measured" and res.iloc[-1] == "not measured"
 
 
 def test_flat_results_folder_reads_like_the_pipeline_layout(tmp_path):
@@ -287,8 +308,8 @@ def test_claim_predicates_agree_with_the_papers_own_numbers():
     df = claims.evaluate_claims(claims.paper_frames(), claims.paper_frames())
     assert set(df["verdict"]) <= {"holds", "not measured"}
     measured = df[df["verdict"] == "holds"]["id"]
-    assert len(measured) == len(claims.CLAIMS) - 2  # Fig. 7 has no numbers in the paper
-    assert set(df[df["paper_verdict"] == "stated"]["id"]) == {"F7-equal", "F7-few-steps"}
+    assert len(measured) == len(claims.CLAIMS) - 3  # Figs. 4 and 7 have no numbers in the paper
+    assert set(df[df["paper_verdict"] == "stated"]["id"]) == {"F4-fewer-steps", "F7-equal", "F7-few-steps"}
 
 
 def test_verdicts_are_computed_not_typed(tmp_path):
@@ -388,3 +409,190 @@ def test_readme_results_tables_are_copied_from_generated_files(heading):
                  for ln in p.read_text().splitlines()}
     assert len(rows) > (20 if heading.startswith("## Results") else 3)
     assert [r for r in rows if r not in generated] == []
+
+
+# ------------------------------------------------------------------------- versus taking fewer steps
+
+def _v(delta, std=0.1, status="inside"):
+    inside = status == "inside"
+    return {"delta": delta if inside else None, "delta_std": std if inside else None, "front": 20.0 if inside else None,
+            "front_std": 0.1 if inside else None, "status": status, "steps": 6.5 if inside else None}
+
+
+@pytest.mark.parametrize("v, verdict", [
+    (_v(2.0, 0.2), "beats fewer steps"),
+    (_v(1.0, 0.5), "beats fewer steps"),                      # exactly the margin and exactly 2σ
+    (_v(1.5, 0.9), "ties"),                                  # above the margin but within 2σ
+    (_v(0.3, 0.2), "ties"),
+    (_v(-0.3, 0.2), "ties"),
+    (_v(0.6, 0.1), "ties (below the +1.0 margin)"),          # significant, smaller than the margin
+    (_v(-0.5, 0.2), "loses"),
+    (_v(-3.0, 0.0), "loses"),
+    (_v(None, status="cheaper_than_front"), "outside the front (cheaper than its fewest steps)"),
+    (_v(None, status="costlier_than_front"), "outside the front (costlier than its most steps)"),
+    (_v(None, status="no_metrics"), "n/a (no metrics)"),
+    (None, "n/a"),                                           # a file written before vs_fewer_steps
+])
+def test_fewer_steps_verdict(v, verdict):
+    assert tables.fewer_steps_verdict(v) == verdict
+    assert tables.verdict_kind(verdict) in {"beats", "ties", "loses", "outside", "n/a"}
+    if v is not None and v.get("delta") is not None:  # "beats" is clockwork.pareto.beats_fewer_steps, nothing else
+        assert (verdict == "beats fewer steps") == loader.pareto().beats_fewer_steps(v, 1.0, 2.0)
+
+
+def test_fixture_vs_fewer_steps_is_clockwork_pareto(full_results):
+    """The synthetic answers are what clockwork.pareto computes from the rows (the stages' code), so tables built on
+    them test the real arithmetic: the trained Clockwork's ΔFID@FLOPs is the front interpolated at its cost."""
+    ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
+    plain = sorted((m for k, m in ev.items() if k.startswith("baseline")), key=lambda m: m["gflops"])
+    cw = ev["clockwork"]
+    lo, hi = max((m for m in plain if m["gflops"] <= cw["gflops"]), key=lambda m: m["gflops"]), \
+        min((m for m in plain if m["gflops"] >= cw["gflops"]), key=lambda m: m["gflops"])
+    w = (cw["gflops"] - lo["gflops"]) / (hi["gflops"] - lo["gflops"])
+    front = (1 - w) * lo["fid"] + w * hi["fid"]
+    v = cw["vs_fewer_steps"]["fid"]
+    assert v["status"] == "inside" and v["delta"] == pytest.approx(front - cw["fid"])
+    assert v["steps"] == pytest.approx((1 - w) * lo["steps"] + w * hi["steps"])
+    assert 0 < v["delta_std"] < math.hypot(cw["fid_std"], lo["fid_std"], hi["fid_std"])  # paired: correlated errors cancel
+
+
+def test_fewer_steps_table_answers_first(full_run, full_results):
+    _, reports = full_run
+    ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
+    text = (reports / "table1_fewer_steps.md").read_text()
+    assert text.startswith("**Does Clockwork beat fewer steps here? ")
+    rows = md_rows(reports / "table1_fewer_steps.md")
+    assert [r[1] for r in rows] == ["Clockwork (resnet adaptor, clock 2)", "Clockwork (identity adaptor, clock 2)"]
+    for r, key in zip(rows, ("clockwork", "clockwork_identity")):
+        v = ev[key]["vs_fewer_steps"]["fid"]
+        assert r[7] == f"{v['delta']:+.2f} ± {v['delta_std']:.2f}" and r[5] == f"{v['steps']:.1f}"
+        assert r[-1] == tables.fewer_steps_verdict(v)
+    assert "yes - Clockwork (resnet adaptor, clock 2) beats fewer steps" in text.splitlines()[0]
+    verdict = next(r for r in md_rows(reports / "paper_vs_ours.md") if r[0] == "F4-fewer-steps")
+    assert verdict[-1] == "holds" and "ΔFID@FLOPs" in verdict[4]
+
+
+def test_levers_table_has_a_row_per_lever(full_run, full_results):
+    _, reports = full_run
+    ab = json.loads((full_results / "metrics" / "ablate.json").read_text())
+    levers = [r for r in ab["rows"] if r["ablation"] == "levers"]
+    front = sorted((r for r in ab["rows"] if r["ablation"] == "front"), key=lambda r: -r["steps"])
+    rows = md_rows(reports / "table_levers.md")
+    assert [r[0] for r in rows] == [r["variant"] for r in levers] + [f"plain {r['steps']} steps" for r in front]
+    for r, lv in zip(rows, levers):
+        assert r[2] == f"{lv['fid']:.2f} ± {lv['fid_std']:.2f}"
+        assert r[-1] == tables.fewer_steps_verdict(lv["vs_fewer_steps"]["fid"])
+    kinds = {tables.verdict_kind(r[-1]) for r in rows[:len(levers)]}
+    assert kinds == {"beats", "ties", "loses", "outside"}  # the fixtures exercise every verdict
+    what = {r[0]: r[1] for r in rows}
+    assert "20000 distillation steps" in what["long"] and what["early_middle"] == "adaptor at {3,4,5,6}"
+    assert "output-space loss" in what["output_loss"] and "adaptor of 120 k params" in what["w64_d1"]
+    caption = (reports / "table_levers.md").read_text().splitlines()[0]
+    assert "validation split" in caption and "not comparable with Table 1" in caption and "5000 images per row" in caption
+    assert rows[len(levers)][4] == "1.000×"  # GFLOPs as a multiple of the 8-step front row
+    svg = (reports / "fig_levers.svg").read_text()
+    assert svg.count("<svg") == 1
+    for name in ("table3_adaptor", "table3_schedule", "table3_cut", "table5_inputs", "table4_samplers", "fig4_points"):
+        header = (reports / f"{name}.md").read_text().splitlines()[2]
+        assert "ΔFID@FLOPs" in header, name
+
+
+def test_fig4_draws_the_plain_steps_front(full_results, full_run):
+    """Fig. 4 draws the plain-steps front of evaluate.json (clockwork.pareto.plain_steps_front) as one line, and the
+    ablation's own front in another panel: the validation split is never on a held-out curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis import plots
+
+    res = loader.Results(root=full_results, reports=full_results / "unused")
+    ev, ab = res.evaluate(), res.ablate()
+    pts = tables.fig4_points(ev, ab)
+    assert pts.groupby("panel")["split"].nunique().max() == 1 and pts["panel"].nunique() == 2
+    fig = plots.fid_vs_flops(pts, {t: tables.main_steps(ev, t) for t in ev["teacher"].unique()})
+    lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    assert {"plain-steps-front-fid-0", "plain-steps-front-fid-1", "plain-steps-front-clip-0"} <= set(lines)
+    plain = [r for r in ev[ev["kind"] == "baseline"][["steps", "gflops", "fid"]].to_dict("records")]
+    expected = loader.pareto().plain_steps_front(plain, "fid")
+    assert list(lines["plain-steps-front-fid-0"].get_xdata()) == pytest.approx([r["gflops"] for r in expected])
+    assert list(lines["plain-steps-front-fid-0"].get_ydata()) == pytest.approx([r["fid"] for r in expected])
+    front_rows = ab[ab["ablation"] == "front"].sort_values("gflops")
+    assert list(lines["plain-steps-front-fid-1"].get_ydata()) == pytest.approx(list(front_rows["fid"]))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    _, reports = full_run
+    svg = (reports / "fig4_fid_vs_flops.svg").read_text()
+    assert 'id="plain-steps-front-fid-0"' in svg and 'id="plain-steps-front-fid-1"' in svg
+
+
+def test_ablation_baseline_is_never_borrowed_across_splits(full_results):
+    res = loader.Results(root=full_results, reports=full_results / "unused")
+    ev, ab = res.evaluate(), res.ablate()
+    rows = ab[(ab["ablation"] == "adaptor_type") & ~ab["is_baseline"]]
+    base = tables.reference_baseline(rows, ev, ab[~((ab["ablation"] == "adaptor_type") & ab["is_baseline"])])
+    assert base is not None and base["split"] == "val" and base["steps"] == 8  # the ablation run's own, not evaluate's
+    assert tables.reference_baseline(rows, ev, None) is None  # evaluate.json is on the held-out split
+
+
+def test_old_format_files_give_tables_with_na(tmp_path):
+    """Files written before split / vs_fewer_steps / levers / front existed still load and report: the fewer-steps
+    answers read n/a, the ablation tables keep their old columns, Fig. 4 still draws the plain-steps front."""
+    root = write_fixtures(tmp_path / "results", mlflow_store=False, old=True)
+    assert "vs_fewer_steps" not in (root / "metrics" / "evaluate.json").read_text()
+    proc = run_all(root, tmp_path / "reports", "01", "02", "04")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = tmp_path / "reports"
+    rows = md_rows(rep / "table1_fewer_steps.md")
+    assert len(rows) == 2 and all(r[5:] == ["n/a"] * 5 for r in rows), rows
+    assert "not answered" in (rep / "table1_fewer_steps.md").read_text().splitlines()[0]
+    checks = md_rows(rep / "table1_acceptance.md")
+    assert checks[-1][1].startswith("ΔFID@FLOPs") and checks[-1][-1] == "not measured (n/a)"
+    assert not (rep / "table_levers.md").exists() and not (rep / "fig_levers.png").exists()
+    assert "ΔFID@FLOPs" not in (rep / "table3_adaptor.md").read_text()
+    assert 'id="plain-steps-front-fid-0"' in (rep / "fig4_fid_vs_flops.svg").read_text()
+    f4 = next(r for r in md_rows(rep / "paper_vs_ours.md") if r[0] == "F4-fewer-steps")
+    assert f4[-1] == "not measured"
+    from pipeline.report import summary_markdown
+
+    ev = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert "| n/a | n/a | n/a |" in summary_markdown(ev, None, None)
+
+
+def test_malformed_vs_fewer_steps_is_rejected(tmp_path):
+    root = write_fixtures(tmp_path, minimal=True)
+    ev = json.loads((root / "metrics" / "evaluate.json").read_text())
+    ev["clockwork"]["vs_fewer_steps"]["fid"]["status"] = "better"
+    (root / "metrics" / "evaluate.json").write_text(json.dumps(ev))
+    with pytest.raises(loader.ResultsError, match="status"):
+        loader.load_evaluate(root / "metrics" / "evaluate.json")
+
+
+def test_sensitivity_figure_and_table(full_run, full_results, tmp_path):
+    _, reports = full_run
+    sens = json.loads((full_results / "sensitivity.json").read_text())
+    rows = md_rows(reports / "table_sensitivity.md")
+    variants = {(r["cut"], r["mode"], r["alpha"]) for r in sens["rows"]}
+    assert len(rows) == len(variants)
+    starts = sorted({r["start_step"] for r in sens["rows"]})
+    assert len(rows[0]) == 2 + len(starts)
+    first = sens["rows"][0]
+    assert rows[0][2] == f"{first['rel_l2']:.3g} ± {first['rel_l2_std']:.2g}"
+    assert (reports / "fig2_sensitivity.png").stat().st_size > 5000
+    proc = run_all(full_results, tmp_path / "r", "02", sensitivity=tmp_path / "missing.json")
+    assert proc.returncode != 0 and "missing.json" in proc.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"meta": {}, "rows": [{"cut": 1, "mode": "noise"}]}))
+    with pytest.raises(loader.ResultsError, match="rel_l2"):
+        loader.load_sensitivity(bad)
+
+
+def test_reruns_are_byte_identical(full_run, full_results, tmp_path):
+    """The same inputs give the same bytes (tables, PNG and SVG figures): committed reports stay put on a rerun."""
+    _, reports = full_run
+    again = tmp_path / "again"
+    proc = run_all(full_results, again, "01", "02", sensitivity=full_results / "sensitivity.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = sorted(p.name for p in again.iterdir())
+    assert "fig4_fid_vs_flops.svg" in files and "fig_levers.png" in files and "fig2_sensitivity.svg" in files
+    assert [f for f in files if (again / f).read_bytes() != (reports / f).read_bytes()] == []
