@@ -222,6 +222,7 @@ def plot_sensitivity(result: dict, path: str | Path, svg: bool = False) -> Path:
         ax.set_title({"noise": "noise on r_out from step s on", "reuse": "reuse r_out(t+1) from step s on",
                       "reuse_once": "reuse r_out(t+1) at step s only"}[mode], fontsize=9)
         ax.set_xlabel("start step s (0-based)")
+        ax.set_xticks(meta["start_steps"])
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("rel. L2 change of the final sample")
