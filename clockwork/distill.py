@@ -69,6 +69,9 @@ def model_input_scales(scheduler, steps: int) -> torch.Tensor:
 class PairDataset:
     """(r_in(t_i), r_out(t_{i-1}), temb(t_i), text, r_out(t_i)) for the given loop iterations i >= 1.
 
+    ``traj["r_out_used"]``, when present (Clockwork's own rollouts), gives r_out(t_{i-1}) instead of
+    ``traj["r_out"]``: the r_out the sampler actually had at the previous step.
+
     With ``traj["latents"]`` (S, N, C, H, W: x_t per row *before* ``scale_model_input``, as
     ``TrajectoryStore.load(..., with_latents=True)`` returns it) and ``traj["ctx"]`` (N, L, D: each row's text
     token states, the negative prompt's for unconditional rows), :meth:`batch` also returns the teacher's
@@ -112,13 +115,25 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.loop_indices) * self.per_step
 
+    def to(self, device) -> "PairDataset":
+        """The same pairs with every tensor on ``device`` (batches are then gathered there: no host copies)."""
+        moved = copy.copy(self)
+        moved.traj = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.traj.items()}
+        moved.loop_indices = self.loop_indices.to(device)
+        if self.input_scale is not None:
+            moved.input_scale = self.input_scale.to(device)
+        return moved
+
     def batch(self, idx: torch.Tensor, device, dtype=torch.float32) -> dict[str, torch.Tensor]:
+        idx = idx.to(self.loop_indices.device)
         step = self.loop_indices[idx // self.per_step]
         j = idx % self.per_step
         t = self.traj
         out = {
             "r_in": t["r_in"][step, j].to(device, dtype),
-            "r_out_prev": t["r_out"][step - 1, j].to(device, dtype),
+            # what the sampler had as r_out at the previous step: the teacher's, or on Clockwork's own rollouts
+            # (clockwork.rollouts) what Clockwork used there (the adaptor's prediction after an adaptor step)
+            "r_out_prev": t.get("r_out_used", t["r_out"])[step - 1, j].to(device, dtype),
             "temb": t["temb"][step].to(device, dtype),
             "text": t["text"][j].to(device, dtype),
             "target": t["r_out"][step, j].to(device, dtype),
@@ -233,8 +248,37 @@ def distill(
                 acc_mse, acc_out = terms
         else:  # a checkpoint written before the sampler state was saved
             gen.manual_seed(cfg.seed * 7919 + step)
+    if device.type == "cuda":  # gather batches on the GPU when the pairs fit (same values, no host-device copies)
+        try:
+            data = data.to(device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
     pbar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress, mininterval=2)
     checked = False
+    window: list[torch.Tensor] = []  # this log window's per-step losses, read back once per window (no per-step sync)
+
+    def drain() -> None:
+        """Add the window's losses to the sums in step order (the same floats as per-step .item()); a NaN/Inf
+        loss raises here, at the latest before the next checkpoint, so the last good checkpoint is kept."""
+        nonlocal acc, acc_n, acc_mse, acc_out
+        if not window:
+            return
+        vals = torch.stack(window).double().cpu()
+        first = step - len(window)
+        bad = (~torch.isfinite(vals)).any(dim=1).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise FloatingPointError(
+                f"distillation loss is {vals[i, 0].item()} at step {first + i}: lower distill.lr or check the "
+                "trajectories; the last good checkpoint is kept")
+        for row in vals.tolist():
+            acc += row[0]
+            acc_n += 1
+            if w > 0:
+                acc_mse += row[1]
+                acc_out += row[2]
+        window.clear()
+
     while step < cfg.steps:
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
         b = data.batch(idx, device)
@@ -251,24 +295,19 @@ def distill(
                 checked = True
             out_mse = F.mse_loss(out.float(), ref.float())
             loss = mse + w * out_mse
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"distillation loss is {loss.item()} at step {step}: lower distill.lr or check the trajectories; "
-                "the last good checkpoint is kept"
-            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        acc += loss.item()
-        acc_n += 1
-        if w > 0:
-            acc_mse += mse.item()
-            acc_out += out_mse.item()
+        window.append(torch.stack([loss.detach(), mse.detach(), out_mse.detach()]) if w > 0 else loss.detach()[None])
         pbar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        logs = step % cfg.log_every == 0 or step == cfg.steps
+        saves = ckpt and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
+        if logs or saves:
+            drain()
+        if logs:
             mean = acc / acc_n
             entry = {"step": step, "loss": mean}
             if w > 0:
@@ -279,7 +318,7 @@ def distill(
                 on_log(step, mean)
             acc, acc_n = 0.0, 0
             acc_mse = acc_out = 0.0
-        if ckpt and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        if saves:
             _atomic_save(adaptor, opt, step, history, ckpt, gen, (acc, acc_n, acc_mse, acc_out) if w > 0 else (acc, acc_n))
     pbar.close()
     adaptor.eval()

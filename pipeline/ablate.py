@@ -8,6 +8,13 @@
 - training: unrolled trajectories vs forward-noised training images, at 4 and 8 steps     (Fig. 7)
 - sampler: DPM++ / DPM / PNDM / DDIM, baseline and Clockwork each                         (Table 4)
 - steps: 4 / 6 / 8, baseline and Clockwork each
+- levers: named variants of the default Clockwork method (`ablate.levers`: adaptor size, schedule, cut,
+  distillation budget and data, output-space loss, own-rollout fine-tuning) - what might make Clockwork pay
+- front: the plain baseline at `ablate.front_steps` (always, when any ablation runs). Every row carries
+  `vs_fewer_steps`: its FID and CLIP against this plain-steps front at equal GFLOPs
+  (clockwork.pareto.versus_fewer_steps; positive = better than taking fewer steps)
+Rows are evaluated on `ablate.split`: the held-out evaluation prompts, or the validation split (training-split
+prompts and reference images not distilled on) where operating points are chosen.
 Each row distills the adaptor it needs (ablate.distill_steps, the `distill` section's optimiser) on
 `ablate.distill_prompts` trajectories - the trajectories stage's store when sampler/steps/guidance/cut
 match, else its own unroll under data/ablate/ - and is evaluated with the evaluate stage's code on the
@@ -81,7 +88,40 @@ def ablation_rows(p) -> list[tuple[str, str, object]]:
         elif name == "steps":
             for n in a.step_counts:
                 rows += [(name, f"{n}steps/baseline", plain(steps=n)), (name, f"{n}steps/clockwork", at_steps(base, n))]
+        elif name == "levers":
+            rows += [(name, k, lever_spec(resnet if v.adaptor is None else base, v)) for k, v in a.levers.items()]
+    if rows:
+        rows += [("front", f"{n}steps", plain(steps=n)) for n in a.front_steps]
     return rows
+
+
+TRAIN_KEYS = ("distill_steps", "distill_prompts", "output_weight", "rollout_steps")
+
+
+def lever_spec(base, lever):
+    """The default Clockwork method with one `ablate.levers` entry's changes."""
+    spec_kw = {k: getattr(lever, k) for k in ("adaptor", "width", "depth", "cut", "steps") if getattr(lever, k) is not None}
+    if lever.inputs is not None:
+        spec_kw["inputs"] = tuple(lever.inputs)
+    if lever.adaptor_steps is not None:
+        spec_kw["adaptor_steps"] = tuple(lever.adaptor_steps)
+    elif lever.period is not None:
+        spec_kw.update(clock=lever.period, adaptor_steps=None)
+    train = tuple(sorted((k, getattr(lever, k)) for k in TRAIN_KEYS if getattr(lever, k) is not None))
+    return dataclasses.replace(base, **spec_kw, train=train)
+
+
+def with_fewer_steps(results: list[dict]) -> None:
+    """Add `vs_fewer_steps` to every row: against the `front` rows of the same sampler and guidance."""
+    from pipeline.common import vs_fewer_steps
+
+    fronts: dict = {}
+    for r in results:
+        if r["ablation"] == "front":
+            fronts.setdefault((r["sampler"], r["guidance"]), []).append(r)
+    for r in results:
+        front = fronts.get((r["sampler"], r["guidance"]))
+        r["vs_fewer_steps"] = vs_fewer_steps(r, front) if front else None
 
 
 def main() -> None:
@@ -94,7 +134,8 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.common import (TRAJECTORIES_DIR, EvalContext, Prepared, atomic_dir, code_sha, distill_adaptor, distill_config,
                                  ensure_trajectories, evaluate_method, file_sha, forward_noised_data, load_trajectories,
-                                 load_world, log, obj_sha, pick_device, sample_grid, save_png, store_matches, write_json)
+                                 load_world, log, obj_sha, pick_device, rollout_finetune, sample_grid, save_png, store_matches,
+                                 write_json)
 
     a = p.ablate
     world = load_world(p.world, a.device)
@@ -106,17 +147,20 @@ def main() -> None:
     # (and the code that computes them: rows made by other code are recomputed).
     code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["ablate"]["deps"]
                       if d.endswith(".py")])
-    context = obj_sha([p.flat().get(k) for k in sorted(p.flat()) if not k.startswith(("adaptor.", "clock.", "cut"))]
+    # (which rows are asked for - ablations, levers, front steps - is not context: adding one reuses the others)
+    context = obj_sha([p.flat().get(k) for k in sorted(p.flat())
+                       if not k.startswith(("adaptor.", "clock.", "cut", "ablate.levers", "ablate.ablations",
+                                            "ablate.front_steps"))]
                       + [file_sha("data/prepared"), world.teacher_id, file_sha(p.world.scorer) if p.world.kind == "embedded"
                          else p.world.clip_model, main_meta, code])
     (WORK / "rows").mkdir(parents=True, exist_ok=True)
     (WORK / "adaptors").mkdir(parents=True, exist_ok=True)
     ec = EvalContext(world, prepared, a.n_samples, a.seed, batch_size=a.batch_size, fid_bootstrap=a.fid_bootstrap,
-                     kid_subsets=50, kid_subset_size=100, latency_runs=a.latency_runs)
+                     kid_subsets=50, kid_subset_size=100, latency_runs=a.latency_runs, split=a.split)
     cuts = sorted(set(a.cuts) | {p.cut})
     fn_cache: dict = {}
 
-    def training_data(spec):
+    def training_data(spec, with_latents: bool = False):
         if spec.training == "forward_noised":
             k = (spec.cut, spec.sampler, spec.steps)
             if k not in fn_cache:
@@ -124,14 +168,15 @@ def main() -> None:
                 fn_cache[k] = forward_noised_data(world, prepared.table, spec.cut, spec.sampler, spec.steps,
                                                   a.forward_noised_images, a.seed)
             return fn_cache[k]
+        n = spec.train_overrides.get("distill_prompts", a.distill_prompts)
         if store_matches(TRAJECTORIES_DIR, spec.sampler, spec.steps, spec.guidance, spec.cut) and \
-                main_meta["num_prompts"] >= a.distill_prompts:
+                main_meta["num_prompts"] >= n:
             root = Path(TRAJECTORIES_DIR)
         else:
-            root = WORK / "trajectories" / f"{spec.sampler}-{spec.steps}steps-g{spec.guidance}"
-            ensure_trajectories(root, world, prepared.table, prepared.distill_prompts[: a.distill_prompts], spec.sampler,
+            root = WORK / "trajectories" / f"{spec.sampler}-{spec.steps}steps-g{spec.guidance}-{n}"
+            ensure_trajectories(root, world, prepared.table, prepared.distill_prompts[:n], spec.sampler,
                                 spec.steps, spec.guidance, cuts, p.trajectories.seed, p.trajectories.shard_size)
-        return load_trajectories(root, spec.cut, max_prompts=a.distill_prompts)
+        return load_trajectories(root, spec.cut, max_prompts=n, with_latents=with_latents)
 
     results, grids, done = [], {}, {}
     t0 = time.perf_counter()
@@ -151,9 +196,22 @@ def main() -> None:
                         adaptor = load_adaptor(adir)
                     else:
                         ckpt = WORK / "adaptors" / f"{key}.ckpt"
-                        adaptor, hist = distill_adaptor(spec, world.unet_config, training_data(spec),
-                                                        world.sampler(spec.sampler), distill_config(p.distill, a.distill_steps),
-                                                        train_device, ckpt)
+                        tr = spec.train_overrides
+                        cfg = distill_config(p.distill, tr.get("distill_steps", a.distill_steps))
+                        if "output_weight" in tr:
+                            cfg = dataclasses.replace(cfg, output_weight=tr["output_weight"])
+                        teacher = {}
+                        if cfg.output_weight > 0:  # the output-space loss runs the teacher's high-res part
+                            teacher = dict(teacher_unet=world.unet, table=prepared.table, prompts=prepared.distill_prompts)
+                        data = training_data(spec, bool(teacher))
+                        adaptor, hist = distill_adaptor(spec, world.unet_config, data, world.sampler(spec.sampler), cfg,
+                                                        train_device, ckpt, **teacher)
+                        if tr.get("rollout_steps"):  # + one round on Clockwork's own rollouts
+                            n = tr.get("distill_prompts", a.distill_prompts)
+                            adaptor, _ = rollout_finetune(spec, adaptor, world, prepared.table, prepared.distill_prompts[:n],
+                                                          data, cfg, tr["rollout_steps"], train_device,
+                                                          WORK / "adaptors" / f"{key}.rollout.ckpt")
+                            shutil.rmtree(WORK / "adaptors" / f"{key}.rollout.ckpt", ignore_errors=True)
                         with atomic_dir(adir) as tmp:
                             adaptor.save_pretrained(tmp)
                         shutil.rmtree(ckpt, ignore_errors=True)
@@ -167,8 +225,10 @@ def main() -> None:
             m = done[key]
             row = {"ablation": ablation, "variant": variant, "sampler": m["sampler"], "steps": m["steps"],
                    "clock": m["clock"], "cut": m["cut"], "adaptor": m["adaptor"], "inputs": m["inputs"],
-                   "training": m["training"], **{k: m[k] for k in ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std",
-                                                                   "gflops", "latency_ms", "adaptor_params", "n_samples")}}
+                   "training": m["training"], "guidance": spec.guidance, "train": spec.train_overrides,
+                   "width": spec.width if spec.needs_training else None, "depth": spec.depth if spec.needs_training else None,
+                   **{k: m[k] for k in ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms",
+                                        "adaptor_params", "n_samples", "split", "fid_boot", "clip_boot")}}
             results.append(row)
             grids[f"{ablation}/{variant}"] = torch.from_numpy(np.load(img_file))
             with run.child(f"{ablation}/{variant}", {"ablation": ablation, "variant": variant, **spec.flat()}) as child:
@@ -178,7 +238,13 @@ def main() -> None:
         for f in list((WORK / "rows").iterdir()) + list((WORK / "adaptors").iterdir()):
             if f.name.split(".")[0] not in keep:
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
-        write_json("metrics/ablate.json", {"rows": results})
+        with_fewer_steps(results)
+        for r in results:
+            if r["ablation"] == "levers" and r["vs_fewer_steps"]:
+                v = r["vs_fewer_steps"]["fid"]
+                log(f"levers/{r['variant']}: FID {r['fid']:.2f} @ {r['gflops']:.2f} GFLOPs, vs fewer steps "
+                    + (f"{v['delta']:+.2f} ± {v['delta_std']:.2f}" if v["delta"] is not None else v["status"]))
+        write_json("metrics/ablate.json", {"split": a.split, "rows": results})
         save_png(GRID, sample_grid(grids, ec.prompts, GRID_IMAGES))
         run.log_artifact("metrics/ablate.json")
         run.log_artifact(GRID, "samples")

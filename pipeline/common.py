@@ -199,6 +199,11 @@ class MethodSpec:
     depth: int = 2
     inputs: tuple[str, ...] = ("r_in", "r_out_prev", "time", "text")
     training: str = "unrolled"  # unrolled | forward_noised | none
+    train: tuple[tuple[str, Any], ...] = ()  # distillation overrides of a lever row, sorted (key, value) pairs
+
+    @property
+    def train_overrides(self) -> dict[str, Any]:
+        return dict(self.train)
 
     @property
     def is_baseline(self) -> bool:
@@ -211,9 +216,9 @@ class MethodSpec:
     def normalized(self) -> "MethodSpec":
         """Fields that do not matter for this kind set to fixed values, so equal methods hash equal."""
         if self.is_baseline:
-            return MethodSpec(self.sampler, self.steps, self.guidance, "none", 1, None, 0, 0, 0, (), "none")
+            return MethodSpec(self.sampler, self.steps, self.guidance, "none", 1, None, 0, 0, 0, (), "none", ())
         if self.adaptor == "identity":
-            return dataclasses.replace(self, width=0, depth=0, inputs=("r_out_prev",), training="none")
+            return dataclasses.replace(self, width=0, depth=0, inputs=("r_out_prev",), training="none", train=())
         return self
 
     def clock_obj(self):
@@ -241,7 +246,7 @@ class MethodSpec:
     def describe(self) -> dict:
         n = self.normalized()
         return {"sampler": n.sampler, "steps": n.steps, "clock": n.clock_repr(), "cut": None if n.is_baseline else n.cut,
-                "adaptor": n.adaptor, "inputs": list(n.inputs), "training": n.training}
+                "adaptor": n.adaptor, "inputs": list(n.inputs), "training": n.training, **({"train": dict(n.train)} if n.train else {})}
 
     def flat(self) -> dict:
         """Flat dotted params for MLflow."""
@@ -263,6 +268,8 @@ class Prepared:
     info: dict
     table: Any
     reference: Any
+    val_prompts: list[str] = field(default_factory=list)  # training-split captions not distilled on
+    val_reference: Any = None  # FID statistics of training-split images not distilled on
 
     @classmethod
     def load(cls, root: str | os.PathLike = PREPARED_DIR) -> "Prepared":
@@ -273,8 +280,21 @@ class Prepared:
         if not (root / "prompts.json").is_file():
             raise FileNotFoundError(f"{root}/prompts.json missing; run the `prepare` stage (dvc repro prepare)")
         info = json.loads((root / "prompts.json").read_text())
+        val = root / "val_reference_stats.npz"
         return cls(info["distill_prompts"], info["eval_prompts"], info, EmbeddingTable.load(root / "embeddings.safetensors"),
-                   ReferenceStats.load(root / "reference_stats.npz"))
+                   ReferenceStats.load(root / "reference_stats.npz"), info.get("val_prompts", []),
+                   ReferenceStats.load(val) if val.is_file() else None)
+
+    def split(self, name: str) -> tuple[list[str], Any]:
+        """(prompts, FID reference statistics) of the ``heldout`` evaluation split or the ``val`` split."""
+        if name == "heldout":
+            return self.eval_prompts, self.reference
+        if name == "val":
+            if not self.val_prompts or self.val_reference is None:
+                raise FileNotFoundError("data/prepared has no validation split; set prepare.val_prompts and "
+                                        "prepare.val_reference_images > 0 and dvc repro prepare")
+            return self.val_prompts, self.val_reference
+        raise ValueError(f"split must be 'heldout' or 'val', got {name!r}")
 
 
 def teacher_scheduler_config(teacher_dir: str | os.PathLike) -> dict:
@@ -509,14 +529,23 @@ def fid_low_rank(mu_ref: torch.Tensor, sigma_ref: torch.Tensor, feats: torch.Ten
     return float((mu_ref - mu).square().sum() + sigma_ref.trace() + b.square().sum() - 2 * ev.sqrt().sum())
 
 
-def bootstrap_fid_std(feats: torch.Tensor, reference, n_boot: int = 10, seed: int = 0) -> float:
-    """Std of FID over ``n_boot`` resamples (with replacement) of the generated set; the reference is fixed."""
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> list[np.ndarray]:
+    """Resamples (with replacement) of ``n`` generated images; the same ``seed`` and ``n`` give the same
+    resamples for every method, so bootstrap replicates are paired across methods (same prompts, same seeds)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, n) for _ in range(n_boot)]
+
+
+def bootstrap_fid(feats: torch.Tensor, reference, n_boot: int = 10, seed: int = 0) -> list[float]:
+    """FID of each of ``n_boot`` resamples of the generated set (:func:`bootstrap_indices`); the reference is fixed."""
     mu_ref = torch.as_tensor(reference.mu, dtype=torch.float64)
     sigma_ref = torch.as_tensor(reference.sigma, dtype=torch.float64)
-    rng = np.random.default_rng(seed)
-    boots = [fid_low_rank(mu_ref, sigma_ref, feats[torch.from_numpy(rng.integers(0, len(feats), len(feats)))])
-             for _ in range(n_boot)]
-    return float(np.std(boots, ddof=1)) if n_boot > 1 else 0.0
+    return [fid_low_rank(mu_ref, sigma_ref, feats[torch.from_numpy(i)]) for i in bootstrap_indices(len(feats), n_boot, seed)]
+
+
+def bootstrap_fid_std(feats: torch.Tensor, reference, n_boot: int = 10, seed: int = 0) -> float:
+    """Std of FID over ``n_boot`` resamples (with replacement) of the generated set; the reference is fixed."""
+    return float(np.std(bootstrap_fid(feats, reference, n_boot, seed), ddof=1)) if n_boot > 1 else 0.0
 
 
 def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer, fid_bootstrap: int = 10,
@@ -538,13 +567,15 @@ def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer
                            torch.as_tensor(reference.sigma, dtype=torch.float64), feats)
     else:
         fid = fid_from_features(reference, feats)
-    fid_std = bootstrap_fid_std(feats, reference, fid_bootstrap, seed)
+    fid_boot = bootstrap_fid(feats, reference, fid_bootstrap, seed)
+    fid_std = float(np.std(fid_boot, ddof=1)) if fid_bootstrap > 1 else 0.0
     kid, kid_std = kid_from_features(reference, feats, subsets=kid_subsets,
                                      subset_size=max(2, min(kid_subset_size, len(feats), n_ref)), seed=seed)
     clip = scorer(images, list(prompts)).double()
+    clip_boot = [float(clip[torch.from_numpy(i)].mean()) for i in bootstrap_indices(len(clip), fid_bootstrap, seed)]
     return {"fid": fid, "fid_std": fid_std, "kid": kid, "kid_std": kid_std, "clip": float(clip.mean()),
             "clip_std": float(clip.std(unbiased=True) / math.sqrt(len(clip))) if len(clip) > 1 else 0.0,
-            "n_samples": len(images), "n_reference": n_ref}
+            "n_samples": len(images), "n_reference": n_ref, "fid_boot": fid_boot, "clip_boot": clip_boot}
 
 
 @dataclass
@@ -561,13 +592,19 @@ class EvalContext:
     kid_subset_size: int = 100
     latency_runs: int = 5
     progress: bool = True
+    split: str = "heldout"  # heldout: the evaluation prompts | val: validation prompts from the training split
     ctx: torch.Tensor = field(init=False)
     neg: torch.Tensor = field(init=False)
     latents: torch.Tensor = field(init=False)
     prompts: list[str] = field(init=False)
+    reference: Any = field(init=False)
 
     def __post_init__(self):
-        self.prompts = self.prepared.eval_prompts[: self.n_samples]
+        pool, self.reference = self.prepared.split(self.split)
+        if self.n_samples > len(pool):
+            raise ValueError(f"{self.n_samples} samples asked of the {self.split} split, which has {len(pool)} prompts "
+                             "(prepare.eval_prompts / prepare.val_prompts)")
+        self.prompts = pool[: self.n_samples]
         self.ctx = self.prepared.table.lookup(self.prompts)[0]
         self.neg = self.prepared.table.uncond(1)[0]
         self.latents = self.world.latents(self.n_samples, self.seed)
@@ -587,7 +624,7 @@ def evaluate_method(ec: EvalContext, spec: MethodSpec, adaptor=None, name: str =
     t0 = time.perf_counter()
     images = sample_images(w, spec, adaptor, ec.ctx, ec.neg, ec.latents, ec.batch_size, ec.progress, desc=f"sample {name}")
     t_sample = time.perf_counter() - t0
-    scores = score_images(images, ec.prompts, ec.prepared.reference, w.scorer(ec.prepared.table), ec.fid_bootstrap,
+    scores = score_images(images, ec.prompts, ec.reference, w.scorer(ec.prepared.table), ec.fid_bootstrap,
                           ec.kid_subsets, ec.kid_subset_size, seed=ec.seed, device=w.device, progress=ec.progress)
     latency = measure_latency(w, spec, adaptor, ec.ctx[:1], ec.neg, ec.latents[:1], ec.latency_runs)
     gflops = method_gflops(w.unet_config, spec, w.scheduler_config, ec.seq_len)
@@ -597,11 +634,22 @@ def evaluate_method(ec: EvalContext, spec: MethodSpec, adaptor=None, name: str =
         "clip": scores["clip"], "clip_std": scores["clip_std"], "gflops": gflops, "latency_ms": round(latency, 3),
         "adaptor_params": adaptor_params(adaptor) if not spec.is_baseline else 0,
         "steps": d["steps"], "clock": d["clock"], "cut": d["cut"], "adaptor": d["adaptor"], "sampler": d["sampler"],
-        "n_samples": scores["n_samples"],
+        "n_samples": scores["n_samples"], "split": ec.split,
+        "fid_boot": [round(x, 6) for x in scores["fid_boot"]], "clip_boot": [round(x, 6) for x in scores["clip_boot"]],
     }
     log(f"{name or spec.key()}: FID {metrics['fid']:.2f}±{metrics['fid_std']:.2f} KID {metrics['kid']:.4f} "
         f"CLIP {metrics['clip']:.2f} {gflops:.2f} GFLOPs {latency:.1f} ms (sampling {t_sample:.0f}s)")
     return metrics, images
+
+
+def vs_fewer_steps(point: dict, plain_rows: Sequence[dict]) -> dict:
+    """``point``'s FID and CLIP against the plain-steps front of ``plain_rows`` (the baseline at several step
+    counts, same prompts and seeds) at equal GFLOPs: clockwork.pareto.versus_fewer_steps, positive = better."""
+    from clockwork.pareto import plain_steps_front, versus_fewer_steps
+
+    return {"fid": versus_fewer_steps(point, plain_steps_front(plain_rows, "fid"), "fid"),
+            "clip": versus_fewer_steps(point, plain_steps_front(plain_rows, "clip", quality_mode="max"), "clip",
+                                       quality_mode="max")}
 
 
 # ------------------------------------------------------------------------------------------ distillation
@@ -738,7 +786,8 @@ def pair_dataset(traj: dict, spec: MethodSpec, scheduler, table=None, prompts: S
         scale = model_input_scales(scheduler, spec.steps)
     if min(loops) == 0:
         pad = lambda x: torch.cat([torch.zeros_like(x[:1]), x])  # noqa: E731
-        traj = {**traj, "r_in": pad(traj["r_in"]), "r_out": pad(traj["r_out"]), "temb": pad(traj["temb"])}
+        traj = {**traj, "r_in": pad(traj["r_in"]), "r_out": pad(traj["r_out"]), "temb": pad(traj["temb"]),
+                **({"r_out_used": pad(traj["r_out_used"])} if "r_out_used" in traj else {})}
         for k in ("latents", "timesteps"):  # per-step inputs of the output-space loss, when present
             if k in traj:
                 traj[k] = pad(traj[k])
@@ -774,6 +823,33 @@ def distill_adaptor(spec: MethodSpec, unet_config: dict, traj: dict, scheduler, 
         data = pair_dataset(traj, spec, scheduler)
     history = distill(adaptor, data, distill_cfg, device=device, checkpoint_dir=checkpoint_dir, on_log=on_log,
                       progress=progress, teacher=teacher)
+    return adaptor.to("cpu").eval(), history
+
+
+def rollout_finetune(spec: MethodSpec, adaptor, world: World, table, prompts: Sequence[str], teacher_traj: dict,
+                     distill_cfg, steps: int, device: str = "cpu", checkpoint_dir: str | os.PathLike | None = None,
+                     progress: bool = True):
+    """One DAgger round (the `rollout_steps` lever): unroll Clockwork with ``adaptor`` in the loop for ``prompts``
+    (:func:`clockwork.rollouts.unroll_clockwork`: the teacher's r_out as targets at Clockwork's own states),
+    then distill ``steps`` more steps (fresh Adam, seed + 1) on the teacher's trajectories and these rollouts
+    together. ``teacher_traj`` holds the rows of the same prompts (:func:`load_trajectories`). Returns
+    (adaptor, history)."""
+    from clockwork.distill import distill
+    from clockwork.rollouts import unroll_clockwork
+
+    if spec.training != "unrolled":
+        raise ValueError(f"rollout fine-tuning continues unrolled-trajectory training, not {spec.training!r}")
+    roll = unroll_clockwork(world.unet, adaptor, spec.cut, spec.clock_obj(), world.sampler(spec.sampler),
+                            table.lookup(list(prompts))[0], table.uncond(1)[0], spec.steps, spec.guidance,
+                            seed=distill_cfg.seed + 1, batch_size=512, progress=progress)
+    t = teacher_traj
+    both = {"r_in": torch.cat([t["r_in"], roll["r_in"]], 1), "r_out": torch.cat([t["r_out"], roll["r_out"]], 1),
+            "r_out_used": torch.cat([t["r_out"], roll["r_out_used"]], 1), "temb": t["temb"],
+            "text": torch.cat([t["text"], roll["text"]]), "timesteps": t["timesteps"],
+            "prompt": torch.cat([t["prompt"], roll["prompt"]])}
+    cfg = dataclasses.replace(distill_cfg, steps=steps, seed=distill_cfg.seed + 1)
+    history = distill(adaptor, pair_dataset(both, spec, world.sampler(spec.sampler)), cfg, device=device,
+                      checkpoint_dir=checkpoint_dir, progress=progress)
     return adaptor.to("cpu").eval(), history
 
 

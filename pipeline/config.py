@@ -26,7 +26,9 @@ DEFAULT_PARAMS = "params.yaml"
 SAMPLERS = ("dpm++", "dpm", "pndm", "ddim", "euler", "heun")
 ADAPTOR_KINDS = ("identity", "resnet", "unet-light")
 ADAPTOR_INPUTS = ("r_in", "r_out_prev", "time", "text")
-ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps")
+ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers")
+SPLITS = ("heldout", "val")
+TRAIN_IMAGES = 60_000  # Fashion-MNIST train: distillation prompts and the validation split are disjoint draws from it
 HELDOUT_IMAGES = 10_000  # Fashion-MNIST t10k: evaluation prompts and reference images are disjoint draws from it
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -73,6 +75,8 @@ class Prepare(Section):
     distill_prompts: PosInt = 512  # training-split captions whose trajectories are unrolled
     eval_prompts: PosInt = 300  # held-out captions the methods are evaluated on
     reference_images: PosInt = 1000  # held-out real images for FID/KID
+    val_prompts: NonNegInt = 0  # validation split: training-split captions not distilled on (0 = none)
+    val_reference_images: NonNegInt = 0  # its FID reference: other training-split images
     seed: NonNegInt = 0
     device: Device = "auto"
 
@@ -137,6 +141,7 @@ class Distill(Section):
     checkpoint_every: PosInt = 250
     log_every: PosInt = 25
     heldout_prompts: NonNegInt = 64  # last trajectories kept out of training for heldout_mse
+    rollout_steps: NonNegInt = 0  # then this many more steps on the teacher's + Clockwork's own rollouts (0 = off)
     # weight w of the output-space term: loss = MSE(r_out) + w * MSE(UNet output through the teacher's
     # high-res decoder); 0 = r_out MSE only. > 0 loads the teacher and data/prepared in the distill stage.
     output_weight: Annotated[float, Field(ge=0)] = 0.0
@@ -152,7 +157,25 @@ class Evaluate(Section):
     kid_subset_size: PosInt = 100
     latency_runs: PosInt = 5
     grid_images: PosInt = 8
+    front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # the plain baseline's step counts: the front
     device: Device = "auto"
+
+
+class Lever(Section):
+    """One row of the `levers` ablation: what it changes from the default Clockwork method (unset = unchanged)."""
+
+    adaptor: Literal[ADAPTOR_KINDS] | None = None
+    width: PosInt | None = None
+    depth: PosInt | None = None
+    inputs: list[Literal[ADAPTOR_INPUTS]] | None = None
+    period: PosInt | None = None
+    adaptor_steps: list[int] | None = None
+    cut: PosInt | None = None
+    steps: Annotated[int, Field(ge=2)] | None = None  # sampler steps (the adaptor is distilled for them)
+    distill_steps: PosInt | None = None
+    distill_prompts: PosInt | None = None
+    output_weight: Annotated[float, Field(ge=0)] | None = None
+    rollout_steps: NonNegInt | None = None
 
 
 class Ablate(Section):
@@ -172,6 +195,9 @@ class Ablate(Section):
     fid_bootstrap: Annotated[int, Field(ge=2)] = 10
     batch_size: PosInt = 50
     seed: NonNegInt = 1234  # initial noise of the evaluated images (and the forward-noised training images)
+    split: Literal[SPLITS] = "heldout"  # heldout: the evaluation prompts | val: the validation split (prepare.val_*)
+    front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # plain baseline rows every row is compared with
+    levers: dict[str, Lever] = {}  # the `levers` ablation: named variants of the default Clockwork method
     device: Device = "auto"
 
 
@@ -309,6 +335,8 @@ def _looks_local(path: str) -> bool:
 
 def _clock_problems(key: str, steps: int, period: int | None, adaptor_steps: list[int] | None,
                     uses_r_out_prev: bool) -> list[tuple[str, str]]:
+    if period is not None and period < 1:  # a bad value even where adaptor_steps overrides it
+        return [(f"{key}.period", f"clock period must be an integer >= 1 (1 = never use the adaptor), got {period}")]
     if adaptor_steps is not None:
         outside = sorted(s for s in adaptor_steps if s < 0 or s >= steps)
         if outside:
@@ -320,8 +348,6 @@ def _clock_problems(key: str, steps: int, period: int | None, adaptor_steps: lis
                      "step 0 cannot be an adaptor step: there is no r_out(t+1) yet (allowed 1.."
                      f"{steps - 1}), unless adaptor.inputs leaves out r_out_prev")]
         return []
-    if period is not None and period < 1:
-        return [(f"{key}.period", f"clock period must be an integer >= 1 (1 = never use the adaptor), got {period}")]
     return []
 
 
@@ -364,8 +390,32 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
                          f"prepare.distill_prompts={p.prepare.distill_prompts}"))
     if p.evaluate.n_samples > p.prepare.eval_prompts:
         problems.append(("evaluate.n_samples", f"{p.evaluate.n_samples} > prepare.eval_prompts={p.prepare.eval_prompts}"))
-    if p.ablate.n_samples > p.prepare.eval_prompts:
-        problems.append(("ablate.n_samples", f"{p.ablate.n_samples} > prepare.eval_prompts={p.prepare.eval_prompts}"))
+    pool = p.prepare.eval_prompts if p.ablate.split == "heldout" else p.prepare.val_prompts
+    if p.ablate.n_samples > pool:
+        problems.append(("ablate.n_samples", f"{p.ablate.n_samples} > prepare.{'eval' if p.ablate.split == 'heldout' else 'val'}"
+                         f"_prompts={pool} (ablate.split: {p.ablate.split})"))
+    if (p.prepare.val_prompts == 0) != (p.prepare.val_reference_images == 0):
+        problems.append(("prepare.val_reference_images", "a validation split needs both prepare.val_prompts and "
+                         "prepare.val_reference_images > 0 (or both 0)"))
+    if isinstance(p.world, EmbeddedWorld) and p.prepare.distill_prompts + p.prepare.val_prompts + \
+            p.prepare.val_reference_images > TRAIN_IMAGES:
+        problems.append(("prepare.val_reference_images", f"distill_prompts + val_prompts + val_reference_images > "
+                         f"{TRAIN_IMAGES} training images"))
+    if not isinstance(p.world, EmbeddedWorld) and p.prepare.val_prompts:
+        problems.append(("prepare.val_prompts", "the validation split is built for the embedded world only"))
+    if p.sampling.steps not in p.evaluate.front_steps:
+        problems.append(("evaluate.front_steps", f"must include sampling.steps={p.sampling.steps} (the baseline)"))
+    if "levers" in p.ablate.ablations:
+        for name, lv in p.ablate.levers.items():
+            steps_l = lv.steps or steps
+            period = lv.period if lv.period is not None else (p.clock.period if lv.adaptor_steps is None else None)
+            a_steps = lv.adaptor_steps if lv.adaptor_steps is not None else (None if lv.period is not None else p.clock.adaptor_steps)
+            problems += _clock_problems(f"ablate.levers.{name}", steps_l, period, a_steps,
+                                        "r_out_prev" in (lv.inputs or p.adaptor.inputs))
+            if lv.cut is not None and lv.cut not in p.trajectories.cuts:
+                problems.append((f"ablate.levers.{name}.cut", f"{lv.cut} not in trajectories.cuts={p.trajectories.cuts}"))
+            if (lv.distill_prompts or 0) > p.prepare.distill_prompts:
+                problems.append((f"ablate.levers.{name}.distill_prompts", f"> prepare.distill_prompts={p.prepare.distill_prompts}"))
     if p.ablate.distill_prompts > p.prepare.distill_prompts:
         problems.append(("ablate.distill_prompts", f"{p.ablate.distill_prompts} > prepare.distill_prompts="
                          f"{p.prepare.distill_prompts}"))

@@ -73,7 +73,7 @@ def main() -> None:
     cfg = distill_config(p.distill)
 
     # Checkpoints made with other settings or data must not be resumed.
-    stamp = obj_sha([spec.key(), cfg.__dict__, meta, code_sha("pipeline/distill.py", "pipeline/common.py",
+    stamp = obj_sha([spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, code_sha("pipeline/distill.py", "pipeline/common.py",
                                                                "clockwork/distill.py", "clockwork/adaptors.py")])
     stamp_file = CKPT_DIR / "stamp.txt"
     if CKPT_DIR.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
@@ -88,6 +88,15 @@ def main() -> None:
         adaptor, history = distill_adaptor(spec, unet_config, train, scheduler, cfg, device, CKPT_DIR / "latest",
                                            on_log=lambda step, loss: run.log_metrics({"loss": loss}, step=step),
                                            **teacher_kw)
+        if p.distill.rollout_steps and spec.needs_training:  # + one round on Clockwork's own rollouts (DAgger)
+            from pipeline.common import Prepared, load_world, rollout_finetune
+
+            world = world or load_world(p.world, device)
+            prepared = prepared or Prepared.load()
+            adaptor, more = rollout_finetune(spec, adaptor, world, prepared.table,
+                                             prepared.distill_prompts[:num_prompts(train)], train, cfg,
+                                             p.distill.rollout_steps, device, CKPT_DIR / "rollout")
+            history += [{**h, "step": h["step"] + cfg.steps} for h in more]
         seconds = time.perf_counter() - t0
         heldout = heldout_id = None
         if held is not None:
@@ -107,6 +116,7 @@ def main() -> None:
             "heldout_mse": heldout,
             "heldout_mse_identity": heldout_id,
             "steps": cfg.steps if spec.needs_training else 0,
+            "rollout_steps": p.distill.rollout_steps if spec.needs_training else 0,
             "adaptor_params": adaptor_params(adaptor),
             "adaptor": spec.adaptor, "width": spec.width if spec.needs_training else 0, "cut": spec.cut,
             "clock": spec.clock_repr(), "sampler": spec.sampler, "sampling_steps": spec.steps,

@@ -1,8 +1,11 @@
 """Stage `evaluate`: every method on the same held-out prompts and the same seeds -> metrics/evaluate.json.
 
 Methods (docs/CONTRACTS.md): `baseline` (sampling.steps), `clockwork` (the distilled adaptor from
-models/adaptor at `cut` and `clock`), `clockwork_identity` (training-free), `baseline_6steps` and
-`baseline_4steps` (the FLOPs-matched alternative a user would pick instead). Each gets FID and KID
+models/adaptor at `cut` and `clock`), `clockwork_identity` (training-free), and `baseline_<k>steps` for every
+other step count of `evaluate.front_steps`: the plain-steps front, the alternative a user would pick instead.
+Every method gets `vs_fewer_steps`: its FID and CLIP against that front interpolated at its GFLOPs
+(clockwork.pareto.versus_fewer_steps; positive = better than taking fewer steps, paired-bootstrap std, or a
+status when no plain step count costs the same) - the question Clockwork has to answer. Each gets FID and KID
 against held-out real images (with bootstrap / subset std), the CLIP score of the world's scorer,
 total GFLOPs per image (CFG batch 2, clockwork.flops), the measured latency of the UNet loop for one
 prompt on this machine, and the adaptor's parameter count. plots/samples/evaluate.png shows the same
@@ -32,9 +35,13 @@ def methods(p) -> dict:
         "baseline": MethodSpec(steps=p.sampling.steps, **base),
         "clockwork": None,  # built from the distilled adaptor's own config
         "clockwork_identity": MethodSpec(steps=p.sampling.steps, adaptor="identity", **base, **clock),
-        "baseline_6steps": MethodSpec(steps=6, **base),
-        "baseline_4steps": MethodSpec(steps=4, **base),
+        **{f"baseline_{k}steps": MethodSpec(steps=k, **base)
+           for k in sorted(set(p.evaluate.front_steps) - {p.sampling.steps}, reverse=True)},
     }
+
+
+def _delta(v: dict) -> str:
+    return f"dFID@FLOPs {v['delta']:+.2f} ± {v['delta_std']:.2f}" if v["delta"] is not None else v["status"]
 
 
 def main() -> None:
@@ -45,8 +52,8 @@ def main() -> None:
 
     from clockwork.adaptors import load_adaptor
     from pipeline import tracking
-    from pipeline.common import (ADAPTOR_DIR, EvalContext, MethodSpec, Prepared, evaluate_method, load_world, log,
-                                 sample_grid, save_png, write_json)
+    from pipeline.common import (ADAPTOR_DIR, EvalContext, Prepared, evaluate_method, load_world, log, sample_grid,
+                                 save_png, vs_fewer_steps, write_json)
 
     world = load_world(p.world, p.evaluate.device)
     prepared = Prepared.load()
@@ -72,10 +79,17 @@ def main() -> None:
             results[name] = m
             images[name] = imgs
         b = results["baseline"]
+        plain = [m for name, m in results.items() if name == "baseline" or name.startswith("baseline_")]
+        for m in results.values():
+            m["vs_fewer_steps"] = vs_fewer_steps(m, plain)
         for name, m in results.items():
             run.log_metrics({f"{name}.{k}": v for k, v in m.items() if k in ("fid", "kid", "clip", "gflops", "latency_ms")})
             log(f"{name:>19}: FID {m['fid']:7.2f} ± {m['fid_std']:.2f}  CLIP {m['clip']:.2f}  "
-                f"GFLOPs {m['gflops']:.2f} ({m['gflops'] / b['gflops']:.2f}x)  {m['latency_ms']:.1f} ms")
+                f"GFLOPs {m['gflops']:.2f} ({m['gflops'] / b['gflops']:.2f}x)  {m['latency_ms']:.1f} ms  "
+                f"vs fewer steps: {_delta(m['vs_fewer_steps']['fid'])}")
+            v = m["vs_fewer_steps"]["fid"]
+            if v["delta"] is not None:
+                run.log_metrics({f"{name}.dfid_at_flops": v["delta"], f"{name}.dfid_at_flops_std": v["delta_std"]})
         write_json("metrics/evaluate.json", results)
         if e.grid_images:
             save_png(GRID, sample_grid(images, ec.prompts, e.grid_images))

@@ -5,6 +5,8 @@
 # checkpoint, ablate by row). Results are tarred into OUT after every stage, so a killed call still returns them.
 #
 #   pipeline/gpu_full.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
+#   CONFIG=configs/full.yaml STAGES="trajectories distill evaluate ablate" (the defaults) choose the params file and
+#   the stages (e.g. STAGES="trajectories ablate" measures the levers before distill/evaluate use the chosen default).
 #
 # PREPARED_DIR holds data/prepared's prompts.json and embeddings.safetensors made on a CPU machine with
 # `python pipeline/prepare.py` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
@@ -17,7 +19,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$W" "$OUT"
 cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/configs "$SRC"/dvc.yaml "$W"/   # code refreshed, data kept
 cd "$W"
-sed "s#^  data_root: .*#  data_root: $FM#" configs/full.yaml > params.yaml
+sed "s#^  data_root: .*#  data_root: $FM#" "${CONFIG:-configs/full.yaml}" > params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 snapshot() {
@@ -40,9 +42,10 @@ if [ ! -f data/prepared/reference_stats.npz ]; then
   python pipeline/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"
 fi
-stage trajectories data/trajectories/.complete
-touch data/trajectories/.complete
-stage distill metrics/distill.json
-stage evaluate metrics/evaluate.json
-stage ablate metrics/ablate.json
-echo "== all stages done ($(date +%T))"
+for s in ${STAGES:-trajectories distill evaluate ablate}; do
+  case $s in
+    trajectories) stage trajectories data/trajectories/.complete; touch data/trajectories/.complete ;;
+    *) stage "$s" "metrics/$s.json" ;;
+  esac
+done
+echo "== stages done: ${STAGES:-all} ($(date +%T))"

@@ -3,7 +3,8 @@
 `python pipeline/prepare.py` on a CPU machine makes prompts.json and embeddings.safetensors; the text encoder
 (91 MB) does not travel, but those two files do. This script copies them from SRC into data/prepared and
 computes the FID reference statistics here, from the same held-out reference images prepare.py uses
-(prompts.json's ``reference_indices``), so the result equals prepare.py's output. Embedded world only.
+(prompts.json's ``reference_indices``; ``val_reference_indices`` for the validation split), so the result
+equals prepare.py's output. Embedded world only.
 
     python pipeline/gpu_prepare.py SRC        # SRC: a data/prepared made on the CPU machine (no reference stats)
 """
@@ -32,14 +33,20 @@ def main() -> None:
     from pipeline.prepare import reference_stats
 
     info = json.loads((src / "prompts.json").read_text())
-    if len(info["eval_prompts"]) != p.prepare.eval_prompts or len(info["reference_indices"]) != p.prepare.reference_images:
+    if (len(info["eval_prompts"]), len(info["reference_indices"]), len(info.get("val_prompts", [])),
+            len(info.get("val_reference_indices", []))) != (p.prepare.eval_prompts, p.prepare.reference_images,
+                                                            p.prepare.val_prompts, p.prepare.val_reference_images):
         sys.exit(f"gpu_prepare.py: {src} was made with other prepare settings than {p.prepare}")
     with atomic_dir(PREPARED_DIR) as out:
         for f in ("prompts.json", "embeddings.safetensors"):
             shutil.copy(src / f, out / f)
         held = CaptionedFashion("heldout", root=p.world.data_root, seed=p.prepare.seed)
-        reference_stats(held, torch.tensor(info["reference_indices"]), pick_device(p.prepare.device)).save(
-            out / "reference_stats.npz")
+        device = pick_device(p.prepare.device)
+        reference_stats(held, torch.tensor(info["reference_indices"]), device).save(out / "reference_stats.npz")
+        if info.get("val_reference_indices"):
+            train = CaptionedFashion("train", root=p.world.data_root, seed=p.prepare.seed)
+            reference_stats(train, torch.tensor(info["val_reference_indices"]), device, "train").save(
+                out / "val_reference_stats.npz")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 - distillation prompts: captions of a seeded sample of the *training* split (their trajectories are unrolled);
 - evaluation prompts: captions of a seeded sample of the *held-out* split;
 - reference images: other held-out images (disjoint from the evaluation ones), as Inception statistics;
+- validation split (``prepare.val_prompts`` > 0): captions of other *training* images (not distilled on) and
+  the Inception statistics of yet other training images - where operating points and levers are chosen, so
+  the held-out evaluation prompts are kept for the final numbers;
 - embeddings: MiniLM token states of every caption the embedded world can produce (EmbeddingTable).
 For world.kind=sd15 the same from COCO 2017 captions/images and SD's own text encoder.
 """
@@ -17,18 +20,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params  # noqa: E402
 
 
-def reference_stats(held, index, device: str):
-    """FID reference statistics of the held-out images ``index`` (a CaptionedFashion split)."""
+def reference_stats(held, index, device: str, split: str = "heldout"):
+    """FID reference statistics of the images ``index`` of a CaptionedFashion split (held-out by default)."""
     from clockwork.metrics import ReferenceStats, inception_features
     from pipeline.common import log
 
-    log(f"Inception statistics of {len(index)} held-out reference images")
+    log(f"Inception statistics of {len(index)} {split} reference images")
     feats = inception_features(held.images_uint8(index), device=device)
-    meta = {"split": "heldout", "n": len(index), "extractor": "tf-fid-inception-2015-12-05"}
+    meta = {"split": split, "n": len(index), "extractor": "tf-fid-inception-2015-12-05"}
     return ReferenceStats.from_features(feats, meta)
 
 
-def _embedded(p, out: Path, device: str) -> dict:
+def split_indices(p, n_train: int, n_held: int):
+    """(distill, val prompt, val reference, eval, reference) image indices: seeded, pairwise disjoint.
+
+    The distillation draw and the held-out draws are those of earlier versions (same generator calls), so
+    adding a validation split does not change the distillation or evaluation prompts.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(p.prepare.seed)
+    train_perm = torch.randperm(n_train, generator=g)
+    held_perm = torch.randperm(n_held, generator=g)
+    a, b, c = p.prepare.distill_prompts, p.prepare.val_prompts, p.prepare.val_reference_images
+    n_eval, n_ref = p.prepare.eval_prompts, p.prepare.reference_images
+    return (train_perm[:a], train_perm[a:a + b], train_perm[a + b:a + b + c], held_perm[:n_eval],
+            held_perm[n_eval:n_eval + n_ref])
+
+
+def _embedded(p, out: Path, device: str, reference: bool = True) -> dict:
     import torch
 
     from clockwork.embedded.data import CaptionedFashion, all_prompt_strings
@@ -38,16 +58,15 @@ def _embedded(p, out: Path, device: str) -> dict:
     root = p.world.data_root
     train = CaptionedFashion("train", root=root, seed=p.prepare.seed)
     held = CaptionedFashion("heldout", root=root, seed=p.prepare.seed)
-    n_eval, n_ref = p.prepare.eval_prompts, p.prepare.reference_images  # disjoint (checked in config.py)
-    g = torch.Generator().manual_seed(p.prepare.seed)
-    train_idx = torch.randperm(len(train), generator=g)[: p.prepare.distill_prompts]
-    held_perm = torch.randperm(len(held), generator=g)
-    eval_idx, ref_idx = held_perm[:n_eval], held_perm[n_eval:n_eval + n_ref]
+    train_idx, val_idx, val_ref_idx, eval_idx, ref_idx = split_indices(p, len(train), len(held))  # sizes: config.py
 
     log(f"encoding {len(all_prompt_strings())} captions with MiniLM")
     table = EmbeddingTable.build(all_prompt_strings(), encoder=MiniLMEncoder(device=device))
     table.save(out / "embeddings.safetensors")
-    reference_stats(held, ref_idx, device).save(out / "reference_stats.npz")
+    if reference:
+        reference_stats(held, ref_idx, device).save(out / "reference_stats.npz")
+    if reference and len(val_idx):
+        reference_stats(train, val_ref_idx, device, "train").save(out / "val_reference_stats.npz")
     return {
         "world": "embedded",
         "distill_prompts": [train.texts[int(i)] for i in train_idx],
@@ -55,7 +74,10 @@ def _embedded(p, out: Path, device: str) -> dict:
         "eval_prompts": [held.texts[int(i)] for i in eval_idx],
         "eval_indices": eval_idx.tolist(),
         "reference_indices": ref_idx.tolist(),
-        "split": {"distill": "train", "eval": "heldout", "reference": "heldout"},
+        "val_prompts": [train.texts[int(i)] for i in val_idx],
+        "val_indices": val_idx.tolist(),
+        "val_reference_indices": val_ref_idx.tolist(),
+        "split": {"distill": "train", "eval": "heldout", "reference": "heldout", "val": "train", "val_reference": "train"},
     }
 
 
@@ -130,7 +152,21 @@ def _sd15(p, out: Path, device: str) -> dict:
             "eval_images": [n for n, _ in eval_pairs], "reference_images": [n for n, _ in ref_pairs]}
 
 
+def prompts_only(out: str) -> None:
+    """``python pipeline/prepare.py --prompts-only DIR``: prompts.json + embeddings only (no Inception statistics),
+    for a machine without the MiniLM encoder that computes the statistics itself (pipeline/gpu_prepare.py)."""
+    from pipeline.common import atomic_dir, write_json
+
+    p = load_params("prepare")
+    if p.world.kind != "embedded":
+        sys.exit("--prompts-only: embedded world only")
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "prompts.json", _embedded(p, tmp, "cpu", reference=False))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--prompts-only"] and len(sys.argv) == 3:
+        return prompts_only(sys.argv[2])
     p = load_params("prepare")
     from pipeline import tracking
     from pipeline.common import PREPARED_DIR, atomic_dir, log, pick_device, write_json

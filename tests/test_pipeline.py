@@ -27,10 +27,11 @@ pytestmark = pytest.mark.slow
 
 EVALUATE_METHODS = ("baseline", "clockwork", "clockwork_identity", "baseline_6steps", "baseline_4steps")
 EVALUATE_KEYS = {"fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "steps",
-                 "clock", "cut", "adaptor", "sampler", "n_samples"}
+                 "clock", "cut", "adaptor", "sampler", "n_samples", "split", "fid_boot", "clip_boot", "vs_fewer_steps"}
 ABLATE_KEYS = {"ablation", "variant", "sampler", "steps", "clock", "cut", "adaptor", "inputs", "training", "fid", "fid_std",
-               "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "n_samples"}
-ABLATIONS = {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps"}
+               "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "n_samples", "guidance",
+               "train", "split", "fid_boot", "clip_boot", "vs_fewer_steps", "width", "depth"}
+ABLATIONS = {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers", "front"}
 GENERATED = ("dvc.lock", "metrics", "plots", "models", "data", "reports/analysis", "mlflow.db", "mlruns", "mlartifacts")
 
 
@@ -101,6 +102,17 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
     # FLOPs: Clockwork saves the low-res part on half of the steps; fewer steps cost proportionally less.
     assert ev["clockwork_identity"]["gflops"] < ev["clockwork"]["gflops"] < ev["baseline"]["gflops"]
     assert ev["baseline_4steps"]["gflops"] == pytest.approx(ev["baseline"]["gflops"] / 2, rel=1e-3)
+    # every method against the plain-steps front (smoke: 4, 6, 8 steps) at equal GFLOPs
+    for name in ("baseline", "baseline_6steps", "baseline_4steps"):  # the front's own points: zero by construction
+        v = ev[name]["vs_fewer_steps"]["fid"]
+        assert v["status"] == "inside" and v["steps"] == ev[name]["steps"]
+        assert v["delta"] <= 1e-9  # 0 on the front; a plain point the front drops is worse than it
+    for name in ("clockwork", "clockwork_identity"):
+        v = ev[name]["vs_fewer_steps"]["fid"]
+        assert v["status"] in ("inside", "cheaper_than_front")
+        if v["status"] == "inside":
+            assert 4 <= v["steps"] <= 8 and _finite(v["delta"]) and v["delta_std"] > 0
+    assert len(ev["baseline"]["fid_boot"]) == 2 and ev["baseline"]["split"] == "heldout"
 
     rows = json.loads((repo / "metrics/ablate.json").read_text())["rows"]
     assert {r["ablation"] for r in rows} == ABLATIONS
@@ -110,6 +122,12 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
     every = [r for r in rows if r["variant"] == "every_step_without_r_out_prev"][0]
     assert every["inputs"] == ["r_in", "time"] and every["clock"] == list(range(8))
     assert {r["training"] for r in rows if r["ablation"] == "training"} == {"unrolled", "forward_noised"}
+    assert [r["steps"] for r in rows if r["ablation"] == "front"] == [4, 6, 8]
+    assert all(r["adaptor"] == "none" for r in rows if r["ablation"] == "front")
+    levers = {r["variant"]: r for r in rows if r["ablation"] == "levers"}
+    assert set(levers) == {"small", "rollout", "output_loss"} and levers["rollout"]["train"] == {"distill_steps": 5, "rollout_steps": 5}
+    assert all(r["vs_fewer_steps"] is not None for r in rows if r["sampler"] == "dpm++")
+    assert all(r["vs_fewer_steps"] is None for r in rows if r["sampler"] != "dpm++")  # no front for other samplers
 
     distill = json.loads((repo / "metrics/distill.json").read_text())
     assert {"final_loss", "heldout_mse", "steps", "adaptor_params"} <= set(distill)

@@ -163,7 +163,10 @@ def test_ablation_rows_cover_the_paper() -> None:
     p = StageParams("ablate", validate(read_yaml(REPO / "params.yaml"), root=REPO))
     rows = ablation_rows(p)
     by = {(a, v): s for a, v, s in rows}
-    assert {a for a, _, _ in rows} == {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps"}
+    assert {a for a, _, _ in rows} == {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps",
+                                       "front"}
+    front = [s for a, _, s in rows if a == "front"]  # the plain-steps front every row is compared with
+    assert [s.steps for s in front] == [3, 4, 5, 6, 7, 8] and all(s.is_baseline for s in front)
     assert {v for a, v, _ in rows if a == "adaptor_type"} == {"baseline", "identity", "resnet", "unet-light", "resnet-wide"}
     assert by[("schedule", "late_half")].adaptor_steps == (4, 5, 6, 7)
     assert by[("schedule", "early_middle")].adaptor_steps == (2, 3, 4, 5)
@@ -178,6 +181,25 @@ def test_ablation_rows_cover_the_paper() -> None:
     # The default row appears in several ablations and is computed once.
     assert by[("adaptor_type", "resnet")].key() == by[("cut", "cut1")].key() == by[("sampler", "dpm++/clockwork")].key()
     assert len({s.key() for _, _, s in rows}) < len(rows)
+
+
+def test_lever_rows_change_only_what_they_name() -> None:
+    from pipeline.ablate import ablation_rows
+
+    raw = read_yaml(REPO / "params.yaml")
+    raw["ablate"] = {**raw["ablate"], "ablations": ["levers"],
+                     "levers": {"cheap": {"width": 64, "depth": 1}, "alt": {"period": 2},
+                                "loss": {"output_weight": 1.0, "distill_steps": 50}}}
+    p = StageParams("ablate", validate(raw, root=REPO))
+    by = {v: s for a, v, s in ablation_rows(p) if a == "levers"}
+    base = by["loss"]
+    assert (by["cheap"].width, by["cheap"].depth, by["cheap"].adaptor_steps) == (64, 1, (2, 3, 4, 5))
+    assert by["alt"].adaptor_steps is None and by["alt"].clock == 2 and by["alt"].clock_repr() == 2
+    assert base.train_overrides == {"distill_steps": 50, "output_weight": 1.0} and base.width == 128
+    assert len({s.key() for s in by.values()}) == 3  # the distillation overrides are part of a row's identity
+    raw["ablate"]["levers"] = {"bad": {"adaptor_steps": [0, 9]}}
+    with pytest.raises(Exception, match="ablate.levers.bad"):
+        validate(raw, root=REPO)
 
 
 def test_pair_dataset_pads_step_zero_for_adaptors_without_r_out_prev() -> None:
