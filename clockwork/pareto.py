@@ -112,14 +112,20 @@ def operating_point(
 
 
 def plain_steps_front(rows: Sequence[Mapping[str, Any]], quality: str = "fid", cost: str = "gflops",
-                      quality_mode: str = "min") -> list[Mapping[str, Any]]:
+                      quality_mode: str = "min", drop_dominated: bool = True) -> list[Mapping[str, Any]]:
     """The rows of the plain baseline (one per step count) that are on the (cost, quality) front, cheapest first.
 
     A step count that costs more and is no better than another is dropped: nobody would pick it, and a
     non-monotone front would make the interpolation reward a method for the plain sampler's noise.
+    ``drop_dominated=False`` keeps every step count (the plain curve itself): right for a metric that barely
+    moves with the step count (CLIP here), where noise alone would let the cheapest step count dominate the
+    rest and leave no front to compare with.
     """
     if quality_mode not in MODES:
         raise ValueError(f"quality_mode must be 'min' or 'max', got {quality_mode!r}")
+    if not drop_dominated:
+        ok = [r for r in rows if math.isfinite(_value(r, cost)) and math.isfinite(_value(r, quality))]
+        return sorted(ok, key=lambda r: _value(r, cost))
     return [rows[i] for i in pareto_front(rows, cost, quality, "min", quality_mode)]
 
 

@@ -78,6 +78,13 @@ def test_plain_steps_front_drops_dominated_step_counts():
     # 7 steps costs more than 6 and is worse: not a choice anyone would make.
     assert [r["steps"] for r in plain_steps_front(PLAIN)] == [3, 4, 5, 6, 8]
     assert [r["steps"] for r in plain_steps_front(PLAIN, "clip", quality_mode="max")] == [3, 4, 5, 6, 8]
+    # CLIP flat within noise: the cheapest step count dominates every other one, the plain curve keeps them all
+    flat = [dict(steps=s, gflops=2.0 * s, clip=c) for s, c in ((3, 93.62), (4, 93.57), (6, 93.55), (8, 93.55))]
+    assert [r["steps"] for r in plain_steps_front(flat, "clip", quality_mode="max")] == [3]
+    curve = plain_steps_front(flat, "clip", quality_mode="max", drop_dominated=False)
+    assert [r["steps"] for r in curve] == [3, 4, 6, 8]
+    res = versus_fewer_steps(dict(gflops=10.0, clip=93.60), curve, "clip", quality_mode="max")
+    assert res["status"] == "inside" and res["delta"] == pytest.approx(93.60 - 93.56)  # halfway between 4 and 6 steps
 
 
 def test_versus_fewer_steps_interpolates_and_signs():
