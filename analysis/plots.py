@@ -47,8 +47,9 @@ def _plain_front(g: pd.DataFrame, metric: str) -> pd.DataFrame:
             if not (is_missing(r[metric]) or is_missing(r["gflops"]))]
     if not recs:
         return g.iloc[:0]
-    mode = "max" if metric == "clip" else "min"
-    return g.loc[[r["i"] for r in pareto().plain_steps_front(recs, metric, quality_mode=mode)]]
+    mode = "max" if metric == "clip" else "min"  # CLIP: the plain curve of every step count, as the stages compare
+    return g.loc[[r["i"] for r in pareto().plain_steps_front(recs, metric, quality_mode=mode,
+                                                             drop_dominated=metric != "clip")]]
 
 
 def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
@@ -63,7 +64,7 @@ def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
     if "clip" in pts and pts["clip"].notna().any():
         metrics.append(("clip", "CLIP score (higher is better)"))
     names = [n for n in pts["series"].unique() if n != "baseline"]
-    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    colors = {n: f"C{i}" if len(names) <= 10 else plt.cm.tab20(i % 20) for i, n in enumerate(names)}
     fig, axes = plt.subplots(len(metrics), len(panels), figsize=(5.8 * len(panels), 4.4 * len(metrics)), squeeze=False)
     for j, panel in enumerate(panels):
         g = pts[pts[key] == panel]
@@ -113,6 +114,13 @@ def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
             if len(b):
                 ax.scatter(b["gflops"] / scale, b[metric], label=f"baseline, {int(b['steps'].iloc[0])} steps",
                            **BASELINE_STYLE)
+            if metric == "fid" and len(front):  # a far-off point (the identity adaptor) would flatten the front
+                top = 2.5 * float(front[metric].max())
+                far = d[d[metric] > top]
+                if len(far):
+                    ax.set_ylim(top=top)
+                    ax.text(0.02, 0.97, "off scale: " + ", ".join(f"{r['series']} {r[metric]:.1f}" for _, r in far.iterrows()),
+                            transform=ax.transAxes, fontsize=7, va="top", color="gray")
             split = g["split"].dropna().iloc[0] if "split" in g and g["split"].notna().any() else None
             n = g["images"].iloc[0] if "images" in g else "?"
             where = f"{SOURCE_NAMES.get(src, src)}: {SPLIT_LABELS.get(split, 'split not recorded') if split else 'split not recorded'}"

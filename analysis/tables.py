@@ -459,11 +459,11 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
     (clockwork.pareto.plain_steps_front) of its panel, drawn from one results file only (``front_source``:
     evaluate.json where the panel has its points, else ablate.json)."""
     cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "clip_std", "latency_ms",
-            "n_samples", "split", "vs_fewer_steps", "ablation", "source"]
+            "n_samples", "split", "vs_fewer_steps", "ablation", "variant", "source"]
     e = ev.assign(source="evaluate", ablation=None)
     pts = e[[c for c in cols if c in e]]
-    if ab is not None and len(ab[ab["ablation"].isin(["steps", "front"])]):
-        s = ab[ab["ablation"].isin(["steps", "front"])].copy()
+    if ab is not None and len(ab[ab["ablation"].isin(["steps", "front", "levers"])]):
+        s = ab[ab["ablation"].isin(["steps", "front", "levers"])].copy()
         # a front row first: pipeline/ablate.py runs a configuration once, so a steps baseline at a front step count
         # is the same run, and the front rows are the ones vs_fewer_steps was computed against
         s = s.sort_values("ablation", key=lambda a: a != "front", kind="stable")
@@ -477,6 +477,9 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
     pts = pts.dropna(subset=["fid", "gflops"])
     pts["series"] = np.where(pts["kind"] == "baseline", "baseline",
                              "Clockwork (" + pts["adaptor"].fillna("?").astype(str) + ")")
+    if "variant" in pts:  # every lever is its own Clockwork variant
+        lev = pts["ablation"] == "levers"
+        pts.loc[lev, "series"] = "lever " + pts.loc[lev, "variant"].astype(str)
     # evaluate.json wins over an ablation run of the same configuration on the same split with as many images
     pts["images"] = pts["n_samples"].map(lambda n: "?" if is_missing(n) else str(int(n)))
     pts["split_"] = pts["split"].map(lambda v: "?" if is_missing(v) else str(v))
