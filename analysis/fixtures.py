@@ -52,7 +52,7 @@ def _metrics(rng, fid: float, gflops: float, latency: float, shared: np.ndarray 
 
 
 def vs_fewer_steps(point: dict, plain_rows: list[dict]) -> dict:
-    """What pipeline/common.py's ``vs_fewer_steps`` writes: ``point``'s FID and CLIP against the plain-steps front
+    """What pipeline/common's ``vs_fewer_steps`` writes: ``point``'s FID and CLIP against the plain-steps front
     of ``plain_rows`` (clockwork.pareto, loaded without torch: analysis.loader.pareto)."""
     from analysis.loader import pareto
 

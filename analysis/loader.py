@@ -462,7 +462,7 @@ def _is_sweep_parent(run: pd.Series) -> bool:
 # MLflow names (pipeline/sweep.py: params.yaml's dotted names, ``sweep.*`` / ``pareto.*`` tags) -> results.csv columns
 MLFLOW_ALIASES = {
     "trial_id": ("tags.sweep.trial_id", "tags.trial_id", "params.trial_id", "tags.mlflow.runName"),
-    "clock": ("params.clock.period", "params.clockwork.clock", "params.clock"),
+    "clock": ("params.clock.period", "params.clockwork.clock", "params.clock", "params.clock.adaptor_steps"),
     "width": ("params.adaptor.width", "params.width"),
     "cut": ("params.cut",),
     "steps": ("params.sampling.steps", "params.steps"),
@@ -473,6 +473,7 @@ MLFLOW_ALIASES = {
     "pareto_fid_gflops": ("tags.pareto.fid_gflops",),
     "pareto_clip_gflops": ("tags.pareto.clip_gflops",),
     "pareto_fid_latency": ("tags.pareto.fid_latency",),
+    "beats_fewer_steps": ("tags.fewer_steps.beats",),  # sweeps that score every trial against fewer steps
 }
 
 def sweep_trials_from_mlflow(runs: pd.DataFrame) -> pd.DataFrame:
@@ -604,7 +605,10 @@ class SweepInfo:
         return ", ".join(p for p in parts if p)
 
     def rule(self) -> str | None:
-        """The sweep's own recommendation rule (summary.json ``fid_tolerance``), as pipeline/sweep.py applies it."""
+        """The sweep's own recommendation rule, as pipeline/sweep.py applied it: the best ΔFID@FLOPs that beats
+        fewer steps (summary.json ``fewer_steps.rule``), or, in older sweeps, the ``fid_tolerance`` rule."""
+        if isinstance(self.summary.get("fewer_steps"), dict) and self.summary["fewer_steps"].get("rule"):
+            return str(self.summary["fewer_steps"]["rule"])
         tol = self.summary.get("fid_tolerance")
         if tol is None:
             return None
@@ -613,7 +617,10 @@ class SweepInfo:
         return f"the largest FLOPs saving with FID within {within}"
 
     def caution(self) -> str | None:
-        """pipeline/sweep.py's warning: the baseline's FID std exceeds the tolerance, so rankings are noise."""
+        """Older sweeps' warning: the baseline's FID std exceeds the tolerance, so rankings are noise. (A sweep that
+        scores trials against fewer steps carries the noise in each ΔFID@FLOPs' std instead.)"""
+        if "fewer_steps" in self.summary:
+            return None
         base, tol = self.summary.get("baseline") or {}, self.summary.get("fid_tolerance")
         std = base.get("fid_std")
         if tol is None or is_missing(std) or std is None or self.summary.get("fid_tolerance_relative"):

@@ -3,13 +3,15 @@ error bars wherever a std exists."""
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.loader import SPLIT_LABELS, completed, is_missing, is_sweep_baseline, pareto, vs_fewer
+from analysis.loader import SPLIT_LABELS, clock_label, completed, is_missing, is_sweep_baseline, pareto, vs_fewer
 from analysis.tables import (SENS_MODES, VS_MARGIN, VS_SIGMAS, _cut_words, flops_unit, pareto_mask, sens_variant,
                              sensitivity_about, verdict_kind)
 
@@ -236,10 +238,16 @@ def distill_loss(curve: pd.DataFrame):
 CUT_MARKERS = ("o", "s", "^", "D", "v")
 
 
+def _clock_short(v) -> str:
+    """``c3`` for a period, ``a2.3.4.5`` for a schedule of 0-based adaptor steps, as in the sweep's trial names."""
+    st = [int(x) for x in re.findall(r"\d+", str(v))]
+    return ("a" + ".".join(map(str, st))) if "[" in str(v) or isinstance(v, (list, tuple)) else f"c{int(float(v))}"
+
+
 def _short(r) -> str:
     """``c3 w64 k1``: clock, adaptor width, cut, as in the sweep's trial names (``c3-resnet-w64-k1-s8``)."""
-    parts = [f"{p}{int(r[c])}" for p, c in (("c", "clock"), ("w", "width"), ("k", "cut"))
-             if c in r and not is_missing(r[c])]
+    parts = [_clock_short(r["clock"])] if "clock" in r and not is_missing(r["clock"]) else []
+    parts += [f"{p}{int(r[c])}" for p, c in (("w", "width"), ("k", "cut")) if c in r and not is_missing(r[c])]
     return " ".join(parts) or str(r["trial_id"])
 
 
@@ -297,7 +305,7 @@ def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, basel
         steps = f", {int(baseline['steps'])} steps" if not is_missing(baseline.get("steps")) else ""
         handles.append(Line2D([], [], ls=":", marker="*", markersize=13, color="black",
                               label=f"baseline (full UNet{steps})"))
-    handles += [Line2D([], [], ls="", marker="o", color=color[c], label=f"clock {int(c)}") for c in clocks]
+    handles += [Line2D([], [], ls="", marker="o", color=color[c], label=clock_label(c, None)) for c in clocks]
     handles += [Line2D([], [], ls="", marker=marker[c], color="gray", label=f"cut {int(c)}") for c in cuts]
     if "fid_std" in done:
         handles.append(Line2D([], [], color="gray", marker="|", ls="", markersize=10, label="± FID bootstrap std"))

@@ -977,7 +977,8 @@ def recommend(trials: pd.DataFrame, baseline_fid: float | None, sweep_rule: str 
     """The recommended trial: the one the sweep recorded (``recommended`` column, ``summary.json``, the MLflow
     parent's ``sweep.recommended_trial`` tag), else the operating point rule of clockwork/pareto.py with a 5%
     relative tolerance: the cheapest completed trial whose FID is within 5% of the baseline's (of the best
-    trial's without a baseline). ``sweep_rule`` (:meth:`analysis.loader.SweepInfo.rule`) names the rule the
+    trial's without a baseline). A sweep that scored its trials against fewer steps (a ``beats_fewer_steps``
+    column) and recommended none means none. ``sweep_rule`` (:meth:`analysis.loader.SweepInfo.rule`) names the rule the
     sweep applied, for a recorded recommendation."""
     recorded = "recorded by the sweep" + (f": {sweep_rule}" if sweep_rule else "")
     if "recommended" in trials and trials["recommended"].fillna(False).astype(bool).any():
@@ -987,6 +988,8 @@ def recommend(trials: pd.DataFrame, baseline_fid: float | None, sweep_rule: str 
         rec = rec[rec != ""]
         if len(rec):
             return rec.iloc[0], recorded
+    if "beats_fewer_steps" in trials:  # the sweep scored every trial against fewer steps: its "none" stands
+        return None, "no trial beats taking fewer steps, " + recorded
     done = completed(trials)
     done = done[~is_sweep_baseline(done)]
     if done.empty:

@@ -1,1 +1,1 @@
-"""DVC stage scripts (one per stage), their shared logic (common.py), params validation (config.py), MLflow (tracking.py)."""
+"""DVC stage scripts (one per stage), their shared logic (common/), params validation (config.py), MLflow (tracking.py)."""

@@ -146,7 +146,7 @@ def main() -> None:
     # What every row depends on besides its own spec; a change makes old rows unusable (they are not matched).
     # (and the code that computes them: rows made by other code are recomputed).
     code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["ablate"]["deps"]
-                      if d.endswith(".py")])
+                      if d.endswith(".py") or d == "pipeline/common"])
     # (which rows are asked for - ablations, levers, front steps - is not context: adding one reuses the others)
     context = obj_sha([p.flat().get(k) for k in sorted(p.flat())
                        if not k.startswith(("adaptor.", "clock.", "cut", "ablate.levers", "ablate.ablations",

@@ -1,10 +1,10 @@
 """params.yaml, validated before any work starts.
 
-Every section is a pydantic model with ``extra="forbid"`` and strict types, so an unknown key or a wrong
-type fails at once. Cross-field rules (a cut the teacher cannot take, adaptor steps outside the schedule,
-more evaluation images than prepared prompts, ...) and missing input files are checked next. Any problem
-gives one message per offending key, ``params.yaml: distill.lr: ...``, and exit code 2 - before a stage
-writes anything.
+Every section is a pydantic model (pipeline/config_sections.py; the `sweep:` section's in
+pipeline/config_sweep.py) with ``extra="forbid"`` and strict types, so an unknown key or a wrong type fails at
+once. Cross-field rules (a cut the teacher cannot take, adaptor steps outside the schedule, more evaluation
+images than prepared prompts, ...) and missing input files are checked next. Any problem gives one message per
+offending key, ``params.yaml: distill.lr: ...``, and exit code 2 - before a stage writes anything.
 
 A stage calls ``load_params("distill")`` and gets only the sections it declares in dvc.yaml
 (:data:`STAGE_SECTIONS`; a test keeps the two in sync), so what a stage reads is what DVC tracks.
@@ -15,196 +15,26 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
+
+if __package__ in (None, ""):  # run as `python pipeline/config.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config_sections import (  # noqa: F401 - the sections are part of this module's interface
+    ABLATIONS, ADAPTOR_INPUTS, ADAPTOR_KINDS, DEFAULT_PARAMS, SAMPLERS, SPLITS, Ablate, Adaptor, Clip, ClockParams,
+    ConfigError, Device, Distill, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare, Report,
+    Sampling, SD15World, Section, Teacher, Trajectories, World, problems_from,
+)
+from pipeline.config_sweep import SweepParams
 
 PARAMS_ENV = "CLOCKWORK_PARAMS"
-DEFAULT_PARAMS = "params.yaml"
-
-SAMPLERS = ("dpm++", "dpm", "pndm", "ddim", "euler", "heun")
-ADAPTOR_KINDS = ("identity", "resnet", "unet-light")
-ADAPTOR_INPUTS = ("r_in", "r_out_prev", "time", "text")
-ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers")
-SPLITS = ("heldout", "val")
 TRAIN_IMAGES = 60_000  # Fashion-MNIST train: distillation prompts and the validation split are disjoint draws from it
 HELDOUT_IMAGES = 10_000  # Fashion-MNIST t10k: evaluation prompts and reference images are disjoint draws from it
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-PosInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-Device = Literal["auto", "cpu", "cuda"]
-
-
-# ---------------------------------------------------------------------------------------------- world
-class EmbeddedWorld(Section):
-    """The offline world: the committed 5 M-param teacher on captioned 32x32 Fashion-MNIST."""
-
-    kind: Literal["embedded"]
-    data_root: str = "/usr/share/datasets/fashion-mnist"
-    teacher: str = "clockwork/assets/teacher"
-    scorer: str = "clockwork/assets/scorer"
-
-
-class SD15World(Section):
-    """Stable Diffusion v1.5 on MS-COCO 2017 (GPU; downloads unless every path is local)."""
-
-    kind: Literal["sd15"]
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or a local StableDiffusionPipeline folder
-    captions: str  # COCO captions json (annotations/captions_val2017.json): evaluation prompts
-    distill_captions: str | None = None  # captions json for distillation prompts (e.g. captions_train2017.json)
-    reference_images: str  # folder of COCO val2017 images (FID reference)
-    clip_model: str = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
-    resolution: PosInt = 512
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-
-
-World = Annotated[Union[EmbeddedWorld, SD15World], Field(discriminator="kind")]
-
-
-# --------------------------------------------------------------------------------------------- stages
-class Prepare(Section):
-    distill_prompts: PosInt = 512  # training-split captions whose trajectories are unrolled
-    eval_prompts: PosInt = 300  # held-out captions the methods are evaluated on
-    reference_images: PosInt = 1000  # held-out real images for FID/KID
-    val_prompts: NonNegInt = 0  # validation split: training-split captions not distilled on (0 = none)
-    val_reference_images: NonNegInt = 0  # its FID reference: other training-split images
-    seed: NonNegInt = 0
-    device: Device = "auto"
-
-
-class Teacher(Section):
-    """Training of the embedded teacher (frozen stage; see pipeline/teacher_gpu.py for the GPU runs)."""
-
-    batch_size: PosInt = 512
-    lr: PosFloat = 4e-4
-    warmup_steps: NonNegInt = 500
-    max_steps: PosInt = 100_000
-    minutes: PosFloat = 8.0
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.9995
-    seed: NonNegInt = 0
-    compile: bool = False
-    workdir: str = "models/teacher_ckpt"
-    device: Device = "auto"
-
-
-class Clip(Section):
-    """Training of the embedded CLIP stand-in (frozen stage)."""
-
-    steps: PosInt = 1500
-    batch: PosInt = 256
-    lr: PosFloat = 2e-3
-    seed: NonNegInt = 0
-    device: Device = "auto"
-
-
-class Sampling(Section):
-    sampler: Literal[SAMPLERS] = "dpm++"
-    steps: Annotated[int, Field(ge=2)] = 8
-    guidance: Annotated[float, Field(ge=1.0)] = 2.0
-
-
-class Trajectories(Section):
-    cuts: list[PosInt] = [1, 2]
-    shard_size: PosInt = 64
-    seed: NonNegInt = 0
-    device: Device = "auto"
-
-
-class Adaptor(Section):
-    kind: Literal[ADAPTOR_KINDS] = "resnet"
-    width: PosInt = 128
-    depth: PosInt = 2
-    inputs: list[Literal[ADAPTOR_INPUTS]] = list(ADAPTOR_INPUTS)
-
-
-class ClockParams(Section):
-    period: int = 2  # full UNet every `period`-th sampler step (0-based step % period == 0)
-    adaptor_steps: list[int] | None = None  # explicit 0-based adaptor steps; overrides `period`
-
-
-class Distill(Section):
-    steps: PosInt = 1500
-    batch_size: PosInt = 16
-    lr: PosFloat = 1e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    grad_clip: PosFloat | None = 1.0
-    seed: NonNegInt = 0
-    checkpoint_every: PosInt = 250
-    log_every: PosInt = 25
-    heldout_prompts: NonNegInt = 64  # last trajectories kept out of training for heldout_mse
-    rollout_steps: NonNegInt = 0  # then this many more steps on the teacher's + Clockwork's own rollouts (0 = off)
-    # weight w of the output-space term: loss = MSE(r_out) + w * MSE(UNet output through the teacher's
-    # high-res decoder); 0 = r_out MSE only. > 0 loads the teacher and data/prepared in the distill stage.
-    output_weight: Annotated[float, Field(ge=0)] = 0.0
-    device: Device = "auto"
-
-
-class Evaluate(Section):
-    n_samples: PosInt = 300
-    seed: NonNegInt = 1234
-    batch_size: PosInt = 100
-    fid_bootstrap: Annotated[int, Field(ge=2)] = 10
-    kid_subsets: PosInt = 50
-    kid_subset_size: PosInt = 100
-    latency_runs: PosInt = 5
-    grid_images: PosInt = 8
-    front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # the plain baseline's step counts: the front
-    device: Device = "auto"
-
-
-class Lever(Section):
-    """One row of the `levers` ablation: what it changes from the default Clockwork method (unset = unchanged)."""
-
-    adaptor: Literal[ADAPTOR_KINDS] | None = None
-    width: PosInt | None = None
-    depth: PosInt | None = None
-    inputs: list[Literal[ADAPTOR_INPUTS]] | None = None
-    period: PosInt | None = None
-    adaptor_steps: list[int] | None = None
-    cut: PosInt | None = None
-    steps: Annotated[int, Field(ge=2)] | None = None  # sampler steps (the adaptor is distilled for them)
-    distill_steps: PosInt | None = None
-    distill_prompts: PosInt | None = None
-    output_weight: Annotated[float, Field(ge=0)] | None = None
-    rollout_steps: NonNegInt | None = None
-
-
-class Ablate(Section):
-    ablations: list[Literal[ABLATIONS]] = list(ABLATIONS)
-    n_samples: PosInt = 100
-    distill_steps: PosInt = 400  # distillation budget per ablation row
-    distill_prompts: PosInt = 128  # prompts unrolled for rows that need their own trajectories
-    forward_noised_images: PosInt = 128  # training images for the forward-noised (classic) rows
-    resnet_wide_width: PosInt = 384
-    unet_light_width: PosInt = 32
-    schedules: dict[str, list[int]] = {"late_half": [4, 5, 6, 7], "early_middle": [2, 3, 4, 5]}
-    samplers: list[Literal[SAMPLERS]] = ["dpm++", "dpm", "pndm", "ddim"]
-    step_counts: list[Annotated[int, Field(ge=2)]] = [4, 6, 8]
-    training_steps: list[Annotated[int, Field(ge=2)]] = [4, 8]
-    cuts: list[PosInt] = [1, 2]
-    latency_runs: PosInt = 3
-    fid_bootstrap: Annotated[int, Field(ge=2)] = 10
-    batch_size: PosInt = 50
-    seed: NonNegInt = 1234  # initial noise of the evaluated images (and the forward-noised training images)
-    split: Literal[SPLITS] = "heldout"  # heldout: the evaluation prompts | val: the validation split (prepare.val_*)
-    front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # plain baseline rows every row is compared with
-    levers: dict[str, Lever] = {}  # the `levers` ablation: named variants of the default Clockwork method
-    device: Device = "auto"
-
-
-class Report(Section):
-    notebooks: str = "analysis"
-    out: str = "reports/analysis"
-    timeout_s: PosInt = 600
 
 
 class Params(Section):
@@ -221,11 +51,7 @@ class Params(Section):
     evaluate: Evaluate
     ablate: Ablate
     report: Report
-    # Ray Tune sweep settings: validated by pipeline/sweep.py (parse_sweep), read by no DVC stage.
-    sweep: dict[str, Any] | None = None
-    # `sweep:` belongs to pipeline/sweep.py (no DVC stage reads it); it is validated there by SweepParams,
-    # kept opaque here so this module does not import the Ray-side code. Optional: absent = no sweep.
-    sweep: dict[str, Any] | None = None
+    sweep: SweepParams | None = None  # Ray Tune (python pipeline/sweep.py); no DVC stage reads it; absent = no sweep
 
 
 # What each stage reads; dvc.yaml declares exactly these params (tests/test_config.py checks).
@@ -258,36 +84,7 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
-    """One or more problems in params.yaml; ``problems`` is a list of (dotted key, message)."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str = DEFAULT_PARAMS):
-        self.problems = problems
-        self.source = source
-        super().__init__("\n".join(f"{source}: {k}: {m}" for k, m in problems))
-
-
 # ------------------------------------------------------------------------------------------ checking
-def _pydantic_problems(err: ValidationError, raw: dict) -> list[tuple[str, str]]:
-    out = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
-        # A discriminated union puts the tag in the location (world.embedded.teacher); drop it.
-        if len(loc) > 1 and loc[0] == "world" and loc[1] in ("embedded", "sd15"):
-            loc = [loc[0]] + loc[2:]
-        key = ".".join(loc) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo? see params.yaml for the keys this section takes)"
-        value = e.get("input")
-        if isinstance(value, str) and e["type"] in ("float_type", "int_type"):
-            msg += f" (got the string {value!r}; YAML reads 1e-4 as a string - write 1.0e-4)"
-        elif e["type"] not in ("missing", "extra_forbidden") and not isinstance(value, (dict, list)):
-            msg += f" (got {value!r})"
-        out.append((key, msg))
-    return out
-
-
 def teacher_unet_config(world: EmbeddedWorld | SD15World, root: Path) -> dict:
     """The teacher's UNet config, read without loading weights (for cut validation and FLOPs)."""
     import json
@@ -489,7 +286,7 @@ def validate(raw: dict, root: str | os.PathLike = ".", files_for: str | None = N
     try:
         p = Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_pydantic_problems(e, raw), source) from None
+        raise ConfigError(problems_from(e), source) from None
     root = Path(root)
     problems = cross_check(p, root)
     if not problems and files_for is not None:

@@ -73,7 +73,7 @@ def main() -> None:
     cfg = distill_config(p.distill)
 
     # Checkpoints made with other settings or data must not be resumed.
-    stamp = obj_sha([spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, code_sha("pipeline/distill.py", "pipeline/common.py",
+    stamp = obj_sha([spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, code_sha("pipeline/distill.py", "pipeline/common",
                                                                "clockwork/distill.py", "clockwork/adaptors.py")])
     stamp_file = CKPT_DIR / "stamp.txt"
     if CKPT_DIR.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):

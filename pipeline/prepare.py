@@ -154,7 +154,7 @@ def _sd15(p, out: Path, device: str) -> dict:
 
 def prompts_only(out: str) -> None:
     """``python pipeline/prepare.py --prompts-only DIR``: prompts.json + embeddings only (no Inception statistics),
-    for a machine without the MiniLM encoder that computes the statistics itself (pipeline/gpu_prepare.py)."""
+    for a machine without the MiniLM encoder that computes the statistics itself (scripts/gpu/gpu_prepare.py)."""
     from pipeline.common import atomic_dir, write_json
 
     p = load_params("prepare")

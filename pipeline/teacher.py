@@ -1,6 +1,6 @@
 """Stage `teacher` (frozen): train the embedded teacher and export it to world.teacher (clockwork/assets/teacher).
 
-The committed teacher came from resumed GPU runs of pipeline/teacher_gpu.py (same training code,
+The committed teacher came from resumed GPU runs of scripts/gpu/teacher_gpu.py (same training code,
 clockwork.embedded.training); this stage is the CPU/GPU entry DVC knows. It is frozen in dvc.yaml so
 `dvc repro` uses the committed weights; to retrain: `dvc unfreeze teacher && dvc repro teacher`
 (`teacher.minutes` bounds the wall clock; training resumes from `teacher.workdir`).

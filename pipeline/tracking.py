@@ -1,22 +1,30 @@
-"""MLflow as a window on the pipeline, never a source: every call here warns and carries on if MLflow fails.
+"""MLflow as a window on the pipeline, never a source: the one place that talks to MLflow, for stages and sweep.
 
 Default store ``sqlite:///<repo>/mlflow.db`` (git-ignored), overridable with ``MLFLOW_TRACKING_URI``;
-``CLOCKWORK_MLFLOW=0`` turns logging off. One experiment per stage group (``clockwork-data``,
-``clockwork-distill``, ``clockwork-evaluate``, ``clockwork-ablate``, ``clockwork-report``), flat dotted
-params (``adaptor.width``, ``clock.period``, ``cut``), metrics, and artifacts a person looks at.
+``CLOCKWORK_MLFLOW=0`` turns stage logging off. One experiment per stage group (``clockwork-data``,
+``clockwork-distill``, ``clockwork-evaluate``, ``clockwork-ablate``, ``clockwork-report``, ``clockwork-sweep``),
+flat dotted params (``adaptor.width``, ``clock.period``, ``cut``), metrics, and artifacts a person looks at.
+
+Stages use :func:`stage_run`, whose every call warns and carries on if MLflow fails:
 
     with tracking.stage_run("distill", params.flat()) as run:
         run.log_metrics({"loss": 0.1}, step=25)
         run.log_artifact("plots/distill_loss.csv")
+
+The sweep (pipeline/tune/) uses :class:`Tracker`, a client whose calls are retried while a store shared by
+concurrent trials is busy; it decides itself what a failure means. Both go through :func:`retrying`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import random
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +52,39 @@ def _warn(what: str, e: Exception) -> None:
 
 
 def _param_value(v: Any) -> str:
-    s = str(v)
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return s if len(s) <= 500 else s[:497] + "..."
+
+
+def is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _transient(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(s in text for s in ("locked", "busy", "operationalerror", "timeout", "timed out", "connection",
+                                   "temporarily", "503", "502", "429", "too many requests", "resource_exhausted"))
+
+
+def retrying(fn: Callable, *args, attempts: int = 40, **kwargs):
+    """Call an MLflow function; retry what a busy sqlite file or a restarting server throws."""
+    delay = 0.05
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            if i == attempts - 1 or not _transient(e):
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative sqlite path means the caller's folder; sweep trials run elsewhere, so pin it."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
 
 
 class Run:
@@ -64,7 +103,7 @@ class Run:
         if not self.ok:
             return
         try:
-            fn(*a, **kw)
+            retrying(fn, *a, **kw)
         except Exception as e:  # noqa: BLE001 - tracking must never stop the pipeline
             _warn(what, e)
 
@@ -74,8 +113,7 @@ class Run:
                        run_id=self.run_id)
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        clean = {k: float(v) for k, v in metrics.items() if is_finite(v)}
         if clean and self.ok:
             self._call("log_metrics", self._mlflow.log_metrics, clean, step=step, run_id=self.run_id)
 
@@ -146,3 +184,96 @@ def stage_run(stage: str, params: dict[str, Any] | None = None, run_name: str | 
             mlflow.end_run(status=status)
         except Exception as e:  # noqa: BLE001
             _warn("end run", e)
+
+
+class Tracker:
+    """One MlflowClient per process; every call retried (concurrent sweep trials share one sqlite file)."""
+
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(uri)
+
+    def call(self, method: str, *args, **kwargs):
+        return retrying(getattr(self.client, method), *args, **kwargs)
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.call("get_experiment_by_name", name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.call("create_experiment", name, artifact_location=self.artifact_root(name))
+        except Exception:  # noqa: BLE001 - another process created it first
+            exp = self.call("get_experiment_by_name", name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def artifact_root(self, experiment: str) -> str | None:
+        """Artifacts of a sqlite store live beside its file (mlflow's default, ./mlruns, follows the cwd);
+        a tracking server decides for itself."""
+        prefix = "sqlite:///"
+        if self.uri.startswith(prefix):
+            return str(Path(self.uri[len(prefix):]).parent / "mlruns" / experiment)
+        return None
+
+    def search(self, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.call("search_runs", [experiment_id], filter_string=filter_string, max_results=1000,
+                             page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def children(self, experiment_id: str, parent_id: str) -> dict[str, Any]:
+        """The child runs of ``parent_id`` by their ``sweep.trial_id`` tag."""
+        runs = self.search(experiment_id, f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        return {r.data.tags.get("sweep.trial_id"): r for r in runs if r.data.tags.get("sweep.trial_id")}
+
+    def log_params(self, run, params: dict[str, Any]) -> None:
+        """The params ``run`` lacks (MLflow refuses to change a logged param)."""
+        from mlflow.entities import Param
+
+        have = dict(run.data.params) if run is not None and hasattr(run, "data") else {}
+        todo = [Param(k, _param_value(v)) for k, v in params.items() if k not in have]
+        for i in range(0, len(todo), 100):
+            self.call("log_batch", run.info.run_id, params=todo[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+        self.log_history(run_id, None, [(step, metrics)])
+
+    def log_history(self, run_id: str, key: str | None, history: Iterable[tuple[int, Any]]) -> None:
+        """``(step, value)`` pairs of metric ``key``; with ``key=None`` each value is a dict of metrics."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, int(s)) for s, val in history
+              for k, v in (val.items() if key is None else [(key, val)]) if is_finite(v)]
+        for i in range(0, len(ms), 1000):
+            self.call("log_batch", run_id, metrics=ms[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        ts = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, len(ts), 100):
+            self.call("log_batch", run_id, tags=ts[i:i + 100])
+
+    def open_child(self, experiment_id: str, parent_id: str, trial_id: str, name: str, params: dict,
+                   tags: dict) -> tuple[str, bool]:
+        """The child run of ``trial_id`` (created once; a retried or resumed trial reuses it), and whether it
+        is new."""
+        found = self.search(experiment_id, f"tags.`sweep.trial_id` = '{trial_id}' and "
+                                           f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        if found:
+            run = found[0]
+            if run.info.status != "RUNNING":
+                self.call("update_run", run.info.run_id, status="RUNNING")
+        else:
+            run = self.call("create_run", experiment_id, run_name=name,
+                            tags={"mlflow.parentRunId": parent_id, "sweep.trial_id": trial_id, **tags})
+        self.log_params(run, params)
+        return run.info.run_id, not found

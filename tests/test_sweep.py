@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import signal
@@ -25,7 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sweep = importlib.import_module("pipeline.sweep")
+from pipeline.tune import driver  # noqa: E402
+from pipeline.tune import records  # noqa: E402
+from pipeline.tune import mlflow_sync  # noqa: E402
 
 pytest.importorskip("ray")
 pytest.importorskip("mlflow")
@@ -68,7 +69,7 @@ def store(uri: str, name: str):
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(sweep.DEFAULT_EXPERIMENT)
+    exp = client.get_experiment_by_name(mlflow_sync.DEFAULT_EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], f"tags.`sweep.name` = '{name}'", max_results=1000)
     parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -86,7 +87,7 @@ def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster,
         "resources": {"cpus_per_trial": 0.5}, "max_failures": 1, "fid_tolerance": 0.5,
         "overrides": {"tiny_root": str(world), "distill_steps": 15},
     })
-    summary = sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=uri, num_cpus=2)
+    summary = driver.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=uri, num_cpus=2)
     out = tmp_path / "sweeps" / "tiny"
 
     rows = read_csv(out / "results.csv")
@@ -95,7 +96,7 @@ def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster,
     base = [r for r in rows if r["baseline"] == "True"]
     assert len(base) == 1 and base[0]["adaptor"] == "none" and float(base[0]["gflops_ratio"]) == 1.0
     assert all(float(r["gflops"]) < float(base[0]["gflops"]) for r in rows if r["baseline"] != "True")
-    for name in sweep.FRONTS:
+    for name in records.FRONTS:
         assert any(r[f"pareto_{name}"] == "True" for r in rows)
         assert (out / f"pareto_{name}.png").stat().st_size > 10_000
     assert sum(r["recommended"] == "True" for r in rows) == (1 if summary["recommended"] else 0)
@@ -132,6 +133,31 @@ def test_tiny_clockwork_sweep_logs_parent_children_fronts(tmp_path, ray_cluster,
     assert client.get_run(parent.info.run_id).data.metrics["baseline.fid"] == pytest.approx(float(base[0]["fid"]))
 
 
+def test_schedules_and_the_plain_steps_front_go_through_tune_and_mlflow(tmp_path, ray_cluster, mlflow_uri):
+    """A schedule (list of adaptor steps) is a clock value Tune carries; the baseline runs at every front step
+    count; trials get ΔFID@FLOPs; the one that beats fewer steps the most is recommended, on the parent too."""
+    cfg = write_config(tmp_path / "sweep.yaml", {
+        "name": "front", "trial": "tests/test_sweep_trial.py:quick_trial",
+        "space": {"clock": [2, [1, 2]], "width": [1], "cut": [1], "steps": [4]}, "front_steps": [2, 3],
+        "beat_margin": 0.5, "resources": {"cpus_per_trial": 0.5}, "overrides": {"sleep": 0.2},
+    })
+    summary = driver.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=mlflow_uri, num_cpus=2)
+    rows = {r["run_name"]: r for r in read_csv(tmp_path / "sweeps" / "front" / "results.csv")}
+    assert set(rows) == {"baseline-s2", "baseline-s3", "baseline-s4", "c2-w1-k1-s4", "a1.2-w1-k1-s4"}
+    assert all(r["status"] == "complete" for r in rows.values())
+    assert rows["a1.2-w1-k1-s4"]["clock"] == "[1, 2]" and [p["steps"] for p in summary["plain_front"]] == [2, 3, 4]
+    assert float(rows["a1.2-w1-k1-s4"]["dfid_at_flops"]) == pytest.approx(0.867, abs=0.01)  # quick_trial's formula
+    assert rows["c2-w1-k1-s4"]["beats_fewer_steps"] == rows["a1.2-w1-k1-s4"]["beats_fewer_steps"] == "True"
+    assert rows["a1.2-w1-k1-s4"]["recommended"] == "True" and summary["recommended"]["clock"] == [1, 2]
+    client, _, parents, children = store(mlflow_uri, "front")
+    tags, metrics = parents[0].data.tags, client.get_run(parents[0].info.run_id).data.metrics
+    assert tags["sweep.recommended"] == "a1.2-w1-k1-s4" and tags["sweep.answer"] == summary["fewer_steps"]["answer"]
+    assert tags["recommended.clock.adaptor_steps"] == "[1, 2]" and tags["sweep.beats_fewer_steps"] == "true"
+    assert metrics["recommended.dfid_at_flops"] == pytest.approx(float(rows["a1.2-w1-k1-s4"]["dfid_at_flops"]))
+    kid = {c.info.run_name: c for c in children}["a1.2-w1-k1-s4"]
+    assert kid.data.tags["fewer_steps.beats"] == "true" and kid.data.params["clock.adaptor_steps"] == "[1, 2]"
+
+
 def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monkeypatch, ray_cluster, mlflow_uri):
     # The default kind of store (a sqlite file), reached the default way (MLFLOW_TRACKING_URI).
     uri = mlflow_uri
@@ -143,7 +169,7 @@ def test_concurrent_trials_retries_and_failures_never_lose_a_run(tmp_path, monke
         "overrides": {"sleep": 2.0, "reports": 8, "fail_once_width": 2, "fail_clock": 5,
                       "barrier": 8, "barrier_dir": str(tmp_path / "barrier")},
     })
-    sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps")
+    driver.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps")
     out = tmp_path / "sweeps" / "crowd"
     rows = {r["run_name"]: r for r in read_csv(out / "results.csv")}
     assert len(rows) == 8
@@ -183,7 +209,7 @@ def test_random_search_with_asha_stops_trials_on_the_distillation_loss(tmp_path,
         "scheduler": {"name": "asha", "options": {"grace_period": 2, "reduction_factor": 2}},
         "max_concurrent": 2, "resources": {"cpus_per_trial": 0.5}, "overrides": {"sleep": 1.0, "reports": 8},
     })
-    sweep.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=mlflow_uri)
+    driver.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=mlflow_uri)
     rows = read_csv(tmp_path / "sweeps" / "asha" / "results.csv")
     assert len(rows) == 6 and all(2 <= int(r["clock"]) < 7 and r["width"] in ("1", "2", "4") for r in rows)
     status = {r["trial_id"]: r["status"] for r in rows}
@@ -241,7 +267,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, mlflow
     # A --no-mlflow sweep goes into MLflow afterwards, as often as one likes, without duplicates.
     uri = mlflow_uri
     for _ in range(2):
-        sweep.import_results(out, tracking_uri=uri)
+        driver.import_results(out, tracking_uri=uri)
     client, _, parents, children = store(uri, "killme")
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["sweep.trial_id"] for c in children} == {r["trial_id"] for r in rows}

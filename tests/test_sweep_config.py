@@ -1,6 +1,5 @@
 """The `sweep:` section: parsing, the points a grid makes, and clear errors for every kind of mistake."""
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -9,17 +8,20 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sweep = importlib.import_module("pipeline.sweep")
+from pipeline import config_sweep  # noqa: E402
+from pipeline.tune import space  # noqa: E402
+from pipeline.tune import driver  # noqa: E402
+from pipeline import sweep  # noqa: E402
 
 SPACE = {"clock": [2, 3, 4], "width": [64, 128], "cut": [1, 2]}
 
 
 def parse(section):
-    return sweep.parse_sweep({"sweep": section})
+    return config_sweep.parse_sweep({"sweep": section})
 
 
 def problems(section):
-    with pytest.raises(sweep.SweepConfigError) as e:
+    with pytest.raises(config_sweep.SweepConfigError) as e:
         parse(section)
     return dict(e.value.problems), str(e.value)
 
@@ -28,18 +30,18 @@ def test_defaults_and_grid_points():
     sp = parse({"space": SPACE})
     assert sp.search.algorithm == "grid" and sp.scheduler.name == "fifo" and sp.baseline == "trial"
     assert sp.trial == "pipeline.common:train_and_evaluate" and sp.resources.gpus_per_trial == 1.0
-    pts = sweep.grid_points(sp)
+    pts = space.grid_points(sp)
     assert len(pts) == 12 and pts[0] == {"clock": 2, "width": 64, "cut": 1}
-    assert {sweep.run_name(p) for p in pts} >= {"c2-w64-k1", "c4-w128-k2"}
+    assert {space.run_name(p) for p in pts} >= {"c2-w64-k1", "c4-w128-k2"}
 
 
 def test_identity_adaptor_ignores_width():
     sp = parse({"space": {**SPACE, "adaptor": ["resnet", "identity"], "steps": [8]}})
-    pts = sweep.grid_points(sp)
+    pts = space.grid_points(sp)
     # 3 clocks x 2 cuts x (2 resnet widths + 1 identity) - the identity has no width to sweep.
     assert len(pts) == 18
     assert {"clock": 2, "cut": 1, "steps": 8, "adaptor": "identity"} in pts
-    assert sweep.run_name(pts[0]) == "c2-resnet-w64-k1-s8"
+    assert space.run_name(pts[0]) == "c2-resnet-w64-k1-s8"
 
 
 BASE = {"world": {"kind": "embedded"}, "cut": 1, "clock": {"period": 2, "adaptor_steps": [1, 3]},
@@ -51,36 +53,36 @@ BASE = {"world": {"kind": "embedded"}, "cut": 1, "clock": {"period": 2, "adaptor
 def test_shorthands_and_baselines():
     sp = parse({"space": {**SPACE, "steps": [4, 8]}, "search": "random", "scheduler": "asha"})
     assert sp.search.algorithm == "random" and sp.scheduler.name == "asha"
-    assert sweep.baseline_points(sp, BASE) == [{"clock": 1, "steps": 4, "adaptor": "none"},
+    assert space.baseline_points(sp, BASE) == [{"clock": 1, "steps": 4, "adaptor": "none"},
                                                {"clock": 1, "steps": 8, "adaptor": "none"}]
-    assert sweep.baseline_points(parse({"space": SPACE}), BASE) == [{"clock": 1, "steps": 8, "adaptor": "none"}]
-    assert sweep.baseline_points(parse({"space": SPACE, "baseline": "none"}), BASE) == []
+    assert space.baseline_points(parse({"space": SPACE}), BASE) == [{"clock": 1, "steps": 8, "adaptor": "none"}]
+    assert space.baseline_points(parse({"space": SPACE, "baseline": "none"}), BASE) == []
 
 
 def test_points_take_defaults_from_the_params_file():
     sp = parse({"space": SPACE})
-    pts = sweep.grid_points(sp, BASE)
+    pts = space.grid_points(sp, BASE)
     assert pts[0] == {"clock": 2, "width": 64, "cut": 1, "steps": 8, "adaptor": "resnet"}
 
 
 def test_trial_params_are_what_train_and_evaluate_takes():
     sp = parse({"space": SPACE, "overrides": {"distill_steps": 300, "n_samples": 100}})
     point = {"clock": 3, "width": 64, "cut": 2, "steps": 8, "adaptor": "resnet"}
-    p = sweep.trial_params(BASE, sp, point, "/repo/params.yaml")
+    p = space.trial_params(BASE, sp, point, "/repo/params.yaml")
     assert p == {**point, "distill_steps": 300, "n_samples": 100, "params_file": "/repo/params.yaml"}
     # MLflow sees the trial in params.yaml's dotted names, on top of the file's other settings.
-    flat = sweep.mlflow_params(BASE, p)
+    flat = space.mlflow_params(BASE, p)
     assert flat["clock.period"] == 3 and flat["adaptor.width"] == 64 and flat["cut"] == 2
     assert flat["distill.steps"] == 300 and flat["evaluate.n_samples"] == 100 and flat["distill.lr"] == 1e-3
     assert flat["clock.adaptor_steps"] is None and "teacher.lr" not in flat
-    base_flat = sweep.mlflow_params(BASE, sweep.trial_params(BASE, sp, {"clock": 1, "steps": 8, "adaptor": "none"}))
+    base_flat = space.mlflow_params(BASE, space.trial_params(BASE, sp, {"clock": 1, "steps": 8, "adaptor": "none"}))
     assert base_flat["adaptor.kind"] == "none" and "adaptor.width" not in base_flat and "cut" not in base_flat
-    nested = sweep.nested_params(BASE, {"clock": 1, "adaptor": "none"})
+    nested = space.nested_params(BASE, {"clock": 1, "adaptor": "none"})
     assert nested["adaptor"]["inputs"] == ["r_out_prev"] and nested["adaptor"]["kind"] == "identity"
     assert "sweep" not in nested and BASE["adaptor"]["kind"] == "resnet"
     # The cache key changes with the params file's other settings, so a stale result is never reused.
-    k1 = sweep.point_key("m:f", p, BASE, point)
-    k2 = sweep.point_key("m:f", p, {**BASE, "distill": {"steps": 1500, "lr": 1e-4}}, point)
+    k1 = space.point_key("m:f", p, BASE, point)
+    k2 = space.point_key("m:f", p, {**BASE, "distill": {"steps": 1500, "lr": 1e-4}}, point)
     assert k1 != k2 and k1.startswith("c3-resnet-w64-k2-s8-")
 
 
@@ -88,9 +90,9 @@ def test_random_space_distributions():
     pytest.importorskip("ray")
     sp = parse({"space": {"clock": {"randint": [2, 6]}, "width": {"choice": [32, 64]}, "cut": [1]},
                 "search": {"algorithm": "random", "num_samples": 5}})
-    space = sweep.param_space(sp, [])
-    assert set(space) == {"clock", "width", "cut"}
-    assert type(space["clock"]).__name__ == "Integer" and space["width"].categories == [32, 64]
+    tune_space = space.param_space(sp, [])
+    assert set(tune_space) == {"clock", "width", "cut"}
+    assert type(tune_space["clock"]).__name__ == "Integer" and tune_space["width"].categories == [32, 64]
 
 
 @pytest.mark.parametrize("section, key, text", [
@@ -130,14 +132,14 @@ def test_errors_name_the_key(section, key, text):
 
 
 def test_missing_or_malformed_section(tmp_path):
-    with pytest.raises(sweep.SweepConfigError, match="add a `sweep:` section"):
-        sweep.parse_sweep({"cut": 1})
-    with pytest.raises(sweep.SweepConfigError, match="must be a mapping"):
-        sweep.parse_sweep({"sweep": [1, 2]})
+    with pytest.raises(config_sweep.SweepConfigError, match="add a `sweep:` section"):
+        config_sweep.parse_sweep({"cut": 1})
+    with pytest.raises(config_sweep.SweepConfigError, match="must be a mapping"):
+        config_sweep.parse_sweep({"sweep": [1, 2]})
     bad = tmp_path / "p.yaml"
     bad.write_text("sweep: [unclosed\n")
-    with pytest.raises(sweep.SweepConfigError, match="not valid YAML"):
-        sweep.read_config(bad)
+    with pytest.raises(config_sweep.SweepConfigError, match="not valid YAML"):
+        driver.read_config(bad)
 
 
 def test_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
@@ -165,8 +167,8 @@ def test_full_params_yaml_points_are_checked_by_the_pipeline_validator(tmp_path)
     raw["sweep"] = {"space": {"clock": [2], "width": [32], "cut": [2, 9]}, "baseline": "none"}
     cfg = tmp_path / "params.yaml"
     cfg.write_text(yaml.safe_dump(raw))
-    with pytest.raises(sweep.SweepConfigError) as e:
-        sweep.run_sweep(cfg, dry_run=True, sweeps_dir=tmp_path)
+    with pytest.raises(config_sweep.SweepConfigError) as e:
+        driver.run_sweep(cfg, dry_run=True, sweeps_dir=tmp_path)
     keys = [k for k, _ in e.value.problems]
     assert keys == ["trial c2-resnet-w32-k9-s8: cut"], e.value
     assert "valid cuts" in str(e.value)
@@ -175,11 +177,11 @@ def test_full_params_yaml_points_are_checked_by_the_pipeline_validator(tmp_path)
 def test_missing_prepared_data_is_an_error_before_ray_starts(tmp_path):
     """The default trial reads data/prepared: without it the sweep stops at once (no Ray, no sweep folder)."""
     with pytest.raises(FileNotFoundError, match="lacks prompts.json, embeddings.safetensors, reference_stats.npz"):
-        sweep.check_inputs(tmp_path)
+        driver.check_inputs(tmp_path)
     (tmp_path / "data" / "prepared").mkdir(parents=True)
     for f in ("prompts.json", "embeddings.safetensors"):
         (tmp_path / "data" / "prepared" / f).write_text("{}")
     with pytest.raises(FileNotFoundError, match="lacks reference_stats.npz: run `dvc repro trajectories`"):
-        sweep.check_inputs(tmp_path)
+        driver.check_inputs(tmp_path)
     (tmp_path / "data" / "prepared" / "reference_stats.npz").write_text("")
-    sweep.check_inputs(tmp_path)
+    driver.check_inputs(tmp_path)

@@ -132,8 +132,11 @@ def quick_trial(params: dict, workdir: str, on_log=None) -> dict:
     overlap but retries are quick). ``fail_once_width`` fails a trial's first attempt, ``fail_clock`` every
     attempt of that clock. With ``barrier: n``, a first attempt waits (up to a minute) until n trials have
     arrived in ``barrier_dir``, so they report at the same time however slowly the machine starts them.
-    Each attempt's [start, end] goes to ``intervals.jsonl`` in its work folder."""
+    Each attempt's [start, end] goes to ``intervals.jsonl`` in its work folder. A schedule (a list of adaptor
+    steps) counts as the clock 1 + its length; cost and FID scale with ``steps`` (default 4: unchanged)."""
     clock, cut, width = params["clock"], params.get("cut", 1), params.get("width", 0)
+    clock = 1 + len(clock) if isinstance(clock, list) else clock
+    steps = params.get("steps", 4)
     work = Path(workdir)
     first = not (work / "attempted").exists()
     (work / "attempted").write_text("x")
@@ -156,8 +159,9 @@ def quick_trial(params: dict, workdir: str, on_log=None) -> dict:
         raise RuntimeError(f"flaky trial (width {width}): fails on its first attempt")
     if clock == params.get("fail_clock"):
         raise ValueError(f"broken trial (clock {clock}): always fails")
-    gflops = 100.0 * (1 / clock + (1 - 1 / clock) * 0.3) + 0.1 * width
-    return {"fid": 10 + 0.5 * (clock - 1) - 0.05 * width + 0.2 * (cut - 1), "fid_std": 0.1, "kid": 0.01,
+    gflops = (100.0 * (1 / clock + (1 - 1 / clock) * 0.3) + 0.1 * width) * steps / 4
+    fid = 10 + 0.5 * (clock - 1) - 0.05 * width + 0.2 * (cut - 1) + 2.0 * (4 / steps - 1)
+    return {"fid": fid, "fid_std": 0.1, "kid": 0.01,
             "clip": 0.30 - 0.002 * (clock - 1), "gflops": gflops, "gflops_ratio": gflops / 100.0,
             "latency_ms": 0.5 * gflops, "adaptor_params": 1000 * width}
 

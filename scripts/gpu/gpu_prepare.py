@@ -6,7 +6,7 @@ computes the FID reference statistics here, from the same held-out reference ima
 (prompts.json's ``reference_indices``; ``val_reference_indices`` for the validation split), so the result
 equals prepare.py's output. Embedded world only.
 
-    python pipeline/gpu_prepare.py SRC        # SRC: a data/prepared made on the CPU machine (no reference stats)
+    python scripts/gpu/gpu_prepare.py SRC        # SRC: a data/prepared made on the CPU machine (no reference stats)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.config import load_params  # noqa: E402
 

@@ -4,20 +4,20 @@
 # second call resumes where a time-limited first one stopped (trajectories resume by shard, distill from its
 # checkpoint, ablate by row). Results are tarred into OUT after every stage, so a killed call still returns them.
 #
-#   pipeline/gpu_full.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
+#   scripts/gpu/gpu_full.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
 #   CONFIG=configs/full.yaml STAGES="trajectories distill evaluate ablate" (the defaults) choose the params file and
 #   the stages (e.g. STAGES="trajectories ablate" measures the levers before distill/evaluate use the chosen default).
 #
 # PREPARED_DIR holds data/prepared's prompts.json and embeddings.safetensors made on a CPU machine with
 # `python pipeline/prepare.py` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
-# statistics are computed here by pipeline/gpu_prepare.py from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
+# statistics are computed here by scripts/gpu/gpu_prepare.py from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
 # of the FID Inception). With DVC at hand, use `cp configs/full.yaml params.yaml && dvc repro` instead.
 set -euo pipefail
 W=$1 FM=$2 PREP=$3 OUT=$4 BUDGET=${5:-570}
 END=$(( $(date +%s) + BUDGET ))
-SRC=$(cd "$(dirname "$0")/.." && pwd)
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$W" "$OUT"
-cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/configs "$SRC"/dvc.yaml "$W"/   # code refreshed, data kept
+cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/configs "$SRC"/dvc.yaml "$W"/   # code refreshed, data kept
 cd "$W"
 sed "s#^  data_root: .*#  data_root: $FM#" "${CONFIG:-configs/full.yaml}" > params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -39,7 +39,7 @@ stage() {  # stage NAME DONE_FILE: run pipeline/NAME.py unless DONE_FILE exists,
 }
 
 if [ ! -f data/prepared/reference_stats.npz ]; then
-  python pipeline/gpu_prepare.py "$PREP"
+  python scripts/gpu/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"
 fi
 for s in ${STAGES:-trajectories distill evaluate ablate}; do

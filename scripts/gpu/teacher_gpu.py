@@ -1,7 +1,7 @@
 """Train (or resume) the embedded teacher on a GPU within a wall-clock budget, then sample for evaluation.
 
 Used for the committed teacher: several resumed runs of at most 10 minutes on the GPU machine.
-  python pipeline/teacher_gpu.py --workdir ckpt/teacher --minutes 8 --compile --out out/teacher   # repeat to resume
+  python scripts/gpu/teacher_gpu.py --workdir ckpt/teacher --minutes 8 --compile --out out/teacher   # repeat to resume
   (the committed teacher: 6.8 + 8.3 min at batch 512, then 8.4 min at batch 1024, lr 4e-4, one H200)
 Writes EMA checkpoint shards + state.json (resumable), an fp16 diffusers export, training log,
 and uint8 samples from held-out prompts (8 DPM++ steps, CFG) for FID on the CPU machine.

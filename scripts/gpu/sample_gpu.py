@@ -1,6 +1,6 @@
 """Sample the committed embedded teacher on a GPU for held-out prompts (FID is computed on the CPU machine).
 
-  python pipeline/sample_gpu.py --out $OUT --samples 5000 --guidance 1.5 2.0 --steps 8
+  python scripts/gpu/sample_gpu.py --out $OUT --samples 5000 --guidance 1.5 2.0 --steps 8
 Writes one compressed uint8 array per (guidance, steps) setting, with the prompt of each image:
 samples_g{g}_s{steps}.npz (images, prompts).
 """

@@ -2,7 +2,7 @@
 # The sweep acceptance timing on a 2-GPU machine without DVC/MLflow: the same sweep (configs/sweep_2gpu.yaml)
 # on both GPUs, then on one, in one run on one machine; prints the wall-time ratio and tars sweeps/ into OUT.
 #
-#   pipeline/gpu_sweep_timing.sh FMNIST_DIR PREPARED_DIR OUT
+#   scripts/gpu/gpu_sweep_timing.sh FMNIST_DIR PREPARED_DIR OUT
 #
 # FMNIST_DIR: Fashion-MNIST's four .gz files (the held-out reference images come from t10k; the train images may be
 # an empty placeholder). PREPARED_DIR: prompts.json + embeddings.safetensors of `python pipeline/prepare.py` run on a
@@ -20,7 +20,7 @@ done
 export HF_HUB_OFFLINE=1 CLOCKWORK_MLFLOW=0 PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$OUT"
 sed "s#^  data_root: .*#  data_root: $FM#" configs/sweep_2gpu.yaml > params.yaml
-[ -f data/prepared/reference_stats.npz ] || python pipeline/gpu_prepare.py "$PREP"
+[ -f data/prepared/reference_stats.npz ] || python scripts/gpu/gpu_prepare.py "$PREP"
 python pipeline/trajectories.py 2>&1 | tail -1
 nvidia-smi -L > "$OUT/gpus.txt"
 python pipeline/sweep.py --config params.yaml --name t2gpu --gpus-per-trial 1 --no-mlflow --overwrite > "$OUT/t2gpu.log" 2>&1

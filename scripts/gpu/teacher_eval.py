@@ -1,11 +1,11 @@
 """Evaluate the embedded teacher's samples: FID / KID vs held-out real images, the real-vs-real floor, CLIP score.
 
-  python pipeline/teacher_eval.py --samples DIR_WITH_samples_*.npz --out reports/teacher
-Generated images use the captions of held-out images 0..N-1 (pipeline/sample_gpu.py); the FID reference is
+  python scripts/gpu/teacher_eval.py --samples DIR_WITH_samples_*.npz --out reports/teacher
+Generated images use the captions of held-out images 0..N-1 (scripts/gpu/sample_gpu.py); the FID reference is
 held-out images N..2N-1, and the floor compares held-out 0..N-1 with the same reference.
 CLIP score (embedded scorer) of the main setting's images with their own prompts and with shuffled ones, and of
 the real held-out images likewise. Inception features are cached next to the output, so an interrupted run resumes.
-  python pipeline/teacher_eval.py --samples DIR --only-clip     # just (re)compute the CLIP scores
+  python scripts/gpu/teacher_eval.py --samples DIR --only-clip     # just (re)compute the CLIP scores
 """
 
 from __future__ import annotations

@@ -1,0 +1,233 @@
+"""The sections of params.yaml as pydantic models, and the one error format every check reports in.
+
+``extra="forbid"`` and strict types: an unknown key or a wrong type fails at once, as one
+``(dotted key, message)`` problem of a :class:`ConfigError` (``params.yaml: distill.lr: ...``). The `sweep:`
+section's models are in pipeline/config_sweep.py; pipeline/config.py composes them into ``Params``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PARAMS = "params.yaml"
+
+SAMPLERS = ("dpm++", "dpm", "pndm", "ddim", "euler", "heun")
+ADAPTOR_KINDS = ("identity", "resnet", "unet-light")
+ADAPTOR_INPUTS = ("r_in", "r_out_prev", "time", "text")
+ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers")
+SPLITS = ("heldout", "val")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+# ---------------------------------------------------------------------------------------------- world
+class EmbeddedWorld(Section):
+    """The offline world: the committed 5 M-param teacher on captioned 32x32 Fashion-MNIST."""
+
+    kind: Literal["embedded"]
+    data_root: str = "/usr/share/datasets/fashion-mnist"
+    teacher: str = "clockwork/assets/teacher"
+    scorer: str = "clockwork/assets/scorer"
+
+
+class SD15World(Section):
+    """Stable Diffusion v1.5 on MS-COCO 2017 (GPU; downloads unless every path is local)."""
+
+    kind: Literal["sd15"]
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or a local StableDiffusionPipeline folder
+    captions: str  # COCO captions json (annotations/captions_val2017.json): evaluation prompts
+    distill_captions: str | None = None  # captions json for distillation prompts (e.g. captions_train2017.json)
+    reference_images: str  # folder of COCO val2017 images (FID reference)
+    clip_model: str = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
+    resolution: PosInt = 512
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+
+
+World = Annotated[Union[EmbeddedWorld, SD15World], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------------- stages
+class Prepare(Section):
+    distill_prompts: PosInt = 512  # training-split captions whose trajectories are unrolled
+    eval_prompts: PosInt = 300  # held-out captions the methods are evaluated on
+    reference_images: PosInt = 1000  # held-out real images for FID/KID
+    val_prompts: NonNegInt = 0  # validation split: training-split captions not distilled on (0 = none)
+    val_reference_images: NonNegInt = 0  # its FID reference: other training-split images
+    seed: NonNegInt = 0
+    device: Device = "auto"
+
+
+class Teacher(Section):
+    """Training of the embedded teacher (frozen stage; see scripts/gpu/teacher_gpu.py for the GPU runs)."""
+
+    batch_size: PosInt = 512
+    lr: PosFloat = 4e-4
+    warmup_steps: NonNegInt = 500
+    max_steps: PosInt = 100_000
+    minutes: PosFloat = 8.0
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.9995
+    seed: NonNegInt = 0
+    compile: bool = False
+    workdir: str = "models/teacher_ckpt"
+    device: Device = "auto"
+
+
+class Clip(Section):
+    """Training of the embedded CLIP stand-in (frozen stage)."""
+
+    steps: PosInt = 1500
+    batch: PosInt = 256
+    lr: PosFloat = 2e-3
+    seed: NonNegInt = 0
+    device: Device = "auto"
+
+
+class Sampling(Section):
+    sampler: Literal[SAMPLERS] = "dpm++"
+    steps: Annotated[int, Field(ge=2)] = 8
+    guidance: Annotated[float, Field(ge=1.0)] = 2.0
+
+
+class Trajectories(Section):
+    cuts: list[PosInt] = [1, 2]
+    shard_size: PosInt = 64
+    seed: NonNegInt = 0
+    device: Device = "auto"
+
+
+class Adaptor(Section):
+    kind: Literal[ADAPTOR_KINDS] = "resnet"
+    width: PosInt = 128
+    depth: PosInt = 2
+    inputs: list[Literal[ADAPTOR_INPUTS]] = list(ADAPTOR_INPUTS)
+
+
+class ClockParams(Section):
+    period: int = 2  # full UNet every `period`-th sampler step (0-based step % period == 0)
+    adaptor_steps: list[int] | None = None  # explicit 0-based adaptor steps; overrides `period`
+
+
+class Distill(Section):
+    steps: PosInt = 1500
+    batch_size: PosInt = 16
+    lr: PosFloat = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: PosFloat | None = 1.0
+    seed: NonNegInt = 0
+    checkpoint_every: PosInt = 250
+    log_every: PosInt = 25
+    heldout_prompts: NonNegInt = 64  # last trajectories kept out of training for heldout_mse
+    rollout_steps: NonNegInt = 0  # then this many more steps on the teacher's + Clockwork's own rollouts (0 = off)
+    # weight w of the output-space term: loss = MSE(r_out) + w * MSE(UNet output through the teacher's
+    # high-res decoder); 0 = r_out MSE only. > 0 loads the teacher and data/prepared in the distill stage.
+    output_weight: Annotated[float, Field(ge=0)] = 0.0
+    device: Device = "auto"
+
+
+class Evaluate(Section):
+    n_samples: PosInt = 300
+    seed: NonNegInt = 1234
+    batch_size: PosInt = 100
+    fid_bootstrap: Annotated[int, Field(ge=2)] = 10
+    kid_subsets: PosInt = 50
+    kid_subset_size: PosInt = 100
+    latency_runs: PosInt = 5
+    grid_images: PosInt = 8
+    front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # the plain baseline's step counts: the front
+    device: Device = "auto"
+
+
+class Lever(Section):
+    """One row of the `levers` ablation: what it changes from the default Clockwork method (unset = unchanged)."""
+
+    adaptor: Literal[ADAPTOR_KINDS] | None = None
+    width: PosInt | None = None
+    depth: PosInt | None = None
+    inputs: list[Literal[ADAPTOR_INPUTS]] | None = None
+    period: PosInt | None = None
+    adaptor_steps: list[int] | None = None
+    cut: PosInt | None = None
+    steps: Annotated[int, Field(ge=2)] | None = None  # sampler steps (the adaptor is distilled for them)
+    distill_steps: PosInt | None = None
+    distill_prompts: PosInt | None = None
+    output_weight: Annotated[float, Field(ge=0)] | None = None
+    rollout_steps: NonNegInt | None = None
+
+
+class Ablate(Section):
+    ablations: list[Literal[ABLATIONS]] = list(ABLATIONS)
+    n_samples: PosInt = 100
+    distill_steps: PosInt = 400  # distillation budget per ablation row
+    distill_prompts: PosInt = 128  # prompts unrolled for rows that need their own trajectories
+    forward_noised_images: PosInt = 128  # training images for the forward-noised (classic) rows
+    resnet_wide_width: PosInt = 384
+    unet_light_width: PosInt = 32
+    schedules: dict[str, list[int]] = {"late_half": [4, 5, 6, 7], "early_middle": [2, 3, 4, 5]}
+    samplers: list[Literal[SAMPLERS]] = ["dpm++", "dpm", "pndm", "ddim"]
+    step_counts: list[Annotated[int, Field(ge=2)]] = [4, 6, 8]
+    training_steps: list[Annotated[int, Field(ge=2)]] = [4, 8]
+    cuts: list[PosInt] = [1, 2]
+    latency_runs: PosInt = 3
+    fid_bootstrap: Annotated[int, Field(ge=2)] = 10
+    batch_size: PosInt = 50
+    seed: NonNegInt = 1234  # initial noise of the evaluated images (and the forward-noised training images)
+    split: Literal[SPLITS] = "heldout"  # heldout: the evaluation prompts | val: the validation split (prepare.val_*)
+    front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # plain baseline rows every row is compared with
+    levers: dict[str, Lever] = {}  # the `levers` ablation: named variants of the default Clockwork method
+    device: Device = "auto"
+
+
+class Report(Section):
+    notebooks: str = "analysis"
+    out: str = "reports/analysis"
+    timeout_s: PosInt = 600
+
+
+class ConfigError(ValueError):
+    """One or more problems in params.yaml; ``problems`` is a list of (dotted key, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = DEFAULT_PARAMS):
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(f"{source}: {k}: {m}" for k, m in problems))
+
+
+# Location parts pydantic adds for a union's member (world.embedded.teacher, sweep.space.width.list[int]).
+_UNION_TAGS = ("list[", "dict[", "function-", "tagged-union[")
+
+
+def problems_from(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    """One ``(dotted key, message)`` per offending key; ``prefix`` names the section a model was validated as."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        if len(loc) > 1 and loc[0] == "world" and loc[1] in ("embedded", "sd15"):
+            loc = [loc[0]] + loc[2:]
+        union = any(p.startswith(_UNION_TAGS) for p in loc)
+        loc = [p for p in loc if not p.startswith(_UNION_TAGS)]
+        key = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
+        if union and key in seen:  # a value that fits no member fails once per member: keep the first
+            continue
+        seen.add(key)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            where = "docs/SWEEP.md" if key.startswith("sweep.") else "params.yaml"
+            msg = f"unknown key (typo? see {where} for the keys this section takes)"
+        value = e.get("input")
+        if isinstance(value, str) and e["type"] in ("float_type", "int_type"):
+            msg += f" (got the string {value!r}; YAML reads 1e-4 as a string - write 1.0e-4)"
+        elif e["type"] not in ("missing", "extra_forbidden") and not isinstance(value, (dict, list)):
+            msg += f" (got {value!r})"
+        out.append((key, msg))
+    return out
