@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from contextlib import contextmanager
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -179,7 +180,7 @@ def unroll_to_store(
     if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
         for p in root.glob("shard-*.safetensors"):  # made with other settings: start over
             p.unlink()
-    meta_file.write_text(json.dumps(meta, indent=1))
+    _atomic_write(meta_file, json.dumps(meta, indent=1).encode())
     store = TrajectoryStore(root)
     todo = [i for i in range(num_shards) if not store.shard_path(i).is_file()]
     for i in tqdm(todo, desc="trajectories", unit="shard", disable=not progress):
@@ -187,10 +188,21 @@ def unroll_to_store(
         rec = unroll_batch(unet, scheduler, cuts, prompt_embeds[i * shard_size:(i + 1) * shard_size], negative_embeds,
                            steps, guidance, gen)
         rec = {k: v.contiguous() for k, v in rec.items()}
-        tmp = store.shard_path(i).with_suffix(".tmp")
+        tmp = _tmp_name(store.shard_path(i))
         save_file(rec, str(tmp))
         os.replace(tmp, store.shard_path(i))
     return store
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary name no other process uses: concurrent unrolls of one store (sweep trials) never collide."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = _tmp_name(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
