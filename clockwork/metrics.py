@@ -8,6 +8,11 @@ without any download. ``fid_inception("torchmetrics")`` gives torchmetrics' own 
 Features are extracted once per image set and then fed to torchmetrics' FrechetInceptionDistance /
 KernelInceptionDistance through an identity "feature extractor", so the statistics (and bootstrap
 resamples of them) never re-run Inception.
+
+Precision: Inception runs in float32 by default. ``precision="bf16"`` runs it under bfloat16 autocast, which on
+CPUs with AMX (e.g. Sapphire Rapids) is ~1.7x faster than float32 and moves FID by ~0.3% (50.42 -> 50.57 for 250
+held-out Fashion-MNIST images against 600 others; ``precision="auto"`` picks bf16 exactly there). Features of one comparison must share a
+precision: :class:`ReferenceStats` records its own (``meta["precision"]``) for the generated side to follow.
 """
 
 from __future__ import annotations
@@ -105,12 +110,14 @@ class FIDInception(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"FIDInception expects uint8 images in [0, 255], got {images.dtype}")
-        x = images.float()
-        if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
-            x = _tf1_bilinear(x, FID_INPUT_SIZE)
-        # TF FID input scaling: [0, 255] -> [-1, 0.9921875].
-        dtype = next(self.net.parameters()).dtype
-        return self.net((x / 128.0 - 1.0).to(dtype)).flatten(1).float()
+        # The resize and scaling stay float32 under a caller's autocast (only the network may run in bf16).
+        with torch.autocast(images.device.type, enabled=False):
+            x = images.float()
+            if x.shape[-2:] != (FID_INPUT_SIZE, FID_INPUT_SIZE):
+                x = _tf1_bilinear(x, FID_INPUT_SIZE)
+            # TF FID input scaling: [0, 255] -> [-1, 0.9921875]; channels-last: oneDNN's fast convolution layout.
+            x = (x / 128.0 - 1.0).to(next(self.net.parameters()).dtype)
+        return self.net(x.contiguous(memory_format=torch.channels_last)).flatten(1).float()
 
 
 class _TorchmetricsInception(nn.Module):
@@ -156,19 +163,45 @@ def _as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return images
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(precision: str = "fp32", device: str | torch.device = "cpu") -> str:
+    """``"fp32"`` or ``"bf16"``: ``"auto"`` is bf16 on a CPU with AMX tiles (where it pays), else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown Inception precision {precision!r}; use one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cpu" and _cpu_has_amx() else "fp32"
+    return precision
+
+
 def inception_features(
     images_uint8: torch.Tensor | np.ndarray,
     batch_size: int = 50,
     progress: bool = True,
     model: nn.Module | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Inception pool3 features (N, 2048) float64 of uint8 images (N, 3, H, W)."""
+    """Inception pool3 features (N, 2048) float64 of uint8 images (N, 3, H, W).
+
+    ``precision``: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (:func:`resolve_precision`). Inputs go in
+    channels-last memory order, which is ~1.4x faster on a CPU and changes features by ~1e-6 (relative).
+    """
     images = _as_uint8(images_uint8)
     model = (model or _default_inception()).to(device).eval()
+    dev = torch.device(device)
+    bf16 = resolve_precision(precision, dev) == "bf16"
     feats = []
-    for i in tqdm(range(0, len(images), batch_size), desc="inception", unit="batch", disable=not progress):
-        feats.append(model(images[i : i + batch_size].to(device)).double().cpu())
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in tqdm(range(0, len(images), batch_size), desc="inception", unit="batch", disable=not progress):
+            x = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+            feats.append(model(x).double().cpu())
     return torch.cat(feats) if feats else torch.zeros(0, FID_FEATURES, dtype=torch.float64)
 
 
@@ -198,6 +231,11 @@ class ReferenceStats:
         np.savez(tmp, mu=self.mu, sigma=self.sigma, features=self.features, meta=np.array(json.dumps(self.meta)))
         os.replace(tmp, path)
 
+    @property
+    def precision(self) -> str:
+        """The Inception precision these features were extracted at (statistics saved before it was recorded: fp32)."""
+        return self.meta.get("precision", "fp32")
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ReferenceStats":
         with np.load(path) as z:
@@ -215,13 +253,15 @@ def reference_stats(
     progress: bool = True,
     model: nn.Module | None = None,
     key: str | None = None,
+    precision: str = "fp32",
 ) -> ReferenceStats:
     """Reference statistics, computed once and cached to ``cache_path`` (.npz).
 
     ``images``: uint8 (N, 3, H, W), or a callable returning them, so a valid cache skips rendering.
-    The cache is reused only when its ``key`` (default: a hash of the images, which needs them)
-    and the feature extractor's name match; otherwise it is recomputed and overwritten.
+    The cache is reused only when its ``key`` (default: a hash of the images, which needs them),
+    the feature extractor's name and the Inception precision match; otherwise it is recomputed and overwritten.
     """
+    precision = resolve_precision(precision)
     model = model or _default_inception()
     extractor = getattr(model, "name", type(model).__name__)
     cache_path = Path(cache_path)
@@ -230,11 +270,12 @@ def reference_stats(
         key = _fingerprint(_as_uint8(images))
     if cache_path.is_file():
         stats = ReferenceStats.load(cache_path)
-        if stats.meta.get("key") == key and stats.meta.get("extractor") == extractor:
+        if stats.meta.get("key") == key and stats.meta.get("extractor") == extractor and stats.precision == precision:
             return stats
     images = images() if callable(images) else images
-    feats = inception_features(images, batch_size=batch_size, progress=progress, model=model)
-    stats = ReferenceStats.from_features(feats, {"key": key, "extractor": extractor, "n": len(feats)})
+    feats = inception_features(images, batch_size=batch_size, progress=progress, model=model, precision=precision)
+    stats = ReferenceStats.from_features(feats, {"key": key, "extractor": extractor, "n": len(feats),
+                                                 "precision": precision})
     stats.save(cache_path)
     return stats
 

@@ -20,14 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params  # noqa: E402
 
 
-def reference_stats(held, index, device: str, split: str = "heldout"):
-    """FID reference statistics of the images ``index`` of a CaptionedFashion split (held-out by default)."""
-    from clockwork.metrics import ReferenceStats, inception_features
+def reference_stats(held, index, device: str, split: str = "heldout", precision: str = "auto"):
+    """FID reference statistics of the images ``index`` of a CaptionedFashion split (held-out by default), at the
+    Inception ``precision`` (prepare.inception_precision) every method's features then follow."""
+    from clockwork.metrics import ReferenceStats, inception_features, resolve_precision
     from pipeline.common import log
 
-    log(f"Inception statistics of {len(index)} {split} reference images")
-    feats = inception_features(held.images_uint8(index), device=device)
-    meta = {"split": split, "n": len(index), "extractor": "tf-fid-inception-2015-12-05"}
+    precision = resolve_precision(precision, device)
+    log(f"Inception statistics of {len(index)} {split} reference images ({precision})")
+    feats = inception_features(held.images_uint8(index), device=device, precision=precision)
+    meta = {"split": split, "n": len(index), "extractor": "tf-fid-inception-2015-12-05", "precision": precision}
     return ReferenceStats.from_features(feats, meta)
 
 
@@ -64,9 +66,10 @@ def _embedded(p, out: Path, device: str, reference: bool = True) -> dict:
     table = EmbeddingTable.build(all_prompt_strings(), encoder=MiniLMEncoder(device=device))
     table.save(out / "embeddings.safetensors")
     if reference:
-        reference_stats(held, ref_idx, device).save(out / "reference_stats.npz")
+        reference_stats(held, ref_idx, device, precision=p.prepare.inception_precision).save(out / "reference_stats.npz")
     if reference and len(val_idx):
-        reference_stats(train, val_ref_idx, device, "train").save(out / "val_reference_stats.npz")
+        reference_stats(train, val_ref_idx, device, "train", p.prepare.inception_precision).save(
+            out / "val_reference_stats.npz")
     return {
         "world": "embedded",
         "distill_prompts": [train.texts[int(i)] for i in train_idx],
@@ -100,7 +103,7 @@ def _sd15(p, out: Path, device: str) -> dict:
     from PIL import Image
 
     from clockwork.embedded.text import EmbeddingTable
-    from clockwork.metrics import ReferenceStats, inception_features
+    from clockwork.metrics import ReferenceStats, inception_features, resolve_precision
     from pipeline.common import World, log
 
     w = p.world
@@ -141,13 +144,14 @@ def _sd15(p, out: Path, device: str) -> dict:
         left, top = (im.width - res) // 2, (im.height - res) // 2
         return np.asarray(im.crop((left, top, left + res, top + res))).transpose(2, 0, 1)
 
-    log(f"Inception statistics of {len(ref_pairs)} COCO reference images")
+    precision = resolve_precision(p.prepare.inception_precision, device)
+    log(f"Inception statistics of {len(ref_pairs)} COCO reference images ({precision})")
     feats = []
     for i in range(0, len(ref_pairs), 250):
         imgs = torch.from_numpy(np.stack([load(n) for n, _ in ref_pairs[i:i + 250]]))
-        feats.append(inception_features(imgs, device=device, progress=False))
-    ReferenceStats.from_features(torch.cat(feats), {"source": w.reference_images, "n": len(ref_pairs)}).save(
-        out / "reference_stats.npz")
+        feats.append(inception_features(imgs, device=device, progress=False, precision=precision))
+    ReferenceStats.from_features(torch.cat(feats), {"source": w.reference_images, "n": len(ref_pairs),
+                                                    "precision": precision}).save(out / "reference_stats.npz")
     return {"world": "sd15", "distill_prompts": distill_prompts, "eval_prompts": [c for _, c in eval_pairs],
             "eval_images": [n for n, _ in eval_pairs], "reference_images": [n for n, _ in ref_pairs]}
 

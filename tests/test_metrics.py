@@ -221,3 +221,20 @@ def test_fid_real_halves_far_below_real_vs_noise(inception: nn.Module) -> None:
     assert real_real < 0.5 * real_noise and real_noise > 300, (real_real, real_noise)
     kid_rr, kid_rn = M.kid_from_features(a, b, subsets=10)[0], M.kid_from_features(a, z, subsets=10)[0]
     assert abs(kid_rr) < 0.05 < 0.2 < kid_rn, (kid_rr, kid_rn)
+
+
+def test_inception_precision(inception: nn.Module, heldout: D.CaptionedFashion, tmp_path: Path) -> None:
+    imgs = heldout.images_uint8(slice(0, 4))
+    f32 = M.inception_features(imgs, progress=False, model=inception)
+    bf16 = M.inception_features(imgs, progress=False, model=inception, precision="bf16")
+    rel = float((bf16 - f32).norm() / f32.norm())
+    assert 1e-6 < rel < 0.06, rel  # bf16 autocast really ran, and stays close to fp32
+    assert M.resolve_precision("auto", "cuda") == "fp32" and M.resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        M.resolve_precision("fp16")
+    # The cached reference records its precision; asking for another one recomputes it.
+    path = tmp_path / "ref.npz"
+    stats = M.reference_stats(path, imgs, model=_MeanColour(), progress=False, key="k")
+    assert stats.precision == "fp32" and M.ReferenceStats.load(path).precision == "fp32"
+    again = M.reference_stats(path, lambda: imgs[:2], model=_MeanColour(), progress=False, key="k", precision="bf16")
+    assert again.precision == "bf16" and again.features.shape[0] == 2

@@ -67,10 +67,10 @@ def measure_latency(world: World, spec: MethodSpec, adaptor, ctx1: torch.Tensor,
         clockwork.disable(pipe)
 
 
-def inception(images: torch.Tensor, device: str = "cpu", progress: bool = True) -> torch.Tensor:
+def inception(images: torch.Tensor, device: str = "cpu", progress: bool = True, precision: str = "fp32") -> torch.Tensor:
     from clockwork.metrics import inception_features
 
-    return inception_features(images, batch_size=50, progress=progress, device=device)
+    return inception_features(images, batch_size=50, progress=progress, device=device, precision=precision)
 
 
 def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer, fid_bootstrap: int = 10,
@@ -84,7 +84,8 @@ def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer
     """
     from clockwork.metrics import fid_from_features, kid_from_features
 
-    feats = inception(images, device, progress) if features is None else features
+    # at the reference's own Inception precision (prepare.inception_precision): one comparison, one precision
+    feats = inception(images, device, progress, reference.precision) if features is None else features
     feats = feats.to(torch.float64)
     n_ref = len(reference.features)
     if len(feats) < feats.shape[1]:

@@ -42,10 +42,12 @@ def main() -> None:
             shutil.copy(src / f, out / f)
         held = CaptionedFashion("heldout", root=p.world.data_root, seed=p.prepare.seed)
         device = pick_device(p.prepare.device)
-        reference_stats(held, torch.tensor(info["reference_indices"]), device).save(out / "reference_stats.npz")
+        reference_stats(held, torch.tensor(info["reference_indices"]), device,
+                        precision=p.prepare.inception_precision).save(out / "reference_stats.npz")
         if info.get("val_reference_indices"):
             train = CaptionedFashion("train", root=p.world.data_root, seed=p.prepare.seed)
-            reference_stats(train, torch.tensor(info["val_reference_indices"]), device, "train").save(
+            reference_stats(train, torch.tensor(info["val_reference_indices"]), device, "train",
+                            p.prepare.inception_precision).save(
                 out / "val_reference_stats.npz")
 
 
