@@ -601,8 +601,18 @@ class SweepInfo:
         parts.append(self.date())
         wall = self.summary.get("wall_s", self.state.get("wall_s"))
         if wall is not None:
-            parts.append(f"{float(wall) / 60:.0f} min")
+            span = self._trial_span()  # a resumed sweep records the wall time of its last call only
+            parts.append(f"{float(wall) / 60:.0f} min" if span is None or span <= 1.5 * float(wall) + 60
+                         else f"resumed, {float(wall) / 60:.0f} min in its last call")
         return ", ".join(p for p in parts if p)
+
+    def _trial_span(self) -> float | None:
+        """Seconds from the first trial's start to the last one's end (results.csv ``started`` / ``finished``)."""
+        t = self.trials
+        if t is None or "started" not in t or "finished" not in t:
+            return None
+        a, b = pd.to_numeric(t["started"], errors="coerce").dropna(), pd.to_numeric(t["finished"], errors="coerce").dropna()
+        return None if a.empty or b.empty else float(b.max() - a.min())
 
     def rule(self) -> str | None:
         """The sweep's own recommendation rule, as pipeline/sweep.py applied it: the best ΔFID@FLOPs that beats

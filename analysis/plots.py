@@ -253,8 +253,10 @@ def _short(r) -> str:
 
 def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, baseline: pd.Series | None,
                  rec_rule: str = "", info=None, other: str | None = None):
-    """The sweep's Pareto fronts: FID vs GFLOPs and CLIP vs GFLOPs; colour = clock period, marker = cut, front
-    points labelled, recommended trial (gold star) and baseline (black star, dotted line) marked. ``info``: the
+    """The sweep's Pareto fronts: FID vs GFLOPs and CLIP vs GFLOPs; colour = clock period, marker = cut, the
+    Clockwork trials' front (points labelled) beside the plain-steps front of the sweep's baseline trials (blue,
+    labelled with their steps: what taking fewer steps gives), recommended trial (gold star) and baseline (black
+    star, dotted line) marked. ``info``: the
     sweep's :class:`analysis.loader.SweepInfo` (how it ran: in the title); ``other``: the results its FIDs are not
     comparable with (a sweep is its own run, with its own image count)."""
     from matplotlib.lines import Line2D
@@ -280,12 +282,19 @@ def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, basel
             err = _err(g[f"{metric}_std"]) if f"{metric}_std" in g else None
             ax.errorbar(g["gflops"], g[metric], yerr=err, fmt=marker.get(k.get("cut"), "o"), ms=6, alpha=0.8,
                         capsize=2, color=color.get(k.get("clock"), "C0"), zorder=3)
-        on_front = _front_line(ax, d["gflops"].to_numpy(), d[metric].to_numpy(), hib)
-        for (_, r), front, base in zip(d.iterrows(), on_front, is_sweep_baseline(d)):
-            if front and not base:
+        on_front = _front_line(ax, t["gflops"].to_numpy(), t[metric].to_numpy(), hib) if len(t) else []
+        for (_, r), front in zip(t.iterrows(), on_front):
+            if front:
                 ax.annotate(_short(r), (r["gflops"], r[metric]), textcoords="offset points", xytext=(5, -11 if hib else 5),
                             fontsize=7, color="tab:red", zorder=8,
                             bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.5))
+        plain = _plain_front(d[is_sweep_baseline(d)], metric) if "steps" in d else d.iloc[:0]
+        if len(plain) > 1:  # the sweep's baseline at several step counts: what taking fewer steps gives
+            (line,) = ax.plot(plain["gflops"], plain[metric], color="tab:blue", marker="s", ms=5, lw=1.4, zorder=4)
+            line.set_gid(f"plain-steps-front-{metric}")
+            for _, r in plain.iterrows():
+                ax.annotate(f"{int(r['steps'])}", (r["gflops"], r[metric]), textcoords="offset points",
+                            xytext=(-4, -12 if not hib else 6), fontsize=7, color="tab:blue", zorder=8)
         if recommended is not None:
             r = d[d["trial_id"].astype(str) == str(recommended)]
             if len(r):
@@ -296,7 +305,10 @@ def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, basel
         ax.set(xlabel="GFLOPs per image (incl. CFG)", ylabel=ylabel,
                title=f"{'FID' if metric == 'fid' else 'CLIP score'} vs GFLOPs")
     # one legend for both panels, below them (it covers no point)
-    handles = [Line2D([], [], color="tab:red", ls="--", label="Pareto front (labels: c = clock, w = width, k = cut)")]
+    handles = [Line2D([], [], color="tab:red", ls="--", label="Clockwork front (labels: c = clock, w = width, k = cut)")]
+    if is_sweep_baseline(done).sum() > 1 and "steps" in done:
+        handles.append(Line2D([], [], color="tab:blue", marker="s", ms=5,
+                              label="plain-steps front (full UNet; labels: steps)"))
     if recommended is not None and (done["trial_id"].astype(str) == str(recommended)).any():
         r = done[done["trial_id"].astype(str) == str(recommended)].iloc[0]
         handles.append(Line2D([], [], ls="", marker="*", markersize=13, color="gold", markeredgecolor="black",

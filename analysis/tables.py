@@ -1065,6 +1065,19 @@ def _constant_config(d: pd.DataFrame) -> str:
     return ", ".join(f"{c} {_cfg(v)}" for c, v in same)
 
 
+def _vs_fewer(df: pd.DataFrame) -> dict[str, list[str]]:
+    """ΔFID@FLOPs against the sweep's plain-steps front (results.csv ``dfid_at_flops`` ± std) and whether the trial
+    beats fewer steps; nothing for sweeps recorded before trials were scored so (or a baseline: it is the front)."""
+    if "dfid_at_flops" not in df or not pd.to_numeric(df["dfid_at_flops"], errors="coerce").notna().any():
+        return {}
+    base = is_sweep_baseline(df).to_numpy()
+    std = df["dfid_at_flops_std"] if "dfid_at_flops_std" in df else pd.Series([None] * len(df), index=df.index)
+    beats = df["beats_fewer_steps"] if "beats_fewer_steps" in df else pd.Series([None] * len(df), index=df.index)
+    return {"ΔFID@FLOPs ↑": ["-" if b or is_missing(v) else f"{float(v):+.2f} ± {float(e or 0):.2f}"
+                            for v, e, b in zip(df["dfid_at_flops"], std, base)],
+            "beats fewer steps": ["-" if b else ("yes" if str(v).lower() == "true" else "no") for v, b in zip(beats, base)]}
+
+
 def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline: pd.Series | None,
                       info=None, rule: str = "", other: str | None = None) -> Table:
     """The trials on the FID-GFLOPs or CLIP-GFLOPs Pareto front, cheapest first. ``info``: the sweep's
@@ -1079,6 +1092,7 @@ def sweep_front_table(trials: pd.DataFrame, name: str, rec: str | None, baseline
                        "GFLOPs/image": [sig(g) for g in front["gflops"]],
                        "FLOPs vs baseline": [f"{g / baseline['gflops']:.3f}×" if baseline is not None else "-"
                                              for g in front["gflops"]],
+                       **_vs_fewer(front),
                        "front": [_front_name(a, b) for a, b in zip(front["front_fid"], front["front_clip"])],
                        "baseline": np.where(is_sweep_baseline(front), "yes", ""),
                        "recommended": ["★" if str(t) == str(rec) else "" for t in front["trial_id"]]})
@@ -1108,6 +1122,7 @@ def sweep_trials_table(trials: pd.DataFrame, name: str, rec: str | None, baselin
                        "GFLOPs/image": [sig(g) for g in t["gflops"]],
                        "FLOPs vs baseline": [f"{g / base_g:.3f}×" if not is_missing(g) and not is_missing(base_g) else "-"
                                              for g in t["gflops"]],
+                       **_vs_fewer(t),
                        "latency (ms)": [sig(v) for v in get("latency_ms")],
                        "adaptor params": [params(v) if not b else "-" for v, b in zip(get("adaptor_params"), t["_base"])],
                        "status": [str(v) if not is_missing(v) else "-" for v in get("status")],
@@ -1150,10 +1165,11 @@ def mlflow_crosscheck(csvs: dict[str, pd.DataFrame], ml: pd.DataFrame | None) ->
 
 
 def sweep_baseline(ev: pd.DataFrame, trials: pd.DataFrame) -> pd.Series | None:
-    """The sweep's own baseline trial at its most common step count, else evaluate.json's baseline there."""
+    """The sweep's own baseline trial at its most common step count (the largest of equally common ones: a space
+    of {6, 8} steps compares with the 8-step baseline), else evaluate.json's baseline there."""
     done = completed(trials)
     own, rest = done[is_sweep_baseline(done)], done[~is_sweep_baseline(done)]
-    steps = rest["steps"].mode().iloc[0] if "steps" in rest and rest["steps"].notna().any() else None
+    steps = rest["steps"].mode().max() if "steps" in rest and rest["steps"].notna().any() else None
     if len(own):
         at = own[own["steps"] == steps] if steps is not None and "steps" in own else own
         return (at if len(at) else own).iloc[0]

@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,7 +235,12 @@ def distill(
     acc, acc_n = 0.0, 0
     acc_mse = acc_out = 0.0  # the two terms' sums when output_weight > 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if ckpt and (ckpt / "trainer_state.json").is_file():
+    resume = bool(ckpt and (ckpt / "trainer_state.json").is_file())
+    missing = [f for f in ("diffusion_pytorch_model.safetensors", "optimizer.pt") if resume and not (ckpt / f).is_file()]
+    if missing:  # checkpoints are written atomically, so only a copy that dropped files gets here
+        warnings.warn(f"checkpoint {ckpt} lacks {missing}; distilling from step 0")
+        resume = False
+    if resume:
         from safetensors.torch import load_file
 
         state = json.loads((ckpt / "trainer_state.json").read_text())

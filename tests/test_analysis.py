@@ -250,7 +250,7 @@ def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
     res = loader.Results.from_env()
     assert res.sweeps_dir == COMMITTED_SWEEP.parent
     csvs = res.sweep_csvs()
-    assert list(csvs) == ["clock-width-cut"]
+    assert set(csvs) == {"clock-width-cut", "schedule-width-cut-steps"}
     trials = csvs["clock-width-cut"]
     summary = json.loads((COMMITTED_SWEEP / "summary.json").read_text())
     assert len(trials) == summary["n_trials"] == 19 and set(trials["status"]) == {"complete"}
@@ -278,6 +278,34 @@ def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
     assert "not with reports/full/evaluate.json" in table.notes
     every = tables.sweep_trials_table(trials, "clock-width-cut", rec, base, info, rule)
     assert len(every.df) == 19 and every.df["trial"].iloc[0] == "baseline-s8"
+    assert "ΔFID@FLOPs ↑" not in every.df  # recorded before trials were scored against fewer steps
+
+
+def test_committed_gpu_sweep_answers_fewer_steps(monkeypatch, tmp_path):
+    """The GPU sweep record (reports/sweeps/schedule-width-cut-steps): the plain baseline at 3-8 steps, trials
+    scored against that front in the tables as the sweep recorded them, the 8-step baseline as the reference."""
+    folder = COMMITTED_SWEEP.parent / "schedule-width-cut-steps"
+    if not folder.is_dir():
+        pytest.skip("no committed GPU sweep record")
+    monkeypatch.setenv("CLOCKWORK_RESULTS", str(REPO / "reports" / "full"))
+    monkeypatch.setenv("CLOCKWORK_REPORTS", str(tmp_path))
+    monkeypatch.setenv("CLOCKWORK_SWEEPS", str(folder.parent))
+    monkeypatch.setenv("CLOCKWORK_MLFLOW_URI", "none")
+    res = loader.Results.from_env()
+    trials = res.sweep_csvs()["schedule-width-cut-steps"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert loader.is_sweep_baseline(trials).sum() == 6 and set(trials["status"]) == {"complete"}
+    info = res.sweep_info("schedule-width-cut-steps", trials)
+    assert info.device() == "GPU trials on node vm" and "resumed" in info.about()  # three calls; wall_s of the last
+    base = tables.sweep_baseline(res.evaluate(), trials)
+    assert base["trial_id"] == summary["baseline"]["trial_id"] == "baseline-s8"  # steps {6, 8}: the 8-step one
+    rec, rule = tables.recommend(trials, base["fid"], info.rule())
+    assert rec == summary["recommended"]["trial_id"]
+    every = tables.sweep_trials_table(trials, "schedule-width-cut-steps", rec, base, info, rule).df.set_index("trial")
+    beats = every[every["beats fewer steps"] == "yes"].index
+    assert set(beats) == set(trials[trials["beats_fewer_steps"].astype(str) == "True"]["run_name"])
+    want = summary["recommended"]
+    assert every.loc[want["run_name"], "ΔFID@FLOPs ↑"].startswith(f"{want['dfid_at_flops']:+.2f}")
 
 
 # ------------------------------------------------------------------------------------------------- units

@@ -164,6 +164,20 @@ def test_resume_continues_from_the_saved_step(setup, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), again2.state_dict().values()))
 
 
+
+def test_checkpoint_missing_its_weights_starts_over(setup, tmp_path):
+    """A copied checkpoint that lost its weights (e.g. a tarball without *.safetensors) warns and restarts."""
+    data = data_for(setup)
+    cut = UNetCut(setup[0], 1)
+    cfg = DistillConfig(steps=10, batch_size=4, log_every=5, checkpoint_every=10)
+    ckpt = tmp_path / "ckpt"
+    hist = distill(build_adaptor("resnet", cut, width=16), data, cfg, checkpoint_dir=ckpt, progress=False)
+    (ckpt / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.warns(UserWarning, match="lacks.*from step 0"):
+        again = distill(build_adaptor("resnet", cut, width=16), data, cfg, checkpoint_dir=ckpt, progress=False)
+    assert [h["step"] for h in again] == [h["step"] for h in hist] == [5, 10]
+    assert (ckpt / "diffusion_pytorch_model.safetensors").is_file()
+
 # ---- the output-space term (DistillConfig.output_weight) ------------------------------------------------
 def row_ctx(traj, store, prompts, negative):
     """Each row's text context as the unroll fed it: the negative prompt for the unconditional half."""
