@@ -238,16 +238,21 @@ def test_committed_default_reports_are_up_to_date(tmp_path):
         "reports/default/analysis is stale: run `dvc repro report_default` and commit it"
 
 
+def _committed_sweeps(monkeypatch, tmp_path, folder: Path) -> "loader.Results":
+    """Results reading reports/full and the committed sweep records, as `dvc repro report_full` does."""
+    if not folder.is_dir():
+        pytest.skip(f"no committed sweep record {folder.name}")
+    monkeypatch.setenv("CLOCKWORK_RESULTS", str(REPO / "reports" / "full"))
+    monkeypatch.setenv("CLOCKWORK_REPORTS", str(tmp_path))
+    monkeypatch.setenv("CLOCKWORK_SWEEPS", str(folder.parent))
+    monkeypatch.setenv("CLOCKWORK_MLFLOW_URI", "none")
+    return loader.Results.from_env()
+
+
 def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
     """reports/sweeps/<name>/ (CLOCKWORK_SWEEPS) reads like sweeps/<name>/; its fronts and recommendation are the ones
     pipeline/sweep.py recorded in results.csv and summary.json, and its tables say how it ran."""
-    if not COMMITTED_SWEEP.is_dir():
-        pytest.skip("no committed sweep record")
-    monkeypatch.setenv("CLOCKWORK_RESULTS", str(REPO / "reports" / "full"))
-    monkeypatch.setenv("CLOCKWORK_REPORTS", str(tmp_path))
-    monkeypatch.setenv("CLOCKWORK_SWEEPS", str(COMMITTED_SWEEP.parent))
-    monkeypatch.setenv("CLOCKWORK_MLFLOW_URI", "none")
-    res = loader.Results.from_env()
+    res = _committed_sweeps(monkeypatch, tmp_path, COMMITTED_SWEEP)
     assert res.sweeps_dir == COMMITTED_SWEEP.parent
     csvs = res.sweep_csvs()
     assert set(csvs) == {"clock-width-cut", "schedule-width-cut-steps"}
@@ -285,13 +290,7 @@ def test_committed_gpu_sweep_answers_fewer_steps(monkeypatch, tmp_path):
     """The GPU sweep record (reports/sweeps/schedule-width-cut-steps): the plain baseline at 3-8 steps, trials
     scored against that front in the tables as the sweep recorded them, the 8-step baseline as the reference."""
     folder = COMMITTED_SWEEP.parent / "schedule-width-cut-steps"
-    if not folder.is_dir():
-        pytest.skip("no committed GPU sweep record")
-    monkeypatch.setenv("CLOCKWORK_RESULTS", str(REPO / "reports" / "full"))
-    monkeypatch.setenv("CLOCKWORK_REPORTS", str(tmp_path))
-    monkeypatch.setenv("CLOCKWORK_SWEEPS", str(folder.parent))
-    monkeypatch.setenv("CLOCKWORK_MLFLOW_URI", "none")
-    res = loader.Results.from_env()
+    res = _committed_sweeps(monkeypatch, tmp_path, folder)
     trials = res.sweep_csvs()["schedule-width-cut-steps"]
     summary = json.loads((folder / "summary.json").read_text())
     assert loader.is_sweep_baseline(trials).sum() == 6 and set(trials["status"]) == {"complete"}
