@@ -10,8 +10,9 @@ KernelInceptionDistance through an identity "feature extractor", so the statisti
 resamples of them) never re-run Inception.
 
 Precision: Inception runs in float32 by default. ``precision="bf16"`` runs it under bfloat16 autocast, which on
-CPUs with AMX (e.g. Sapphire Rapids) is ~1.7x faster than float32 and moves FID by ~0.3% (50.42 -> 50.57 for 250
-held-out Fashion-MNIST images against 600 others; ``precision="auto"`` picks bf16 exactly there). Features of one comparison must share a
+CPUs with AMX (e.g. Sapphire Rapids) is ~2.1x faster than float32 and moves FID by ~0.3% (50.42 -> 50.57 for 250
+held-out Fashion-MNIST images against 600 others; ``precision="auto"`` picks bf16 exactly there, see
+:mod:`clockwork.precision`). Features of one comparison must share a
 precision: :class:`ReferenceStats` records its own (``meta["precision"]``) for the generated side to follow.
 """
 
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from clockwork.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
 
 FID_FEATURES = 2048
 FID_INPUT_SIZE = 299
@@ -163,23 +166,6 @@ def _as_uint8(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return images
 
 
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def _cpu_has_amx() -> bool:
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
-
-
-def resolve_precision(precision: str = "fp32", device: str | torch.device = "cpu") -> str:
-    """``"fp32"`` or ``"bf16"``: ``"auto"`` is bf16 on a CPU with AMX tiles (where it pays), else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown Inception precision {precision!r}; use one of {PRECISIONS}")
-    if precision == "auto":
-        return "bf16" if torch.device(device).type == "cpu" and _cpu_has_amx() else "fp32"
-    return precision
-
-
 def inception_features(
     images_uint8: torch.Tensor | np.ndarray,
     batch_size: int = 50,
@@ -195,10 +181,8 @@ def inception_features(
     """
     images = _as_uint8(images_uint8)
     model = (model or _default_inception()).to(device).eval()
-    dev = torch.device(device)
-    bf16 = resolve_precision(precision, dev) == "bf16"
     feats = []
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), autocast(precision, device):
         for i in tqdm(range(0, len(images), batch_size), desc="inception", unit="batch", disable=not progress):
             x = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
             feats.append(model(x).double().cpu())

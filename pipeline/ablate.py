@@ -151,7 +151,7 @@ def main() -> None:
     context = obj_sha([p.flat().get(k) for k in sorted(p.flat())
                        if not k.startswith(("adaptor.", "clock.", "cut", "ablate.levers", "ablate.ablations",
                                             "ablate.front_steps"))]
-                      + [file_sha("data/prepared"), world.teacher_id, file_sha(p.world.scorer) if p.world.kind == "embedded"
+                      + [file_sha("data/prepared"), world.teacher_id, world.precision, file_sha(p.world.scorer) if p.world.kind == "embedded"
                          else p.world.clip_model, main_meta, code])
     (WORK / "rows").mkdir(parents=True, exist_ok=True)
     (WORK / "adaptors").mkdir(parents=True, exist_ok=True)

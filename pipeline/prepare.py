@@ -23,7 +23,8 @@ from pipeline.config import load_params  # noqa: E402
 def reference_stats(held, index, device: str, split: str = "heldout", precision: str = "auto"):
     """FID reference statistics of the images ``index`` of a CaptionedFashion split (held-out by default), at the
     Inception ``precision`` (prepare.inception_precision) every method's features then follow."""
-    from clockwork.metrics import ReferenceStats, inception_features, resolve_precision
+    from clockwork.metrics import ReferenceStats, inception_features
+    from clockwork.precision import resolve_precision
     from pipeline.common import log
 
     precision = resolve_precision(precision, device)
@@ -103,7 +104,8 @@ def _sd15(p, out: Path, device: str) -> dict:
     from PIL import Image
 
     from clockwork.embedded.text import EmbeddingTable
-    from clockwork.metrics import ReferenceStats, inception_features, resolve_precision
+    from clockwork.metrics import ReferenceStats, inception_features
+    from clockwork.precision import resolve_precision
     from pipeline.common import World, log
 
     w = p.world

@@ -15,6 +15,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from clockwork import metrics as M  # noqa: E402
+from clockwork.precision import autocast, cpu_has_amx, resolve_precision  # noqa: E402
 from clockwork.embedded import data as D  # noqa: E402
 from clockwork.embedded.scorer import DEFAULT_SCORER_DIR, ContrastiveScorer, load_scorer, save_scorer  # noqa: E402
 from clockwork.embedded.text import EmbeddingTable  # noqa: E402
@@ -229,9 +230,13 @@ def test_inception_precision(inception: nn.Module, heldout: D.CaptionedFashion, 
     bf16 = M.inception_features(imgs, progress=False, model=inception, precision="bf16")
     rel = float((bf16 - f32).norm() / f32.norm())
     assert 1e-6 < rel < 0.06, rel  # bf16 autocast really ran, and stays close to fp32
-    assert M.resolve_precision("auto", "cuda") == "fp32" and M.resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto", "cuda") == "fp32" and resolve_precision("bf16") == "bf16"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_amx() else "fp32")
     with pytest.raises(ValueError, match="precision"):
-        M.resolve_precision("fp16")
+        resolve_precision("fp16")
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        with autocast(precision, "cpu"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype
     # The cached reference records its precision; asking for another one recomputes it.
     path = tmp_path / "ref.npz"
     stats = M.reference_stats(path, imgs, model=_MeanColour(), progress=False, key="k")

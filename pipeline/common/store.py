@@ -24,11 +24,13 @@ def ensure_trajectories(root: str | os.PathLike, world: World, table, prompts: l
 
     ctx = table.lookup(prompts)[0]
     neg = table.uncond(1)[0]
-    return unroll_to_store(root, world.unet, world.sampler(sampler), sorted(set(cuts)), ctx, neg, steps, guidance,
-                           seed=seed, shard_size=shard_size, progress=progress,
-                           meta_extra={"prompts_sha": obj_sha(prompts), "teacher": world.teacher_id, "sampler_name": sampler,
-                                       "code": code_sha("clockwork/trajectories.py", "clockwork/cut.py",
-                                                        "clockwork/schedulers.py")})
+    with world.autocast():
+        return unroll_to_store(root, world.unet, world.sampler(sampler), sorted(set(cuts)), ctx, neg, steps, guidance,
+                               seed=seed, shard_size=shard_size, progress=progress,
+                               meta_extra={"prompts_sha": obj_sha(prompts), "teacher": world.teacher_id,
+                                           "precision": world.precision, "sampler_name": sampler,
+                                           "code": code_sha("clockwork/trajectories.py", "clockwork/cut.py",
+                                                            "clockwork/schedulers.py")})
 
 
 def store_matches(root: str | os.PathLike, sampler: str, steps: int, guidance: float, cut: int) -> bool:

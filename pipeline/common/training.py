@@ -90,9 +90,10 @@ def rollout_finetune(spec: MethodSpec, adaptor, world: World, table, prompts: Se
 
     if spec.training != "unrolled":
         raise ValueError(f"rollout fine-tuning continues unrolled-trajectory training, not {spec.training!r}")
-    roll = unroll_clockwork(world.unet, adaptor, spec.cut, spec.clock_obj(), world.sampler(spec.sampler),
-                            table.lookup(list(prompts))[0], table.uncond(1)[0], spec.steps, spec.guidance,
-                            seed=distill_cfg.seed + 1, batch_size=512, progress=progress)
+    with world.autocast():
+        roll = unroll_clockwork(world.unet, adaptor, spec.cut, spec.clock_obj(), world.sampler(spec.sampler),
+                                table.lookup(list(prompts))[0], table.uncond(1)[0], spec.steps, spec.guidance,
+                                seed=distill_cfg.seed + 1, batch_size=512, progress=progress)
     t = teacher_traj
     both = {"r_in": torch.cat([t["r_in"], roll["r_in"]], 1), "r_out": torch.cat([t["r_out"], roll["r_out"]], 1),
             "r_out_used": torch.cat([t["r_out"], roll["r_out_used"]], 1), "temb": t["temb"],
@@ -130,7 +131,8 @@ def forward_noised_data(world: World, table, cut: int, sampler: str, steps: int,
     for i in range(0, n_images, batch):
         j = idx[i:i + batch]
         ctx = table.lookup([train.texts[int(k)] for k in j])[0]
-        parts.append(forward_noised_shard(world.unet, world.sampler(sampler), cut, train.images(j), ctx,
-                                          table.uncond(1)[0], steps, torch.Generator().manual_seed(seed + i)))
+        with world.autocast():
+            parts.append(forward_noised_shard(world.unet, world.sampler(sampler), cut, train.images(j), ctx,
+                                              table.uncond(1)[0], steps, torch.Generator().manual_seed(seed + i)))
     return {"r_in": torch.cat([p[f"r_in.c{cut}"] for p in parts], 1), "r_out": torch.cat([p[f"r_out.c{cut}"] for p in parts], 1),
             "temb": parts[0]["temb"], "text": torch.cat([p["text"] for p in parts]), "timesteps": parts[0]["timesteps"]}

