@@ -31,6 +31,12 @@ def resolve_precision(precision: str = "fp32", device: str | torch.device = "cpu
     return precision
 
 
+def no_autocast(device: str | torch.device = "cpu") -> torch.autocast:
+    """Leave a caller's autocast for bookkeeping on recorded (float16) tensors: CPU autocast rejects float16 inputs
+    to the ops it promotes (``torch.stack``, ``torch.cat``)."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 def autocast(precision: str = "fp32", device: str | torch.device = "cpu") -> torch.autocast:
     """``torch.autocast`` to bfloat16 when ``precision`` resolves to bf16 on ``device``, else a disabled one."""
     dev = torch.device(device)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from clockwork.cut import UNetCut
+from clockwork.precision import no_autocast
 
 
 def _time_embedding(unet, sample: torch.Tensor, t) -> torch.Tensor:
@@ -66,7 +67,8 @@ def unroll_batch(
         u, c_ = out.chunk(2)
         latents = scheduler.step(u + guidance * (c_ - u), t, latents, return_dict=False)[0]
     rec["latents"].append(latents.half().cpu())
-    res = {k: torch.stack(v) for k, v in rec.items()}
+    with no_autocast(dev):
+        res = {k: torch.stack(v) for k, v in rec.items()}
     res["temb"] = res["temb"][:, 0]
     res["text"] = ctx.mean(dim=1).half().cpu()
     res["timesteps"] = scheduler.timesteps.detach().cpu().to(torch.float32)
@@ -225,5 +227,6 @@ def forward_noised_shard(unet, scheduler, cut: int, images: torch.Tensor, prompt
         r_in.append(ri.half().cpu())
         r_out.append(ro.half().cpu())
         temb.append(_time_embedding(unet, x, t)[:1].half().cpu())
-    return {f"r_in.c{cut}": torch.stack(r_in), f"r_out.c{cut}": torch.stack(r_out), "temb": torch.stack(temb)[:, 0],
-            "text": ctx.mean(dim=1).half().cpu(), "timesteps": scheduler.timesteps.detach().cpu().to(torch.float32)}
+    with no_autocast(dev):
+        return {f"r_in.c{cut}": torch.stack(r_in), f"r_out.c{cut}": torch.stack(r_out), "temb": torch.stack(temb)[:, 0],
+                "text": ctx.mean(dim=1).half().cpu(), "timesteps": scheduler.timesteps.detach().cpu().to(torch.float32)}

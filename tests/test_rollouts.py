@@ -62,6 +62,28 @@ def test_clock1_equals_unroll_batch(unet, prompts, name, cut):
     assert got["full"].all() and got["full"].shape == (STEPS,)
 
 
+
+def test_unrolls_run_under_a_bf16_autocast(unet, prompts, tmp_path):
+    """world.precision bf16 wraps every unroll in a CPU autocast: the float16 records must still stack and cat
+    (CPU autocast rejects float16 inputs to torch.stack / torch.cat), and the features stay close to float32's."""
+    from clockwork.precision import autocast
+    from clockwork.trajectories import forward_noised_shard
+
+    pos, neg = prompts
+    ref = unroll_batch(unet, make_sampler("dpm++"), [1], pos, neg, STEPS, GUIDANCE, gen(1))
+    with autocast("bf16", "cpu"):
+        got = unroll_batch(unet, make_sampler("dpm++"), [1], pos, neg, STEPS, GUIDANCE, gen(1))
+        unroll_to_store(tmp_path / "store", unet, make_sampler("dpm++"), [1], pos, neg, STEPS, GUIDANCE, shard_size=2,
+                        progress=False)
+        roll = unroll_clockwork(unet, perturbed_resnet(unet, 1), 1, Clock(2), make_sampler("dpm++"), pos, neg, STEPS,
+                                GUIDANCE, batch_size=2, progress=False)
+        images = torch.rand(pos.shape[0], unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        fn = forward_noised_shard(unet, make_sampler("dpm++"), 1, images, pos, neg, STEPS, gen(2))
+    rel = float((got["r_out.c1"].float() - ref["r_out.c1"].float()).norm() / ref["r_out.c1"].float().norm())
+    assert 0 < rel < 0.05, rel  # bf16 really ran, and stayed close
+    assert TrajectoryStore(tmp_path / "store").load(1)["r_in"].dtype == torch.float16
+    assert roll["r_in"].shape[1] == 2 * pos.shape[0] and fn["r_in.c1"].dtype == torch.float16
+
 # ---- (b) the states are Clockwork's own: final latents as clockwork.enable samples them ------------------
 
 def hooked_sample(unet, adaptor, cut, clock, scheduler, pos, neg, steps, generator):
