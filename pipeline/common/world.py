@@ -3,6 +3,7 @@ its noise schedule, samplers and CLIP scorer (:class:`World`: embedded, offline,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -150,11 +151,12 @@ class World:
 
     @torch.no_grad()
     def generate(self, pipe, ctx: torch.Tensor, neg: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float,
-                 decode: bool = True) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) from prompt token states ``ctx`` and initial noise ``latents``."""
+                 decode: bool = True, autocast: bool = True) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) from prompt token states ``ctx`` and initial noise ``latents``, under
+        :meth:`autocast` unless ``autocast=False`` (the model's own dtype)."""
         dtype = self.unet.dtype
         ctx, neg, latents = ctx.to(self.device, dtype), neg.to(self.device, dtype), latents.to(self.device, dtype)
-        with self.autocast():
+        with self.autocast() if autocast else contextlib.nullcontext():
             if self.kind == "embedded":
                 return pipe(ctx, neg, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
                             output_type="uint8" if decode else "pt").cpu()
