@@ -135,7 +135,7 @@ class PairDataset:
             # what the sampler had as r_out at the previous step: the teacher's, or on Clockwork's own rollouts
             # (clockwork.rollouts) what Clockwork used there (the adaptor's prediction after an adaptor step)
             "r_out_prev": t.get("r_out_used", t["r_out"])[step - 1, j].to(device, dtype),
-            "temb": t["temb"][step].to(device, dtype),
+            "temb": (t["temb"][step] if t["temb"].dim() == 2 else t["temb"][step, j]).to(device, dtype),  # per row: SDXL
             "text": t["text"][j].to(device, dtype),
             "target": t["r_out"][step, j].to(device, dtype),
         }

@@ -2,7 +2,10 @@
 
 The paper trains adaptors on trajectories unrolled from pure noise with the target sampler and step
 count (no images needed). For every step we keep, per cut, the teacher's r_in(t) and r_out(t), plus the
-time embedding and the pooled prompt embedding an adaptor may use. Shards are safetensors files written
+time embedding and the pooled prompt embedding an adaptor may use: ``temb`` is (S, D), one per step, for
+UNets whose embedding depends on the timestep alone (SD 1.x/2.x, the embedded teacher), and (S, rows, D)
+for UNets with added conditioning (SDXL's ``text_time``: the pooled prompt and the size ids enter the
+embedding every block sees); ``text`` is SDXL's pooled ``text_embeds`` there, the mean token state elsewhere. Shards are safetensors files written
 atomically, so an interrupted unroll resumes at the first missing shard. One unroll serves every
 adaptor width and every cut listed when it was made.
 
@@ -33,6 +36,35 @@ def _time_embedding(unet, sample: torch.Tensor, t) -> torch.Tensor:
     return u.time_embed_act(emb) if u.time_embed_act is not None else emb
 
 
+def per_row_embedding(unet) -> bool:
+    """Whether the embedding the blocks see differs per row (added or class conditioning), so trajectories keep
+    ``temb`` per row: (S, rows, D) instead of (S, D)."""
+    c = unet.config
+    return c.get("addition_embed_type") is not None or c.get("class_embed_type") is not None
+
+
+def cfg_added(added_cond_kwargs: dict | None, negative_added_cond_kwargs: dict | None, b: int, dev, dtype) -> dict | None:
+    """The added conditioning of a CFG batch (the negative prompt's rows, then the prompts'), as ``ctx`` is built."""
+    if added_cond_kwargs is None:
+        return None
+    if negative_added_cond_kwargs is None:
+        raise ValueError("added_cond_kwargs given without negative_added_cond_kwargs (the unconditional rows' own)")
+    out = {}
+    for k, v in added_cond_kwargs.items():
+        neg = negative_added_cond_kwargs[k].to(dev, dtype)
+        out[k] = torch.cat([neg.expand(b, *neg.shape[1:]), v.to(dev, dtype)])
+    return out
+
+
+def step_records(view: UNetCut, x: torch.Tensor, t, ctx: torch.Tensor, added: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(temb, text) an adaptor sees at this step: what :meth:`UNetCut.prepare` gives it (temb per row or the first
+    row's, as :func:`per_row_embedding` says; text per row)."""
+    if added is None:
+        return _time_embedding(view.unet, x, t)[:1], ctx.mean(dim=1)
+    s = view.prepare(x, t, ctx, added_cond_kwargs=added)
+    return (s.emb if per_row_embedding(view.unet) else s.emb[:1]), s.text
+
+
 @torch.no_grad()
 def unroll_batch(
     unet,
@@ -43,13 +75,22 @@ def unroll_batch(
     steps: int,
     guidance: float,
     generator: torch.Generator,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    negative_added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    latent_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sample ``len(prompt_embeds)`` trajectories with batch CFG; return the per-step features (fp16)."""
+    """Sample ``len(prompt_embeds)`` trajectories with batch CFG; return the per-step features (fp16).
+
+    ``added_cond_kwargs`` (SDXL: ``text_embeds`` (B, D) and ``time_ids`` (B, 6)) and the negative prompt's
+    (1, ...) go to the UNet with the token states; ``latent_size`` overrides ``unet.config.sample_size``.
+    """
     dev, dtype = unet.device, unet.dtype
     b = prompt_embeds.shape[0]
     views = {c: UNetCut(unet, c) for c in cuts}
     ctx = torch.cat([negative_embeds.to(dev, dtype).expand_as(prompt_embeds), prompt_embeds.to(dev, dtype)])
-    shape = (b, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    added = cfg_added(added_cond_kwargs, negative_added_cond_kwargs, b, dev, dtype)
+    size = latent_size or unet.config.sample_size
+    shape = (b, unet.config.in_channels, size, size)
     latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(dev, dtype)
     scheduler.set_timesteps(steps, device=dev)
     latents = latents * scheduler.init_noise_sigma
@@ -60,17 +101,19 @@ def unroll_batch(
         x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         rec["latents"].append(latents.half().cpu())
         with capture_cuts(unet, views) as feats:  # one teacher pass gives r_in / r_out at every cut
-            out = unet(x, t, encoder_hidden_states=ctx).sample
+            out = unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
         for k, v in feats.items():
             rec[k].append(v.half().cpu())
-        rec["temb"].append(_time_embedding(unet, x, t)[:1].half().cpu())
+        temb, text = step_records(next(iter(views.values())), x, t, ctx, added)
+        rec["temb"].append(temb.half().cpu())
         u, c_ = out.chunk(2)
         latents = scheduler.step(u + guidance * (c_ - u), t, latents, return_dict=False)[0]
     rec["latents"].append(latents.half().cpu())
     with no_autocast(dev):
         res = {k: torch.stack(v) for k, v in rec.items()}
-    res["temb"] = res["temb"][:, 0]
-    res["text"] = ctx.mean(dim=1).half().cpu()
+    if res["temb"].shape[1] == 1:  # one embedding per step, shared by every row
+        res["temb"] = res["temb"][:, 0]
+    res["text"] = text.half().cpu()
     res["timesteps"] = scheduler.timesteps.detach().cpu().to(torch.float32)
     return res
 
@@ -131,7 +174,8 @@ class TrajectoryStore:
             "r_in": torch.cat([p[f"r_in.c{cut}"] for p in parts], dim=1),
             "r_out": torch.cat([p[f"r_out.c{cut}"] for p in parts], dim=1),
             "text": torch.cat([p["text"] for p in parts], dim=0),
-            "temb": parts[0]["temb"],
+            # (S, D) shared by every row, or (S, rows, D) per row (added conditioning: SDXL)
+            "temb": parts[0]["temb"] if parts[0]["temb"].dim() == 2 else torch.cat([p["temb"] for p in parts], dim=1),
             "timesteps": parts[0]["timesteps"],
         }
         if with_latents:
@@ -167,8 +211,14 @@ def unroll_to_store(
     shard_size: int = 64,
     meta_extra: dict | None = None,
     progress: bool = True,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    negative_added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    latent_size: int | None = None,
 ) -> TrajectoryStore:
-    """Unroll trajectories for every prompt into shards; skips shards already on disk (resume)."""
+    """Unroll trajectories for every prompt into shards; skips shards already on disk (resume).
+
+    ``added_cond_kwargs`` holds per-prompt tensors (N, ...) sliced like ``prompt_embeds``; see :func:`unroll_batch`.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     cuts = sorted(set(int(c) for c in cuts))
@@ -187,8 +237,10 @@ def unroll_to_store(
     todo = [i for i in range(num_shards) if not store.shard_path(i).is_file()]
     for i in tqdm(todo, desc="trajectories", unit="shard", disable=not progress):
         gen = torch.Generator(device="cpu").manual_seed(seed * 100_003 + i)
-        rec = unroll_batch(unet, scheduler, cuts, prompt_embeds[i * shard_size:(i + 1) * shard_size], negative_embeds,
-                           steps, guidance, gen)
+        sl = slice(i * shard_size, (i + 1) * shard_size)
+        rec = unroll_batch(unet, scheduler, cuts, prompt_embeds[sl], negative_embeds, steps, guidance, gen,
+                           {k: v[sl] for k, v in added_cond_kwargs.items()} if added_cond_kwargs is not None else None,
+                           negative_added_cond_kwargs, latent_size)
         rec = {k: v.contiguous() for k, v in rec.items()}
         tmp = _tmp_name(store.shard_path(i))
         save_file(rec, str(tmp))

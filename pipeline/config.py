@@ -24,9 +24,9 @@ if __package__ in (None, ""):  # run as `python pipeline/config.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config_sections import (  # noqa: F401 - the sections are part of this module's interface
-    ABLATIONS, ADAPTOR_INPUTS, ADAPTOR_KINDS, DEFAULT_PARAMS, SAMPLERS, SPLITS, Ablate, Adaptor, Clip, ClockParams,
-    ConfigError, Device, Distill, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare, Report,
-    Sampling, SD15World, Section, Teacher, Trajectories, World, problems_from,
+    ABLATIONS, ADAPTOR_INPUTS, ADAPTOR_KINDS, DEFAULT_PARAMS, SAMPLERS, SD_PIPELINES, SPLITS, Ablate, Adaptor, Clip,
+    ClockParams, ConfigError, Device, Distill, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare,
+    Report, Sampling, SDWorld, Section, Teacher, Trajectories, World, problems_from,
 )
 from pipeline.config_sweep import SweepParams
 
@@ -85,25 +85,48 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
 
 
 # ------------------------------------------------------------------------------------------ checking
-def teacher_unet_config(world: EmbeddedWorld | SD15World, root: Path) -> dict:
+def _strip(cfg: dict) -> dict:
+    return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def sd_model(world: SDWorld, root: Path) -> tuple[str, dict, int]:
+    """(pipeline class, UNet config, VAE scale factor) of an SD-family model, from its configs alone (a local
+    folder, or a hub id through the Hugging Face cache); a :class:`ConfigError` naming the key otherwise."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from pipeline.common.world import sd_pipeline_class
+
+    local = _resolve(world.model, root)
+    if _looks_local(world.model) and not (local / "model_index.json").is_file():
+        raise ConfigError([("world.model", f"{local} is not a diffusers pipeline folder (model_index.json missing)")])
+    model = str(local) if local.exists() else world.model
+    try:
+        cls = sd_pipeline_class(model, world.pipeline)
+        unet = _strip(UNet2DConditionModel.load_config(model, subfolder="unet"))
+        vae = AutoencoderKL.load_config(model, subfolder="vae")
+    except Exception as e:  # noqa: BLE001 - any failure to find or read the model is this key's problem
+        offline = " (HF_HUB_OFFLINE=1: a hub id must be in the local cache)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise ConfigError([("world.model", f"cannot read the pipeline {world.model!r}{offline}: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]) from None
+    if cls not in SD_PIPELINES:
+        key = "world.pipeline" if world.pipeline != "auto" else "world.model"
+        raise ConfigError([(key, f"{world.model} is a {cls}; world.kind sd runs {', '.join(SD_PIPELINES)} "
+                            "(set world.pipeline to load the model as one of them)")])
+    return cls, unet, 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+
+
+def teacher_unet_config(world: EmbeddedWorld | SDWorld, root: Path) -> dict:
     """The teacher's UNet config, read without loading weights (for cut validation and FLOPs)."""
     import json
 
     if isinstance(world, EmbeddedWorld):
         cfg_file = _resolve(world.teacher, root) / "config.json"
         if cfg_file.is_file():
-            cfg = json.loads(cfg_file.read_text())
-            return {k: v for k, v in cfg.items() if not k.startswith("_")}
+            return _strip(json.loads(cfg_file.read_text()))
         from clockwork.embedded.teacher import TEACHER_CONFIG
 
         return dict(TEACHER_CONFIG)
-    local = _resolve(world.model, root) / "unet" / "config.json"
-    if local.is_file():
-        cfg = json.loads(local.read_text())
-        return {k: v for k, v in cfg.items() if not k.startswith("_")}
-    from clockwork.flops import SD15
-
-    return dict(SD15)
+    return sd_model(world, root)[1]
 
 
 def valid_teacher_cuts(world, root: Path) -> list[int]:
@@ -148,6 +171,26 @@ def _clock_problems(key: str, steps: int, period: int | None, adaptor_steps: lis
     return []
 
 
+def _sd_problems(p: Params, root: Path) -> list[tuple[str, str]]:
+    """What an SD-family world cannot do: resolutions its UNet cannot take, and the pieces built for the embedded
+    world only (forward-noised training images, the output-space loss and rollouts with SDXL's added conditioning)."""
+    cls, unet, vae_scale = sd_model(p.world, root)
+    problems = []
+    levels = len(unet.get("block_out_channels", ())) or 4
+    step = vae_scale * 2 ** (levels - 1)
+    if p.world.resolution % step:
+        problems.append(("world.resolution", f"{p.world.resolution} is not a multiple of {step} (VAE factor {vae_scale} x "
+                         f"the UNet's {levels - 1} downsamplings); e.g. {max(step, p.world.resolution // step * step)}"))
+    if "training" in p.ablate.ablations:
+        problems.append(("ablate.ablations", "`training` (forward-noised images) is built for the embedded world only"))
+    if cls == "StableDiffusionXLPipeline":
+        for key, v in (("distill.output_weight", p.distill.output_weight), ("distill.rollout_steps", p.distill.rollout_steps)):
+            if v:
+                problems.append((key, f"{v}: the output-space loss and rollouts do not pass SDXL's added conditioning "
+                                 "yet; use 0"))
+    return problems
+
+
 def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     steps = p.sampling.steps
@@ -162,12 +205,16 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
         problems.append(("adaptor.inputs", f"duplicate entries in {p.adaptor.inputs}"))
     if p.adaptor.kind == "identity" and list(p.adaptor.inputs) != ["r_out_prev"]:
         problems.append(("adaptor.inputs", "the identity adaptor only uses [r_out_prev]"))
+    cuts_ok = None
     try:
+        if isinstance(p.world, SDWorld):
+            problems += _sd_problems(p, root)
         cuts_ok = valid_teacher_cuts(p.world, root)
+    except ConfigError as e:
+        problems += e.problems
     except Exception as e:  # a broken teacher config is itself a params problem
         problems.append(("world.teacher" if isinstance(p.world, EmbeddedWorld) else "world.model",
                          f"cannot read the teacher's UNet config: {e}"))
-        cuts_ok = None
     if cuts_ok is not None:
         if p.cut not in cuts_ok:
             problems.append(("cut", f"cut={p.cut} is not possible for this teacher; valid cuts: {cuts_ok} "

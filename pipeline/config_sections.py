@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clockwork.precision import PRECISIONS
+
 DEFAULT_PARAMS = "params.yaml"
 
 SAMPLERS = ("dpm++", "dpm", "pndm", "ddim", "euler", "heun")
@@ -18,6 +20,7 @@ ADAPTOR_KINDS = ("identity", "resnet", "unet-light")
 ADAPTOR_INPUTS = ("r_in", "r_out_prev", "time", "text")
 ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers")
 SPLITS = ("heldout", "val")
+SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # the SD family world.kind: sd loads
 
 
 class Section(BaseModel):
@@ -31,6 +34,9 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 # ---------------------------------------------------------------------------------------------- world
+Precision = Literal[PRECISIONS]  # autocast / Inception precision (clockwork.precision): auto = bf16 on AMX CPUs
+
+
 class EmbeddedWorld(Section):
     """The offline world: the committed 5 M-param teacher on captioned 32x32 Fashion-MNIST."""
 
@@ -38,24 +44,25 @@ class EmbeddedWorld(Section):
     data_root: str = "/usr/share/datasets/fashion-mnist"
     teacher: str = "clockwork/assets/teacher"
     scorer: str = "clockwork/assets/scorer"
-    precision: Literal["fp32", "bf16", "auto"] = "auto"  # sampling autocast (clockwork.precision): auto = bf16 on AMX CPUs
+    precision: Precision = "auto"  # sampling autocast (clockwork.precision): auto = bf16 on AMX CPUs
 
 
-class SD15World(Section):
-    """Stable Diffusion v1.5 on MS-COCO 2017 (GPU; downloads unless every path is local)."""
+class SDWorld(Section):
+    """An SD-family diffusers pipeline (SD 1.x, SD 2.x incl. v-prediction, SDXL) on COCO-format captions and images."""
 
-    kind: Literal["sd15"]
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or a local StableDiffusionPipeline folder
+    kind: Literal["sd"]
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id or a local save_pretrained folder
+    pipeline: Literal[("auto", *SD_PIPELINES)] = "auto"  # auto: the model's model_index.json _class_name
     captions: str  # COCO captions json (annotations/captions_val2017.json): evaluation prompts
     distill_captions: str | None = None  # captions json for distillation prompts (e.g. captions_train2017.json)
-    reference_images: str  # folder of COCO val2017 images (FID reference)
+    reference_images: str  # folder of the captions' images (FID reference)
     clip_model: str = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
-    resolution: PosInt = 512
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
-    precision: Literal["fp32", "bf16", "auto"] = "auto"  # autocast on top of dtype: auto = bf16 on AMX CPUs only
+    resolution: PosInt = 512  # square images of this size (SDXL: 1024); a multiple of the UNet's total downsampling
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # the pipeline's weights (float32 on a CPU)
+    precision: Precision = "auto"  # autocast on top of dtype: auto = bf16 on AMX CPUs only
 
 
-World = Annotated[Union[EmbeddedWorld, SD15World], Field(discriminator="kind")]
+World = Annotated[Union[EmbeddedWorld, SDWorld], Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -68,7 +75,7 @@ class Prepare(Section):
     seed: NonNegInt = 0
     # FID Inception: fp32 | bf16 | auto (bf16 on CPUs with AMX, ~2.1x faster, FID within ~0.3%; else fp32).
     # The reference statistics record it and every method's features follow them.
-    inception_precision: Literal["fp32", "bf16", "auto"] = "auto"
+    inception_precision: Precision = "auto"
     device: Device = "auto"
 
 
@@ -217,7 +224,7 @@ def problems_from(err: ValidationError, prefix: str = "") -> list[tuple[str, str
     seen: set[str] = set()
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
-        if len(loc) > 1 and loc[0] == "world" and loc[1] in ("embedded", "sd15"):
+        if len(loc) > 1 and loc[0] == "world" and loc[1] in ("embedded", "sd"):
             loc = [loc[0]] + loc[2:]
         union = any(p.startswith(_UNION_TAGS) for p in loc)
         loc = [p for p in loc if not p.startswith(_UNION_TAGS)]

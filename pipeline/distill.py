@@ -53,14 +53,10 @@ def main() -> None:
         world = load_world(p.world, device)
         prepared = Prepared.load()
         sched_cfg = world.scheduler_config
-    elif p.world.kind == "embedded":  # the schedule without loading the teacher
-        from pipeline.common import teacher_scheduler_config
+    else:  # the schedule without loading the teacher
+        from pipeline.common.world import scheduler_config_of
 
-        sched_cfg = teacher_scheduler_config(p.world.teacher)
-    else:
-        from pipeline.common import load_world
-
-        sched_cfg = load_world(p.world, "cpu").scheduler_config
+        sched_cfg = scheduler_config_of(p.world)
     scheduler = make_sampler(spec.sampler, sched_cfg)
     meta = json.loads((Path(TRAJECTORIES_DIR) / "meta.json").read_text())
     if (meta.get("sampler_name"), meta["steps"], meta["guidance"]) != (spec.sampler, spec.steps, spec.guidance):

@@ -7,7 +7,8 @@
   the Inception statistics of yet other training images - where operating points and levers are chosen, so
   the held-out evaluation prompts are kept for the final numbers;
 - embeddings: MiniLM token states of every caption the embedded world can produce (EmbeddingTable).
-For world.kind=sd15 the same from COCO 2017 captions/images and SD's own text encoder.
+For world.kind=sd the same from COCO-format captions and images and the pipeline's own text encoder(s)
+(SDXL: both, and the pooled embedding its UNet takes).
 """
 
 from __future__ import annotations
@@ -97,11 +98,52 @@ def _coco_captions(path: str) -> list[tuple[str, str]]:
     return [(names[i], first[i]) for i in sorted(first) if i in names]
 
 
-def _sd15(p, out: Path, device: str) -> dict:
-    """COCO 2017 captions (first caption per image), SD's CLIP text encoder, reference images resized to the resolution."""
+class PipelineText:
+    """Prompts -> (token states, pooled) with an SD-family pipeline's own ``encode_prompt`` (SD: the CLIP text
+    encoder's last states, pooled = their mean, unused; SDXL: both encoders' penultimate states concatenated,
+    pooled = text_encoder_2's projection, the UNet's ``text_embeds``). The empty prompt gets what the pipeline
+    uses as the negative prompt (SDXL with ``force_zeros_for_empty_prompt``: zeros)."""
+
+    def __init__(self, pipe, device: str):
+        self.pipe, self.device = pipe, device
+        self.is_xl = type(pipe).__name__ == "StableDiffusionXLPipeline"
+
+    def _encode(self, prompts: list[str], negative: bool = False):
+        import torch
+
+        with torch.no_grad():
+            out = self.pipe.encode_prompt(prompt=prompts, device=self.device, num_images_per_prompt=1,
+                                          do_classifier_free_guidance=negative)
+        if self.is_xl:  # (embeds, negative, pooled, negative pooled)
+            states, pooled = (out[1], out[3]) if negative else (out[0], out[2])
+        else:  # (embeds, negative)
+            states = out[1] if negative else out[0]
+            pooled = states.mean(1)
+        return states.float().cpu(), pooled.float().cpu()
+
+    def __call__(self, prompts: list[str], batch_size: int = 64):
+        import torch
+
+        states, pooled = [], []
+        for i in range(0, len(prompts), batch_size):
+            s, q = self._encode(prompts[i:i + batch_size])
+            states.append(s)
+            pooled.append(q)
+        states, pooled = torch.cat(states), torch.cat(pooled)
+        empty = [i for i, x in enumerate(prompts) if x == ""]
+        if empty:
+            s, q = self._encode(["-"], negative=True)  # negative_prompt=None: the pipeline's own unconditional input
+            states[empty], pooled[empty] = s, q
+        return states, pooled
+
+
+def _sd(p, out: Path, device: str) -> dict:
+    """COCO-format captions (first caption per image), the pipeline's own text encoder(s), reference images resized
+    and centre-cropped to world.resolution."""
     import numpy as np
     import torch
     from PIL import Image
+    from tqdm.auto import tqdm
 
     from clockwork.embedded.text import EmbeddingTable
     from clockwork.metrics import ReferenceStats, inception_features
@@ -120,24 +162,13 @@ def _sd15(p, out: Path, device: str) -> dict:
     distill_prompts = [dist_src[i][1] for i in dperm]
 
     world = World(w, device)
-    pipe = world.sd_pipe
-
-    class SDText:
-        @torch.no_grad()
-        def __call__(self, prompts, batch_size=64):
-            states, pooled = [], []
-            for i in range(0, len(prompts), batch_size):
-                tok = pipe.tokenizer(prompts[i:i + batch_size], padding="max_length", truncation=True,
-                                     max_length=pipe.tokenizer.model_max_length, return_tensors="pt").to(device)
-                h = pipe.text_encoder(tok.input_ids)[0].float()
-                states.append(h.cpu())
-                pooled.append(h.mean(1).cpu())
-            return torch.cat(states), torch.cat(pooled)
-
-    log(f"encoding {len(set(distill_prompts + [c for _, c in eval_pairs]))} captions with SD's text encoder")
-    table = EmbeddingTable.build(distill_prompts + [c for _, c in eval_pairs], encoder=SDText())
+    encoder = PipelineText(world.sd_pipe, device)
+    log(f"encoding {len(set(distill_prompts + [c for _, c in eval_pairs]))} captions with "
+        f"{type(world.sd_pipe).__name__}.encode_prompt")
+    table = EmbeddingTable.build(distill_prompts + [c for _, c in eval_pairs], encoder=encoder)
     table.save(out / "embeddings.safetensors")
-    res = w.resolution
+    res, pipeline_class = w.resolution, type(world.sd_pipe).__name__
+    del world, encoder  # the pipeline is not needed for the reference statistics
 
     def load(name):
         im = Image.open(Path(w.reference_images) / name).convert("RGB")
@@ -147,15 +178,17 @@ def _sd15(p, out: Path, device: str) -> dict:
         return np.asarray(im.crop((left, top, left + res, top + res))).transpose(2, 0, 1)
 
     precision = resolve_precision(p.prepare.inception_precision, device)
-    log(f"Inception statistics of {len(ref_pairs)} COCO reference images ({precision})")
     feats = []
-    for i in range(0, len(ref_pairs), 250):
-        imgs = torch.from_numpy(np.stack([load(n) for n, _ in ref_pairs[i:i + 250]]))
+    chunk = 100
+    for i in tqdm(range(0, len(ref_pairs), chunk), desc=f"Inception, {len(ref_pairs)} reference images ({precision})",
+                  unit="chunk"):
+        imgs = torch.from_numpy(np.stack([load(n) for n, _ in ref_pairs[i:i + chunk]]))
         feats.append(inception_features(imgs, device=device, progress=False, precision=precision))
     ReferenceStats.from_features(torch.cat(feats), {"source": w.reference_images, "n": len(ref_pairs),
                                                     "precision": precision}).save(out / "reference_stats.npz")
-    return {"world": "sd15", "distill_prompts": distill_prompts, "eval_prompts": [c for _, c in eval_pairs],
-            "eval_images": [n for n, _ in eval_pairs], "reference_images": [n for n, _ in ref_pairs]}
+    return {"world": "sd", "pipeline": pipeline_class, "distill_prompts": distill_prompts,
+            "eval_prompts": [c for _, c in eval_pairs], "eval_images": [n for n, _ in eval_pairs],
+            "reference_images": [n for n, _ in ref_pairs]}
 
 
 def prompts_only(out: str) -> None:
@@ -179,7 +212,7 @@ def main() -> None:
 
     device = pick_device(p.prepare.device)
     with tracking.stage_run("prepare", p.flat()) as run, atomic_dir(PREPARED_DIR) as out:
-        info = (_embedded if p.world.kind == "embedded" else _sd15)(p, out, device)
+        info = (_embedded if p.world.kind == "embedded" else _sd)(p, out, device)
         write_json(out / "prompts.json", info)
         stats = {"distill_prompts": len(info["distill_prompts"]), "eval_prompts": len(info["eval_prompts"]),
                  "distinct_distill_prompts": len(set(info["distill_prompts"])),

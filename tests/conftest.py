@@ -192,6 +192,40 @@ def tiny_sd_components(folder, seed: int = 0, scheduler=None) -> dict:
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+def _tiny_clip_text(seed: int, hidden: int, projection: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=len(_VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=8, bos_token_id=_VOCAB.index("<|startoftext|>"),
+                         eos_token_id=_VOCAB.index("<|endoftext|>"), pad_token_id=_VOCAB.index("<|endoftext|>"),
+                         **({"projection_dim": projection} if projection else {}))
+    return (CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)).eval()
+
+
+def tiny_sd2_components(folder, seed: int = 0) -> dict:
+    """A StableDiffusionPipeline of the SD 2.x kind: list-valued heads, linear projections, v-prediction."""
+    from diffusers import DDIMScheduler
+
+    comp = tiny_sd_components(folder, seed)
+    comp["unet"] = build_unet("sd21", seed=seed)
+    comp["scheduler"] = DDIMScheduler.from_config(dict(scheduler_config("sd"), prediction_type="v_prediction",
+                                                         clip_sample=False))
+    return comp
+
+
+def tiny_sdxl_components(folder, seed: int = 0) -> dict:
+    """Components of a StableDiffusionXLPipeline: the tiny SDXL UNet (3 levels, text_time), tiny VAE, two tiny CLIP
+    text encoders whose states concatenate to its cross_attention_dim (8 + 8) and whose second projects to the
+    pooled text_embeds (SDXL_TEXT_DIM)."""
+    comp = tiny_sd_components(folder, seed)
+    unet = build_unet("sdxl", seed=seed)
+    return dict(unet=unet, vae=comp["vae"], text_encoder=_tiny_clip_text(seed + 20, 8),
+                text_encoder_2=_tiny_clip_text(seed + 21, 8, projection=SDXL_TEXT_DIM), tokenizer=comp["tokenizer"],
+                tokenizer_2=tiny_tokenizer(os.path.join(folder, "tok2")), scheduler=comp["scheduler"],
+                force_zeros_for_empty_prompt=True)
+
+
 @pytest.fixture
 def sd_pipe(tmp_path):
     """A tiny StableDiffusionPipeline (32x32 px, 16x16 latents) with DPM++ 2M."""

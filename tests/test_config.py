@@ -38,9 +38,29 @@ def edited(raw: dict, path: str, value) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "configs/smoke.yaml", "configs/full.yaml", "configs/sd15.yaml"])
-def test_shipped_configs_are_valid(name: str) -> None:
-    p = validate(read_yaml(REPO / name), root=REPO)
+def config_only_pipeline(folder: Path, kind: str) -> Path:
+    """A pipeline folder of configs alone (no weights) at the real SD 1.5 or SDXL-base shapes: what validation reads."""
+    import json
+
+    from clockwork.flops import SD15, SDXL, meta_unet
+
+    folder.mkdir(parents=True)
+    cls = "StableDiffusionXLPipeline" if kind == "sdxl" else "StableDiffusionPipeline"
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    for sub, cfg in (("unet", dict(meta_unet(SDXL if kind == "sdxl" else SD15).config)),
+                     ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (folder / sub).mkdir()
+        (folder / sub / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "configs/smoke.yaml", "configs/full.yaml", "configs/sd15.yaml",
+                                  "configs/sdxl.yaml"])
+def test_shipped_configs_are_valid(name: str, tmp_path: Path) -> None:
+    raw = read_yaml(REPO / name)
+    if raw["world"]["kind"] == "sd":  # the hub model's configs, offline: a config-only folder of its shapes
+        raw["world"]["model"] = str(config_only_pipeline(tmp_path / "model", "sdxl" if "sdxl" in name else "sd15"))
+    p = validate(raw, root=REPO)
     assert p.cut in p.trajectories.cuts
 
 
@@ -101,6 +121,7 @@ def test_missing_files_name_their_key(default: dict, tmp_path: Path) -> None:
 
 def test_sd15_missing_files(tmp_path: Path) -> None:
     raw = read_yaml(REPO / "configs/sd15.yaml")
+    raw["world"]["model"] = str(config_only_pipeline(tmp_path / "model", "sd15"))
     raw["world"]["captions"] = str(tmp_path / "captions_val2017.json")
     raw["world"]["reference_images"] = str(tmp_path / "val2017")
     found = dict(problems(raw, files_for="prepare"))

@@ -32,8 +32,12 @@ def _report_usage() -> None:
 
     r = resource.getrusage(resource.RUSAGE_SELF)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = ""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the stage's peak, for real-model sizing
+        gpu = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated / "
+               f"{torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")
     print(f"[usage] {Path(sys.argv[0]).stem}: wall {time.perf_counter() - _T0:.1f}s, cpu {r.ru_utime + r.ru_stime:.1f}s, "
-          f"torch threads {torch.get_num_threads()}, load average {load:.1f}", flush=True)
+          f"torch threads {torch.get_num_threads()}, load average {load:.1f}{gpu}", flush=True)
 
 
 if Path(sys.argv[0]).parent.name in ("pipeline", "gpu"):  # a stage script or scripts/gpu/, not the sweep or a test

@@ -21,8 +21,10 @@ from pipeline.common.world import Prepared, World
 
 @torch.no_grad()
 def sample_images(world: World, spec: MethodSpec, adaptor, ctx: torch.Tensor, neg: torch.Tensor,
-                  latents: torch.Tensor, batch_size: int = 100, progress: bool = True, desc: str = "") -> torch.Tensor:
-    """Images for every prompt (``ctx``, token states) with Clockwork on (``spec``) or off (baseline)."""
+                  latents: torch.Tensor, batch_size: int = 100, progress: bool = True, desc: str = "",
+                  pooled: torch.Tensor | None = None, neg_pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """Images for every prompt (``ctx``, token states; ``pooled``: the pooled embeddings SDXL also takes) with
+    Clockwork on (``spec``) or off (baseline)."""
     import clockwork
     from tqdm.auto import tqdm
 
@@ -34,7 +36,8 @@ def sample_images(world: World, spec: MethodSpec, adaptor, ctx: torch.Tensor, ne
         for i in tqdm(range(0, len(ctx), batch_size), desc=desc or "sample", unit="batch", disable=not progress,
                       mininterval=5):
             out.append(world.generate(pipe, ctx[i:i + batch_size], neg, latents[i:i + batch_size], spec.steps,
-                                      spec.guidance))
+                                      spec.guidance, pooled=None if pooled is None else pooled[i:i + batch_size],
+                                      neg_pooled=neg_pooled))
         return torch.cat(out)
     finally:
         clockwork.disable(pipe)
@@ -42,7 +45,8 @@ def sample_images(world: World, spec: MethodSpec, adaptor, ctx: torch.Tensor, ne
 
 @torch.no_grad()
 def measure_latency(world: World, spec: MethodSpec, adaptor, ctx1: torch.Tensor, neg: torch.Tensor,
-                    latents1: torch.Tensor, runs: int = 5) -> float:
+                    latents1: torch.Tensor, runs: int = 5, pooled1: torch.Tensor | None = None,
+                    neg_pooled: torch.Tensor | None = None) -> float:
     """Mean wall-clock ms of the UNet loop for one prompt with CFG (batch 2), after one warm-up run.
 
     No text encoder (prompts are pre-encoded) and no VAE decode (latents out), as in the paper. In the model's own
@@ -56,12 +60,13 @@ def measure_latency(world: World, spec: MethodSpec, adaptor, ctx1: torch.Tensor,
         clockwork.enable(pipe, adaptor=adaptor if adaptor is not None else spec.adaptor, clock=spec.clock_obj(), cut=spec.cut)
     try:
         sync = torch.cuda.synchronize if world.device == "cuda" else (lambda: None)
-        world.generate(pipe, ctx1, neg, latents1, spec.steps, spec.guidance, decode=False, autocast=False)
+        kw = dict(decode=False, autocast=False, pooled=pooled1, neg_pooled=neg_pooled)
+        world.generate(pipe, ctx1, neg, latents1, spec.steps, spec.guidance, **kw)
         times = []
         for _ in range(runs):
             sync()
             t0 = time.perf_counter()
-            world.generate(pipe, ctx1, neg, latents1, spec.steps, spec.guidance, decode=False, autocast=False)
+            world.generate(pipe, ctx1, neg, latents1, spec.steps, spec.guidance, **kw)
             sync()
             times.append(time.perf_counter() - t0)
         return 1000.0 * float(np.mean(times))
@@ -123,6 +128,8 @@ class EvalContext:
     split: str = "heldout"  # heldout: the evaluation prompts | val: validation prompts from the training split
     ctx: torch.Tensor = field(init=False)
     neg: torch.Tensor = field(init=False)
+    pooled: torch.Tensor = field(init=False)  # pooled prompt embeddings (SDXL's text_embeds; unused elsewhere)
+    neg_pooled: torch.Tensor = field(init=False)
     latents: torch.Tensor = field(init=False)
     prompts: list[str] = field(init=False)
     reference: Any = field(init=False)
@@ -133,8 +140,8 @@ class EvalContext:
             raise ValueError(f"{self.n_samples} samples asked of the {self.split} split, which has {len(pool)} prompts "
                              "(prepare.eval_prompts / prepare.val_prompts)")
         self.prompts = pool[: self.n_samples]
-        self.ctx = self.prepared.table.lookup(self.prompts)[0]
-        self.neg = self.prepared.table.uncond(1)[0]
+        self.ctx, self.pooled = self.prepared.table.lookup(self.prompts)
+        self.neg, self.neg_pooled = self.prepared.table.uncond(1)
         self.latents = self.world.latents(self.n_samples, self.seed)
 
     @property
@@ -150,11 +157,13 @@ def evaluate_method(ec: EvalContext, spec: MethodSpec, adaptor=None, name: str =
     if spec.adaptor == "identity" and adaptor is None:
         adaptor = build_adaptor_for(spec, w.unet_config)
     t0 = time.perf_counter()
-    images = sample_images(w, spec, adaptor, ec.ctx, ec.neg, ec.latents, ec.batch_size, ec.progress, desc=f"sample {name}")
+    images = sample_images(w, spec, adaptor, ec.ctx, ec.neg, ec.latents, ec.batch_size, ec.progress, desc=f"sample {name}",
+                           pooled=ec.pooled, neg_pooled=ec.neg_pooled)
     t_sample = time.perf_counter() - t0
     scores = score_images(images, ec.prompts, ec.reference, w.scorer(ec.prepared.table), ec.fid_bootstrap,
                           ec.kid_subsets, ec.kid_subset_size, seed=ec.seed, device=w.device, progress=ec.progress)
-    latency = measure_latency(w, spec, adaptor, ec.ctx[:1], ec.neg, ec.latents[:1], ec.latency_runs)
+    latency = measure_latency(w, spec, adaptor, ec.ctx[:1], ec.neg, ec.latents[:1], ec.latency_runs, ec.pooled[:1],
+                              ec.neg_pooled)
     gflops = method_gflops(w.unet_config, spec, w.scheduler_config, ec.seq_len)
     d = spec.describe()
     metrics = {

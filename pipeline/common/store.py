@@ -22,13 +22,16 @@ def ensure_trajectories(root: str | os.PathLike, world: World, table, prompts: l
     """Unroll (or resume unrolling) teacher trajectories for ``prompts`` into ``root``."""
     from clockwork.trajectories import unroll_to_store
 
-    ctx = table.lookup(prompts)[0]
-    neg = table.uncond(1)[0]
+    ctx, pooled = table.lookup(prompts)
+    neg, neg_pooled = table.uncond(1)
     with world.autocast():
         return unroll_to_store(root, world.unet, world.sampler(sampler), sorted(set(cuts)), ctx, neg, steps, guidance,
                                seed=seed, shard_size=shard_size, progress=progress,
+                               added_cond_kwargs=world.added_cond(pooled),
+                               negative_added_cond_kwargs=world.added_cond(neg_pooled), latent_size=world.latent_size,
                                meta_extra={"prompts_sha": obj_sha(prompts), "teacher": world.teacher_id,
                                            "precision": world.precision, "sampler_name": sampler,
+                                           "latent_size": world.latent_size,
                                            "code": code_sha("clockwork/trajectories.py", "clockwork/cut.py",
                                                             "clockwork/schedulers.py")})
 
@@ -67,6 +70,8 @@ def _select(traj: dict, mask: torch.Tensor) -> dict:
     for k, dim in (("latents", 1), ("cond", 0), ("ctx", 0)):  # per-row extras, when present
         if k in traj:
             out[k] = traj[k][:, mask] if dim else traj[k][mask]
+    if traj["temb"].dim() == 3:  # per row (added conditioning: SDXL)
+        out["temb"] = traj["temb"][:, mask]
     return out
 
 

@@ -1,5 +1,6 @@
 """The world a stage samples in: the prepared prompts and FID statistics (:class:`Prepared`) and the teacher with
-its noise schedule, samplers and CLIP scorer (:class:`World`: embedded, offline, or SD v1.5 via diffusers)."""
+its noise schedule, samplers and CLIP scorer (:class:`World`: embedded, offline, or an SD-family diffusers
+pipeline - SD 1.x, SD 2.x, SDXL)."""
 
 from __future__ import annotations
 
@@ -80,8 +81,33 @@ def teacher_scheduler_config(teacher_dir: str | os.PathLike) -> dict:
     return dict(training_scheduler().config)
 
 
+def sd_pipeline_class(model: str, pipeline: str = "auto") -> str:
+    """The diffusers pipeline class of an SD-family model: ``pipeline`` itself, or with ``auto`` the ``_class_name``
+    of the folder's (or the hub id's, from the Hugging Face cache when offline) ``model_index.json``."""
+    if pipeline != "auto":
+        return pipeline
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.load_config(model)["_class_name"]
+
+
+def scheduler_config_of(world_params, root: str | os.PathLike = ".") -> dict:
+    """The teacher's noise schedule without loading the teacher: the embedded one's, or an SD-family model's
+    ``scheduler/scheduler_config.json`` (local folder or hub cache)."""
+    if world_params.kind == "embedded":
+        q = Path(world_params.teacher)
+        return teacher_scheduler_config(q if q.is_absolute() else Path(root) / q)
+    from diffusers import DDPMScheduler  # any scheduler class reads a scheduler config
+
+    q = Path(world_params.model)
+    q = q if q.is_absolute() else Path(root) / q
+    cfg = DDPMScheduler.load_config(str(q) if q.exists() else world_params.model, subfolder="scheduler")
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
 class World:
-    """The teacher and everything needed to sample from it: embedded (offline) or SD v1.5 (diffusers)."""
+    """The teacher and everything needed to sample from it: embedded (offline) or an SD-family diffusers pipeline
+    (``world.kind: sd``: StableDiffusionPipeline - SD 1.x, 2.x with v-prediction - or StableDiffusionXLPipeline)."""
 
     def __init__(self, world_params, device: str = "cpu", root: str | os.PathLike = "."):
         self.params = world_params
@@ -89,6 +115,7 @@ class World:
         self.device = device
         self.root = Path(root)
         self._scorer = None
+        self.is_xl = False
         from clockwork.precision import resolve_precision
 
         self.precision = resolve_precision(world_params.precision, device)  # sampling's autocast: fp32 | bf16
@@ -100,20 +127,26 @@ class World:
             self.vae = None
             self.sd_pipe = None
             self.teacher_id = file_sha(self._path(world_params.teacher) / "diffusion_pytorch_model.safetensors")
+            self.latent_size = int(self.unet.config.sample_size)
         else:
-            from diffusers import StableDiffusionPipeline
+            import diffusers
 
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[world_params.dtype]
             if device == "cpu":
                 dtype = torch.float32
             model = str(self._path(world_params.model)) if self._path(world_params.model).exists() else world_params.model
-            self.sd_pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, safety_checker=None,
-                                                                   requires_safety_checker=False).to(device)
+            cls_name = sd_pipeline_class(model, world_params.pipeline)
+            self.is_xl = cls_name == "StableDiffusionXLPipeline"
+            extra = {} if self.is_xl else {"safety_checker": None, "requires_safety_checker": False}
+            self.sd_pipe = getattr(diffusers, cls_name).from_pretrained(model, torch_dtype=dtype, **extra).to(device)
             self.sd_pipe.set_progress_bar_config(disable=True)
+            self.sd_pipe.vae.enable_slicing()  # decode a batch one image at a time: VAE memory independent of batch size
             self.unet = self.sd_pipe.unet.eval()
             self.vae = self.sd_pipe.vae
             self.scheduler_config = dict(self.sd_pipe.scheduler.config)
-            self.teacher_id = obj_sha([world_params.model, world_params.dtype])
+            self.resolution = world_params.resolution
+            self.latent_size = world_params.resolution // self.sd_pipe.vae_scale_factor
+            self.teacher_id = obj_sha([world_params.model, world_params.dtype, cls_name, world_params.resolution])
         self.unet.requires_grad_(False)
 
     def _path(self, p: str) -> Path:
@@ -122,15 +155,26 @@ class World:
 
     @property
     def unet_config(self) -> dict:
-        return {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
+        """The UNet's config at the size it samples (``sample_size`` = the latent size of ``world.resolution``)."""
+        cfg = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
+        return {**cfg, "sample_size": self.latent_size}
+
+    def added_cond(self, pooled: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The UNet's added conditioning for prompts with pooled embeddings ``pooled`` (B, D): SDXL's ``text_embeds``
+        and ``time_ids`` (original size, crop (0, 0), target size - as StableDiffusionXLPipeline builds them for a
+        square image at world.resolution); None for UNets without (SD 1.x/2.x, the embedded teacher)."""
+        if not self.is_xl:
+            return None
+        r = self.resolution
+        ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32).expand(len(pooled), 6)
+        return {"text_embeds": pooled.float(), "time_ids": ids}
 
     def sampler(self, name: str):
         return make_sampler(name, self.scheduler_config)
 
     def latents(self, n: int, seed: int) -> torch.Tensor:
         """Initial noise per image from its own seed: image i gets the same noise in every method and run."""
-        c = self.unet.config
-        shape = (c.in_channels, c.sample_size, c.sample_size)
+        shape = (self.unet.config.in_channels, self.latent_size, self.latent_size)
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
                             for i in range(n)])
 
@@ -151,23 +195,32 @@ class World:
 
     @torch.no_grad()
     def generate(self, pipe, ctx: torch.Tensor, neg: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float,
-                 decode: bool = True, autocast: bool = True) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) from prompt token states ``ctx`` and initial noise ``latents``, under
-        :meth:`autocast` unless ``autocast=False`` (the model's own dtype)."""
+                 decode: bool = True, autocast: bool = True, pooled: torch.Tensor | None = None,
+                 neg_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) from prompt token states ``ctx`` (and SDXL's pooled embeddings ``pooled``,
+        ``neg_pooled``) and initial noise ``latents``, under :meth:`autocast` unless ``autocast=False`` (the
+        model's own dtype)."""
         dtype = self.unet.dtype
         ctx, neg, latents = ctx.to(self.device, dtype), neg.to(self.device, dtype), latents.to(self.device, dtype)
         with self.autocast() if autocast else contextlib.nullcontext():
             if self.kind == "embedded":
                 return pipe(ctx, neg, num_inference_steps=steps, guidance_scale=guidance, latents=latents,
                             output_type="uint8" if decode else "pt").cpu()
+            kw = {}
+            if self.is_xl:
+                if pooled is None or neg_pooled is None:
+                    raise ValueError("an SDXL world needs the prompts' pooled embeddings (pooled=, neg_pooled=)")
+                pooled = pooled.to(self.device, dtype)
+                kw = dict(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=neg_pooled.to(self.device, dtype).expand_as(pooled))
             out = pipe(prompt_embeds=ctx, negative_prompt_embeds=neg.expand_as(ctx), latents=latents,
-                       num_inference_steps=steps, guidance_scale=guidance, output_type="pt" if decode else "latent").images
+                       num_inference_steps=steps, guidance_scale=guidance, height=self.resolution, width=self.resolution,
+                       output_type="pt" if decode else "latent", **kw).images
         if not decode:
             return out
         return (out.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
     def scorer(self, table):
-        """The CLIP scorer: the embedded contrastive model, or a real CLIP via torchmetrics (sd15)."""
+        """The CLIP scorer: the embedded contrastive model, or a real CLIP via torchmetrics (world.clip_model)."""
         if self._scorer is None:
             from clockwork import metrics
 
@@ -177,16 +230,8 @@ class World:
                 self._scorer = metrics.EmbeddedCLIPScorer(scorer=load_scorer(self._path(self.params.scorer)), table=table,
                                                           device=self.device)
             else:
-                self._scorer = _PromptCLIP(metrics.TorchmetricsCLIPScorer(self.params.clip_model, device=self.device))
+                self._scorer = metrics.TorchmetricsCLIPScorer(self.params.clip_model, device=self.device)
         return self._scorer
-
-
-class _PromptCLIP:
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, images, prompts):
-        return self.inner(images, prompts)
 
 
 def load_world(world_params, device: str = "auto", root: str | os.PathLike = ".") -> World:
