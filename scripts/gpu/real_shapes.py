@@ -150,7 +150,6 @@ def run(kind: str, work: Path, out: Path, distill_steps: int) -> None:
     for name in ("metrics/evaluate.json", "metrics/distill.json"):
         if (run_dir / name).is_file():
             info[Path(name).stem] = json.loads((run_dir / name).read_text())
-    (out / "stages.json").write_text(json.dumps(info, indent=1))
     import torch
 
     info["device"] = torch.cuda.get_device_name(0)
