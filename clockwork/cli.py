@@ -2,6 +2,7 @@
 
     clockwork flops --unet-config sd15 --steps 8 --clock 2 --cut 1 --adaptor identity --batch 2 --json
     clockwork generate --prompt "a red sneaker" --clock 2 --out grid.png
+    clockwork edit --image in.png --source "a small red sneaker" --target "a small blue sneaker" --clock 2
     clockwork sensitivity --steps 8 --n 16 --out reports/sensitivity/embedded
 """
 
@@ -37,6 +38,16 @@ def _generate(args) -> int:
                          steps=args.steps, guidance=args.guidance, seed=args.seed, out=args.out,
                          teacher=args.teacher, n_per_prompt=args.n)
     print(f"wrote {path}")
+    return 0
+
+
+def _edit(args) -> int:
+    from clockwork.generate import edit_file
+
+    out, side = edit_file(args.image, args.source, args.target, clock=args.clock, cut=args.cut, adaptor=args.adaptor,
+                          steps=args.steps, guidance=args.guidance, out=args.out, teacher=args.teacher,
+                          resize=args.resize, feature_fraction=args.feature_fraction, attn_fraction=args.attn_fraction)
+    print(f"wrote {out} and {side}")
     return 0
 
 
@@ -95,6 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--teacher", default=None, help="teacher folder (default: the committed embedded teacher)")
     g.add_argument("--out", default="clockwork_grid.png")
     g.set_defaults(fn=_generate)
+
+    ed = sub.add_parser("edit", help="Plug-and-Play edit of an image with and without Clockwork (embedded teacher by default)")
+    ed.add_argument("--image", required=True, help="the source image (the teacher's size: 32x32 for the embedded one)")
+    ed.add_argument("--source", required=True, help="a caption of the source image, e.g. 'a red sneaker'")
+    ed.add_argument("--target", required=True, help="the caption to edit towards, e.g. 'a blue sneaker'")
+    ed.add_argument("--clock", type=int, default=2)
+    ed.add_argument("--cut", type=int, default=1)
+    ed.add_argument("--adaptor", default="identity", help="identity | PATH to a trained adaptor folder")
+    ed.add_argument("--steps", type=int, default=16, help="DDIM steps of the inversion and of the generation")
+    ed.add_argument("--guidance", type=float, default=2.0)
+    ed.add_argument("--feature-fraction", type=float, default=None, help="share of steps with feature injection")
+    ed.add_argument("--attn-fraction", type=float, default=None, help="share of steps with self-attention injection")
+    ed.add_argument("--resize", action="store_true", help="scale an image of another size to the teacher's")
+    ed.add_argument("--teacher", default=None, help="teacher folder (default: the committed embedded teacher)")
+    ed.add_argument("--out", default="edited.png")
+    ed.set_defaults(fn=_edit)
 
     sp = sub.add_parser("sensitivity", help="how much the final sample changes when each level's low-res output is "
                                            "perturbed or reused from step s on (the paper's Fig. 2)")

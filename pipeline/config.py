@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python pipeline/config.py`
 
 from pipeline.config_sections import (  # noqa: F401 - the sections are part of this module's interface
     ABLATIONS, ADAPTOR_INPUTS, ADAPTOR_KINDS, DEFAULT_PARAMS, SAMPLERS, SD_PIPELINES, SPLITS, Ablate, Adaptor, Clip,
-    ClockParams, ConfigError, Device, Distill, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare,
+    ClockParams, ConfigError, Device, Distill, Edit, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare,
     Report, Sampling, SDWorld, Section, Teacher, Trajectories, World, problems_from,
 )
 from pipeline.config_sweep import SweepParams
@@ -50,6 +50,7 @@ class Params(Section):
     distill: Distill
     evaluate: Evaluate
     ablate: Ablate
+    edit: Edit = Edit()  # absent = the defaults (configs for world.kind sd need none: the stage is embedded-only)
     report: Report
     sweep: SweepParams | None = None  # Ray Tune (python pipeline/sweep.py); no DVC stage reads it; absent = no sweep
 
@@ -63,6 +64,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "distill": ("world", "sampling", "cut", "adaptor", "clock", "distill"),
     "evaluate": ("world", "sampling", "cut", "clock", "evaluate"),
     "ablate": ("world", "sampling", "trajectories", "cut", "adaptor", "clock", "distill", "ablate"),
+    "edit": ("world", "edit"),
     "report": ("report",),
     "report_full": ("report",),
     "report_default": ("report",),
@@ -78,6 +80,7 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "distill": ("world.teacher", "world.model"),
     "evaluate": ("world.teacher", "world.scorer", "world.model"),
     "ablate": ("world.teacher", "world.scorer", "world.data_root", "world.model"),
+    "edit": ("world.teacher", "world.scorer", "world.data_root"),
     "report": (),
     "report_full": (),
     "report_default": (),
@@ -191,6 +194,19 @@ def _sd_problems(p: Params, root: Path) -> list[tuple[str, str]]:
     return problems
 
 
+def _edit_problems(e: Edit) -> list[tuple[str, str]]:
+    problems = []
+    if not e.attributes:
+        problems.append(("edit.attributes", "empty list: name at least one of colour, size, item"))
+    bad = [k for k in e.front_steps if k >= e.steps]
+    if bad:
+        problems.append(("edit.front_steps", f"{bad} are not fewer than edit.steps={e.steps}"))
+    bad = [c for c in e.clocks if c > e.steps]
+    if bad:
+        problems.append(("edit.clocks", f"{bad} exceed edit.steps={e.steps}: no adaptor step would run"))
+    return problems
+
+
 def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     steps = p.sampling.steps
@@ -232,6 +248,7 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     if p.distill.heldout_prompts >= p.prepare.distill_prompts:
         problems.append(("distill.heldout_prompts", f"{p.distill.heldout_prompts} leaves no training prompts out of "
                          f"prepare.distill_prompts={p.prepare.distill_prompts}"))
+    problems += _edit_problems(p.edit)
     if p.evaluate.n_samples > p.prepare.eval_prompts:
         problems.append(("evaluate.n_samples", f"{p.evaluate.n_samples} > prepare.eval_prompts={p.prepare.eval_prompts}"))
     pool = p.prepare.eval_prompts if p.ablate.split == "heldout" else p.prepare.val_prompts

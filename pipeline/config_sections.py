@@ -199,6 +199,29 @@ class Ablate(Section):
     device: Device = "auto"
 
 
+EDIT_ATTRIBUTES = ("colour", "size", "item")  # clockwork.embedded.edits.ATTRIBUTES
+EDIT_ADAPTORS = ("identity", "distilled")  # distilled: the distill stage's adaptor (models/adaptor)
+
+
+class Edit(Section):
+    """Plug-and-Play editing of held-out images (stage `edit`, clockwork/editing.py); embedded world only."""
+
+    n_images: NonNegInt = 48  # edits, one attribute each (in rotation); 0 = stage off
+    attributes: list[Literal[EDIT_ATTRIBUTES]] = list(EDIT_ATTRIBUTES)
+    steps: Annotated[int, Field(ge=2)] = 16  # DDIM steps of the inversion and of the generation
+    guidance: PosFloat = 2.0
+    feature_fraction: Annotated[float, Field(ge=0, le=1)] = 0.8
+    attn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    clocks: list[Annotated[int, Field(ge=2)]] = [2, 4]
+    adaptors: list[Literal[EDIT_ADAPTORS]] = list(EDIT_ADAPTORS)
+    front_steps: list[Annotated[int, Field(ge=2)]] = [8, 12]  # the full UNet with fewer steps: the trivial alternative
+    sdedit_strength: Annotated[float, Field(gt=0, le=1)] = 0.6
+    batch_size: PosInt = 48
+    seed: NonNegInt = 0
+    grid_images: NonNegInt = 8
+    device: Device = "auto"
+
+
 class Report(Section):
     notebooks: str = "analysis"
     out: str = "reports/analysis"

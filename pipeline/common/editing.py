@@ -1,0 +1,166 @@
+"""Edit held-out images with every editing method and score them (the `edit` stage's logic).
+
+Methods: ``pnp`` (Plug-and-Play with the full UNet at edit.steps), ``pnp_<k>steps`` (the full UNet with fewer
+steps: the alternative at the same FLOPs), ``pnp_<adaptor>_c<clock>`` (Clockwork in both passes) and ``sdedit``.
+Every method edits the same images with the same prompts; scores come from clockwork.embedded.edits, costs from
+clockwork.flops (per batch row of a full / an adaptor step, times the rows each step ran) and the UNet loop's
+wall time. Comparisons are paired: the same edits, so the standard error is that of the per-edit differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.common.io import log
+
+SCORES = ("attribute_success", "clip_preference", "clip_margin", "mask_iou", "structure_ssim")
+HIGHER_IS_BETTER = dict.fromkeys(SCORES, True)
+
+
+@dataclass(frozen=True)
+class EditMethod:
+    kind: str  # "pnp" | "sdedit"
+    steps: int
+    adaptor: str | None = None  # None = full UNet | "identity" | "distilled"
+    clock: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "sdedit":
+            return "sdedit"
+        if self.adaptor is None:
+            return "pnp"
+        return f"pnp_{self.adaptor}_c{self.clock}"
+
+
+def edit_methods(e) -> dict[str, EditMethod]:
+    out = {"pnp": EditMethod("pnp", e.steps)}
+    for k in sorted(set(e.front_steps), reverse=True):
+        out[f"pnp_{k}steps"] = EditMethod("pnp", k)
+    for a in e.adaptors:
+        for c in e.clocks:
+            m = EditMethod("pnp", e.steps, a, c)
+            out[m.name] = m
+    out["sdedit"] = EditMethod("sdedit", e.steps)
+    return out
+
+
+def step_gflops(world, adaptor, seq_len: int) -> tuple[float, float]:
+    """GFLOPs of one batch row through a full step and through an adaptor step of ``adaptor``."""
+    from clockwork.clock import Clock
+    from clockwork.flops import clockwork_flops
+
+    kind = "identity" if adaptor is None or isinstance(adaptor, str) else adaptor.kind
+    kw, cut = {}, 1
+    if adaptor is not None and not isinstance(adaptor, str):
+        cfg = adaptor.config
+        cut = int(cfg.get("cut", 1))
+        kw = {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+              {"width": cfg.get("width"), "depth": cfg.get("depth"), "inputs": cfg.get("inputs")}.items() if v}
+    f = clockwork_flops(world.unet_config, steps=2, clock=Clock(2), cut=cut, adaptor=kind, batch=1, seq_len=seq_len,
+                        adaptor_kwargs=kw)
+    return f["full_step_gflops"], f["adaptor_step_gflops"]
+
+
+def run_method(world, method: EditMethod, adaptor, held, edits, table, e) -> tuple[torch.Tensor, dict]:
+    """uint8 edited images of every edit, and the method's cost (GFLOPs and ms per image per pass)."""
+    from tqdm.auto import tqdm
+
+    from clockwork.editing import PnPSettings, pnp_edit, sdedit
+
+    cw = None
+    if method.adaptor is not None:
+        cw = {"adaptor": adaptor if method.adaptor == "distilled" else "identity", "clock": method.clock,
+              "cut": int(adaptor.config.get("cut", 1)) if method.adaptor == "distilled" else 1}
+    settings = PnPSettings(steps=method.steps, guidance=e.guidance, feature_fraction=e.feature_fraction,
+                           attn_fraction=e.attn_fraction)
+    neg, _ = table.uncond(1)
+    out, seconds, first = [], {}, None
+    for start in tqdm(range(0, len(edits), e.batch_size), desc=method.name, leave=False, mininterval=10):
+        chunk = edits[start:start + e.batch_size]
+        idx = torch.tensor([ed.index for ed in chunk])
+        x0 = held.images(idx)
+        src, _ = table.lookup([ed.source.text for ed in chunk])
+        tgt, _ = table.lookup([ed.target.text for ed in chunk])
+        with world.autocast():
+            if method.kind == "sdedit":
+                gen = torch.Generator().manual_seed(e.seed * 1_000_003 + start)
+                res = sdedit(world.unet, world.scheduler_config, x0, tgt, neg, steps=method.steps,
+                             strength=e.sdedit_strength, guidance=e.guidance, generator=gen, clockwork=cw)
+            else:
+                res = pnp_edit(world.unet, world.scheduler_config, x0, src, tgt, neg, settings, clockwork=cw)
+        out.append(((res.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        for k, rec in res.passes.items():
+            seconds[k] = seconds.get(k, 0.0) + rec.seconds
+        first = first or (res.passes, len(chunk))
+    full_g, adapt_g = step_gflops(world, adaptor if method.adaptor == "distilled" else method.adaptor,
+                                  int(table.states.shape[1]))
+    passes, n0 = first
+    cost = {"gflops": 0.0}
+    for k, rec in passes.items():
+        g = rec.flops(full_g, adapt_g) / n0
+        cost[f"{k}_gflops"] = round(g, 4)
+        cost["gflops"] += g
+        cost[f"{k}_ms_per_image"] = round(1000 * seconds[k] / len(edits), 3)
+        cost[f"{k}_full_steps"] = int(sum(rec.full))
+        cost[f"{k}_adaptor_steps"] = int(len(rec.full) - sum(rec.full))
+    cost["gflops"] = round(cost["gflops"], 4)
+    cost["ms_per_image"] = round(sum(v for k, v in cost.items() if k.endswith("_ms_per_image")), 3)
+    return torch.cat(out), cost
+
+
+def _mean_se(x: torch.Tensor) -> tuple[float | None, float | None, int]:
+    v = x[~torch.isnan(x)].double()
+    if len(v) == 0:
+        return None, None, 0
+    se = float(v.std(unbiased=True) / np.sqrt(len(v))) if len(v) > 1 else None
+    return float(v.mean()), se, len(v)
+
+
+def summarize(scores: dict[str, torch.Tensor], edits) -> dict:
+    """Mean and standard error of every score, overall and per edited attribute."""
+    out = {}
+    for k in SCORES:
+        m, se, n = _mean_se(scores[k])
+        out[k] = {"mean": m, "se": se, "n": n}
+        for a in sorted({ed.attribute for ed in edits}):
+            sel = torch.tensor([ed.attribute == a for ed in edits])
+            m, se, n = _mean_se(scores[k][sel])
+            if n:
+                out[k][a] = {"mean": m, "se": se, "n": n}
+    return out
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """a - b over the edits both score: mean, standard error, z and whether a is within 2 sigma of b (or better)."""
+    m, se, n = _mean_se(a - b)
+    if m is None:
+        return {"delta": None, "se": None, "n": 0, "z": None, "within_2sigma": None}
+    z = m / se if se else None
+    return {"delta": m, "se": se, "n": n, "z": z, "within_2sigma": bool(se is None or m >= -2 * se)}
+
+
+def versus_plain(name: str, gflops: dict[str, float], scores: dict[str, dict], plain: list[str]) -> dict:
+    """Each score against the full UNet with fewer steps interpolated at this method's GFLOPs (paired per edit)."""
+    pts = sorted(plain, key=lambda k: gflops[k])
+    g = gflops[name]
+    if not pts or g < gflops[pts[0]] or g > gflops[pts[-1]]:
+        return {"status": "no plain step count costs the same"}
+    hi = next(k for k in pts if gflops[k] >= g)
+    lo = pts[max(0, pts.index(hi) - 1)]
+    w = 0.0 if gflops[hi] == gflops[lo] else (g - gflops[lo]) / (gflops[hi] - gflops[lo])
+    out = {"between": [lo, hi], "weight": round(w, 4)}
+    for k in SCORES:
+        front = (1 - w) * scores[lo][k] + w * scores[hi][k]
+        out[k] = paired(scores[name][k], front)
+    return out
+
+
+def log_row(name: str, s: dict, cost: dict, base_gflops: float) -> None:
+    f = lambda k: f"{s[k]['mean']:.3f}" if s[k]["mean"] is not None else "-"  # noqa: E731
+    log(f"{name:>20}: success {f('attribute_success')}  CLIP pref {f('clip_preference')}  IoU {f('mask_iou')}  "
+        f"SSIM {f('structure_ssim')}  GFLOPs {cost['gflops']:.1f} ({cost['gflops'] / base_gflops:.2f}x)  "
+        f"{cost['ms_per_image']:.1f} ms/image")

@@ -1,0 +1,72 @@
+"""Choose Plug-and-Play's injection settings for the embedded teacher on a validation split, never on the
+held-out images the `edit` stage reports: 48 training-split images (59000..59047), one edit each, full UNet,
+16 DDIM steps, CFG 2; feature / self-attention injection fractions and SDEdit strengths.
+
+    python scripts/edit_validation.py --out reports/edit/validation.json     (needs data/prepared; ~8 min on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.common import Prepared, load_world  # noqa: E402
+from pipeline.common.editing import EditMethod, run_method, summarize  # noqa: E402
+from pipeline.config import read_yaml, validate  # noqa: E402
+
+PNP = [(0.8, 0.5), (0.5, 0.5), (0.3, 0.3), (0.2, 0.2), (0.1, 0.5), (0.5, 0.0), (0.0, 0.0), (0.0, 0.3), (0.0, 0.5),
+       (0.0, 0.8), (0.0, 1.0)]
+SDEDIT = [0.6, 0.8, 0.9]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="reports/edit/validation.json")
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=16)
+    args = ap.parse_args()
+    from clockwork.embedded.data import CaptionedFashion
+    from clockwork.embedded.edits import ideal_images, make_edits, score_edits
+
+    p = validate(read_yaml("params.yaml"))
+    world = load_world(p.world, "auto")
+    table = Prepared.load().table
+    clip = world.scorer(table)
+    train = CaptionedFashion("train", root=p.world.data_root)
+    idx = torch.arange(59000, 59000 + args.n)
+    held = types.SimpleNamespace(images=lambda i: train.images(idx[i]))
+    edits = make_edits([train.captions[i] for i in idx.tolist()], seed=1)
+    ideal = ((ideal_images(train.gray[idx], edits) + 1) * 127.5).round().to(torch.uint8)
+    rows = []
+    t0 = time.time()
+    for kind, a, b in [("pnp", f, at) for f, at in PNP] + [("sdedit", s, None) for s in SDEDIT]:
+        e = types.SimpleNamespace(guidance=2.0, feature_fraction=a if kind == "pnp" else 0.0,
+                                  attn_fraction=b if kind == "pnp" else 0.0, batch_size=args.n, seed=0,
+                                  sdedit_strength=a if kind == "sdedit" else 0.6)
+        imgs, _ = run_method(world, EditMethod(kind, args.steps), None, held, edits, table, e)
+        s = summarize(score_edits(imgs, edits, ideal, clip), edits)
+        row = {"method": kind, **({"feature_fraction": a, "attn_fraction": b} if kind == "pnp" else {"strength": a}),
+               **{f"success_{k}": s["attribute_success"][k]["mean"] for k in ("colour", "size", "item")},
+               **{k: s[k]["mean"] for k in ("clip_preference", "mask_iou", "structure_ssim")}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out = {"split": f"training images {int(idx[0])}..{int(idx[-1])} (not the held-out split the edit stage reports)",
+           "steps": args.steps, "guidance": 2.0, "device": world.device, "commit": commit,
+           "command": "python scripts/edit_validation.py", "wall_s": round(time.time() - t0), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
