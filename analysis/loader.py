@@ -60,6 +60,7 @@ LAYOUT = {
     "ablate.json": ("metrics/ablate.json", "ablate.json"),
     "distill.json": ("metrics/distill.json", "distill.json"),
     "distill_loss.csv": ("plots/distill_loss.csv", "distill_loss.csv"),
+    "edit.json": ("metrics/edit.json", "edit.json"),
 }
 MLFLOW_OFF = {"none", "off", "0", "false"}
 

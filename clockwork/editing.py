@@ -31,6 +31,7 @@ is the simple baseline; Clockwork works there as in any img2img pipeline.
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from collections.abc import Iterator
@@ -199,10 +200,17 @@ def _sync(device: torch.device) -> None:
 
 
 def _schedulers(scheduler_config) -> tuple[DDIMScheduler, DDIMInverseScheduler]:
+    """DDIM and its inverse on the model's noise schedule, with one timestep spacing both support (the inverse
+    has no "linspace": such configs, e.g. SD 1.x's PNDM default, get "leading")."""
     cfg = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
-    fwd = DDIMScheduler.from_config(cfg)
-    inv = DDIMInverseScheduler.from_config({**cfg, "timestep_spacing": fwd.config.timestep_spacing})
-    return fwd, inv
+
+    def build(cls, **over):
+        known = set(inspect.signature(cls.__init__).parameters)
+        return cls.from_config({k: v for k, v in {**cfg, **over}.items() if k in known})
+
+    spacing = cfg.get("timestep_spacing", "leading")
+    spacing = spacing if spacing in ("leading", "trailing") else "leading"
+    return build(DDIMScheduler, timestep_spacing=spacing), build(DDIMInverseScheduler, timestep_spacing=spacing)
 
 
 def _record_step(record: PassRecord, hook, rows: int) -> None:

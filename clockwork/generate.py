@@ -74,7 +74,9 @@ def edit_file(image: str, source: str, target: str, clock: int = 2, cut: int = 1
     x0 = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
     encoder = MiniLMEncoder()
     states, _ = encoder([source, target, ""])
-    defaults = PnPSettings()
+    # defaults: for the embedded teacher the validated ones (reports/edit/validation.json: PnP's feature injection
+    # freezes its layout), else PnP's published 0.8 / 0.5
+    defaults = PnPSettings(feature_fraction=0.0) if teacher is None else PnPSettings()
     settings = PnPSettings(steps=steps, guidance=guidance,
                            feature_fraction=defaults.feature_fraction if feature_fraction is None else feature_fraction,
                            attn_fraction=defaults.attn_fraction if attn_fraction is None else attn_fraction)

@@ -3,13 +3,13 @@
 Held-out images 0..edit.n_images-1 get one edit each (colour, size, item in rotation; the target value drawn
 from the others, seeded): DDIM inversion with the source caption, then generation with the target caption and
 PnP's feature / self-attention injection (clockwork/editing.py). Methods (pipeline/common/editing.py): the full
-UNet (`pnp`), the full UNet with fewer steps (`pnp_<k>steps`, the trivial alternative at the same FLOPs),
+UNet (`pnp`), the same inversion and regeneration without injection (`inversion_only`), the full UNet with fewer steps (`pnp_<k>steps`, the trivial alternative at the same FLOPs),
 Clockwork in both passes with the identity and the distilled adaptor (models/adaptor) at each clock, and SDEdit.
 Scores (clockwork/embedded/edits.py): the changed attribute read from pixels (item: the CLIP scorer), the
 scorer's preference for the target prompt, and - for colour and size edits - mask IoU and gray-structure SSIM
 against the exact target rendering. Every Clockwork row is compared, paired per edit, with `pnp` and with the
 plain-steps front at its GFLOPs. plots/samples/edit.png shows sources, exact targets and every method's edits.
-The settings are PnP's published defaults, not tuned on these images. world.kind sd: the stage writes a note
+The injection settings were chosen on training-split images (scripts/edit_validation.py), not on these. world.kind sd: the stage writes a note
 only (the measurement needs the embedded world's known attributes).
 """
 

@@ -88,6 +88,48 @@ def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict |
     return "\n".join(out)
 
 
+def edit_markdown(edit: dict, name: str) -> str:
+    """The `edit` stage's table: cost, edit success per attribute, structure, and the paired comparisons."""
+    rows = edit["methods"]
+    base = rows["pnp"]
+    mean = lambda r, k, a=None: (r["scores"][k].get(a) or {}).get("mean") if a else r["scores"][k]["mean"]  # noqa: E731
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+
+    def vs(r, key):
+        v = r.get(key)
+        if not v or "status" in v:
+            return (v or {}).get("status", "")
+        worst = min((v[k] for k in ("attribute_success", "clip_preference", "mask_iou", "structure_ssim")
+                     if v[k]["delta"] is not None), key=lambda d: d["delta"] / (d["se"] or 1e-9))
+        ok = all(v[k]["within_2sigma"] in (True, None) for k in ("attribute_success", "clip_preference", "mask_iou",
+                                                                  "structure_ssim"))
+        return ("within 2σ" if ok else "worse") + f" (worst z {worst['delta'] / (worst['se'] or 1e-9):+.1f})"
+
+    s = edit["settings"]
+    out = [f"## edit ({name}: {edit['n_edits']} held-out edits, DDIM {s['steps']} steps, CFG {s['guidance']}, "
+           f"features {s['feature_fraction']}, self-attention {s['attn_fraction']}, SDEdit strength {s['sdedit_strength']}; "
+           f"{edit['device']})", "",
+           "| method | GFLOPs/edit | × pnp | ms/edit | colour ok | size ok | item ok | CLIP prefers target | mask IoU | "
+           "gray SSIM | vs pnp | vs fewer steps |", "|" + "---|" * 12]
+    for n, r in rows.items():
+        out.append(f"| {n} | {r['gflops']:.1f} | {r['gflops'] / base['gflops']:.2f} | {r['ms_per_image']:.1f} | "
+                   f"{f(mean(r, 'attribute_success', 'colour'))} | {f(mean(r, 'attribute_success', 'size'))} | "
+                   f"{f(mean(r, 'attribute_success', 'item'))} | {f(mean(r, 'clip_preference'))} | "
+                   f"{f(mean(r, 'mask_iou'))} | {f(mean(r, 'structure_ssim'))} | {vs(r, 'vs_pnp')} | "
+                   f"{vs(r, 'vs_fewer_steps')} |")
+    ex = edit.get("exact_target")
+    if ex:
+        out.append(f"| exact target rendering | | | | {f(ex['attribute_success'].get('colour', {}).get('mean'))} | "
+                   f"{f(ex['attribute_success'].get('size', {}).get('mean'))} | | {f(ex['clip_preference']['mean'])} | "
+                   f"{f(ex['mask_iou']['mean'])} | {f(ex['structure_ssim']['mean'])} | | |")
+    out += ["", "ok: the edited attribute read back from pixels (item: the CLIP scorer's choice of the ten items); IoU / "
+            "SSIM against the exact target rendering (colour and size edits). vs pnp / vs fewer steps: paired per edit "
+            "over success, CLIP preference, IoU and SSIM - 'within 2σ' when no score is worse by more than 2 standard "
+            "errors; worst z = the most negative difference in standard errors. The exact rendering's CLIP preference "
+            "counts item edits, whose rendering keeps the source item.", ""]
+    return "\n".join(out)
+
+
 def _train(t) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.items())) if isinstance(t, dict) and t else ""
 
@@ -103,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sensitivity", type=Path, default=None,
                     help="sensitivity.json of `clockwork sensitivity` (Fig. 2: fig2_sensitivity, table_sensitivity); "
                          "default: none")
+    ap.add_argument("--edit", type=Path, default=None,
+                    help="edit.json of the `edit` stage (table_edit.md); default: <results>'s metrics/edit.json if any")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: params.yaml report.out)")
     ap.add_argument("--no-executed", action="store_true",
                     help="do not keep the executed notebooks and their HTML exports (only tables, figures, summary)")
@@ -127,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     sensitivity = args.sensitivity.resolve() if args.sensitivity else None
     if sensitivity is not None and not sensitivity.is_file():
         raise SystemExit(f"error: --sensitivity {args.sensitivity} is not a file (run `clockwork sensitivity`)")
+    if args.edit is not None and not args.edit.is_file():
+        raise SystemExit(f"error: --edit {args.edit} is not a file (run the `edit` stage)")
+    edit_file = (args.edit or results_file(results, "edit.json")).resolve()
     out_dir = args.out or Path(r.out)
     nb_dir = Path(r.notebooks)
     notebooks = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")) or sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
@@ -139,8 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.stage_run("report", {**p.flat(), "report.results": rel(results), "report.out": str(out_dir), **extra},
                             run_name="report" if results == root else f"report {rel(results)}") as run:
         with atomic_dir(out_dir) as out:
-            (out / "summary.md").write_text(summary_markdown(*(load(files[k]) for k in ("evaluate", "ablate", "distill")),
-                                                             names={k: rel(f) for k, f in files.items()}))
+            summary = summary_markdown(*(load(files[k]) for k in ("evaluate", "ablate", "distill")),
+                                       names={k: rel(f) for k, f in files.items()})
+            edit = load(edit_file)
+            if edit and edit.get("methods"):
+                table = edit_markdown(edit, rel(edit_file))
+                (out / "table_edit.md").write_text(table)
+                summary += "\n" + table
+            (out / "summary.md").write_text(summary)
             if notebooks:
                 import nbformat
                 from nbclient import NotebookClient

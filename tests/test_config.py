@@ -92,6 +92,11 @@ def test_default_params_check_their_files(default: dict) -> None:
     ("evaluate.n_samples", 5000, "evaluate.n_samples", "prepare.eval_prompts"),
     ("distill.heldout_prompts", 512, "distill.heldout_prompts", "no training prompts"),
     ("prepare.reference_images", 9900, "prepare.reference_images", "held-out images"),
+    ("edit.attributes", ["colour", "shape"], "edit.attributes.1", "item"),
+    ("edit.front_steps", [8, 16], "edit.front_steps", "fewer than edit.steps"),
+    ("edit.clocks", [2, 32], "edit.clocks", "exceed edit.steps"),
+    ("edit.feature_fraction", 1.5, "edit.feature_fraction", "less than or equal to 1"),
+    ("edit.sdedit_strength", 0.0, "edit.sdedit_strength", "greater than 0"),
 ])
 def test_bad_values_name_their_key(default: dict, path: str, value, key: str, words: str) -> None:
     found = problems(edited(default, path, value))

@@ -1,6 +1,7 @@
 """Edit held-out images with every editing method and score them (the `edit` stage's logic).
 
-Methods: ``pnp`` (Plug-and-Play with the full UNet at edit.steps), ``pnp_<k>steps`` (the full UNet with fewer
+Methods: ``pnp`` (Plug-and-Play with the full UNet at edit.steps), ``inversion_only`` (the same DDIM inversion
+and regeneration with the target prompt, no injection: what PnP's injection adds), ``pnp_<k>steps`` (the full UNet with fewer
 steps: the alternative at the same FLOPs), ``pnp_<adaptor>_c<clock>`` (Clockwork in both passes) and ``sdedit``.
 Every method edits the same images with the same prompts; scores come from clockwork.embedded.edits, costs from
 clockwork.flops (per batch row of a full / an adaptor step, times the rows each step ran) and the UNet loop's
@@ -22,15 +23,15 @@ HIGHER_IS_BETTER = dict.fromkeys(SCORES, True)
 
 @dataclass(frozen=True)
 class EditMethod:
-    kind: str  # "pnp" | "sdedit"
+    kind: str  # "pnp" | "inversion" (PnP without injection) | "sdedit"
     steps: int
     adaptor: str | None = None  # None = full UNet | "identity" | "distilled"
     clock: int | None = None
 
     @property
     def name(self) -> str:
-        if self.kind == "sdedit":
-            return "sdedit"
+        if self.kind in ("sdedit", "inversion"):
+            return {"sdedit": "sdedit", "inversion": "inversion_only"}[self.kind]
         if self.adaptor is None:
             return "pnp"
         return f"pnp_{self.adaptor}_c{self.clock}"
@@ -44,6 +45,7 @@ def edit_methods(e) -> dict[str, EditMethod]:
         for c in e.clocks:
             m = EditMethod("pnp", e.steps, a, c)
             out[m.name] = m
+    out["inversion_only"] = EditMethod("inversion", e.steps)
     out["sdedit"] = EditMethod("sdedit", e.steps)
     return out
 
@@ -75,8 +77,9 @@ def run_method(world, method: EditMethod, adaptor, held, edits, table, e) -> tup
     if method.adaptor is not None:
         cw = {"adaptor": adaptor if method.adaptor == "distilled" else "identity", "clock": method.clock,
               "cut": int(adaptor.config.get("cut", 1)) if method.adaptor == "distilled" else 1}
-    settings = PnPSettings(steps=method.steps, guidance=e.guidance, feature_fraction=e.feature_fraction,
-                           attn_fraction=e.attn_fraction)
+    inject = method.kind == "pnp"
+    settings = PnPSettings(steps=method.steps, guidance=e.guidance, feature_fraction=e.feature_fraction if inject else 0.0,
+                           attn_fraction=e.attn_fraction if inject else 0.0)
     neg, _ = table.uncond(1)
     out, seconds, first = [], {}, None
     for start in tqdm(range(0, len(edits), e.batch_size), desc=method.name, leave=False, mininterval=10):
