@@ -146,7 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="sensitivity.json of `clockwork sensitivity` (Fig. 2: fig2_sensitivity, table_sensitivity); "
                          "default: none")
     ap.add_argument("--edit", type=Path, default=None,
-                    help="edit.json of the `edit` stage (table_edit.md); default: <results>'s metrics/edit.json if any")
+                    help="edit.json of the `edit` stage (table_edit.md); default: metrics/edit.json when --results is the repository")
+    ap.add_argument("--edit-only", action="store_true",
+                    help="write only <out>/table_edit.md from --edit (e.g. the committed reports/edit run)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: params.yaml report.out)")
     ap.add_argument("--no-executed", action="store_true",
                     help="do not keep the executed notebooks and their HTML exports (only tables, figures, summary)")
@@ -173,7 +175,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: --sensitivity {args.sensitivity} is not a file (run `clockwork sensitivity`)")
     if args.edit is not None and not args.edit.is_file():
         raise SystemExit(f"error: --edit {args.edit} is not a file (run the `edit` stage)")
-    edit_file = (args.edit or results_file(results, "edit.json")).resolve()
+    # the pipeline's own metrics/edit.json; another results folder's only when named (its report stage tracks it then)
+    edit_file = (args.edit or (results_file(results, "edit.json") if results == root else results / "_none")).resolve()
+    if args.edit_only:
+        if args.edit is None:
+            raise SystemExit("error: --edit-only needs --edit PATH/edit.json")
+        out = args.out or Path(r.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table_edit.md").write_text(edit_markdown(json.loads(edit_file.read_text()), str(args.edit)))
+        log(f"wrote {out / 'table_edit.md'}")
+        return
     out_dir = args.out or Path(r.out)
     nb_dir = Path(r.notebooks)
     notebooks = sorted(nb_dir.glob("[0-9][0-9]_*.ipynb")) or sorted(nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []

@@ -81,8 +81,8 @@ def _finite(x) -> bool:
 
 
 def test_smoke_repro_runs_every_stage(smoke) -> None:
-    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "report", "report_full",
-                                    "report_default"}, \
+    assert ran(smoke["out"]) == {"prepare", "trajectories", "distill", "evaluate", "ablate", "edit", "report",
+                                    "report_full", "report_default"}, \
         smoke["out"][-3000:]
     assert "'teacher' is frozen" in smoke["out"] and "'clip' is frozen" in smoke["out"]
     print(f"smoke dvc repro: {smoke['seconds']:.0f}s")
@@ -134,7 +134,21 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
     assert _finite(distill["final_loss"]) and _finite(distill["heldout_mse"]) and distill["steps"] == 20
     lines = (repo / "plots/distill_loss.csv").read_text().splitlines()
     assert lines[0] == "step,loss" and len(lines) == 1 + 20 // 5
-    for png in ("plots/samples/evaluate.png", "plots/samples/ablate.png"):
+    edit = json.loads((repo / "metrics/edit.json").read_text())
+    assert edit["n_edits"] == 6 and edit["attributes"] == ["colour", "size", "item"]
+    assert list(edit["methods"]) == ["pnp", "pnp_3steps", "pnp_2steps", "pnp_identity_c2", "pnp_distilled_c2",
+                                     "inversion_only", "sdedit"]
+    for name, r in edit["methods"].items():
+        assert _finite(r["gflops"]) and r["gflops"] > 0 and _finite(r["ms_per_image"]), name
+        assert set(r["scores"]) == {"attribute_success", "clip_preference", "clip_margin", "mask_iou", "structure_ssim"}
+        assert ("vs_pnp" in r) == (name != "pnp") and ("vs_fewer_steps" in r) == (r["method"]["adaptor"] is not None)
+    m = edit["methods"]
+    # Clockwork in both passes costs less than the full UNet; fewer steps cost proportionally less
+    assert m["pnp_identity_c2"]["gflops"] < m["pnp_distilled_c2"]["gflops"] < m["pnp"]["gflops"]
+    assert m["pnp_identity_c2"]["inversion_adaptor_steps"] == 2 and m["pnp"]["inversion_adaptor_steps"] == 0
+    assert m["pnp_2steps"]["gflops"] == pytest.approx(m["pnp"]["gflops"] / 2, rel=1e-3)
+    assert "## edit" in (repo / "reports/analysis/summary.md").read_text()
+    for png in ("plots/samples/evaluate.png", "plots/samples/ablate.png", "plots/samples/edit.png"):
         assert (repo / png).read_bytes()[:4] == b"\x89PNG"
     assert (repo / "models/adaptor/config.json").is_file()
     assert (repo / "reports/analysis/summary.md").is_file()
