@@ -18,9 +18,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "dvc.lock"
 DEFAULT = REPO / "reports" / "default"
-STAGES = ("prepare", "trajectories", "distill", "evaluate", "ablate")  # what reports/default's numbers come from
+STAGES = ("prepare", "trajectories", "distill", "evaluate", "ablate", "edit")  # what reports/default's numbers come from
 OUTS = {"metrics/evaluate.json": "evaluate.json", "metrics/ablate.json": "ablate.json",
-        "metrics/distill.json": "distill.json", "plots/distill_loss.csv": "distill_loss.csv"}
+        "metrics/distill.json": "distill.json", "plots/distill_loss.csv": "distill_loss.csv", "metrics/edit.json": "edit.json"}
 RERUN = "repeat the default run from a fresh clone (`./setup.sh && dvc repro`) and commit dvc.lock + reports/default"
 
 

@@ -40,7 +40,7 @@ class Prepared:
     eval_prompts: list[str]
     info: dict
     table: Any
-    reference: Any
+    reference: Any  # None when data/prepared was made with --prompts-only (no Inception statistics)
     val_prompts: list[str] = field(default_factory=list)  # training-split captions not distilled on
     val_reference: Any = None  # FID statistics of training-split images not distilled on
 
@@ -53,14 +53,17 @@ class Prepared:
         if not (root / "prompts.json").is_file():
             raise FileNotFoundError(f"{root}/prompts.json missing; run the `prepare` stage (dvc repro prepare)")
         info = json.loads((root / "prompts.json").read_text())
-        val = root / "val_reference_stats.npz"
+        ref, val = root / "reference_stats.npz", root / "val_reference_stats.npz"  # absent: prepare.py --prompts-only
         return cls(info["distill_prompts"], info["eval_prompts"], info, EmbeddingTable.load(root / "embeddings.safetensors"),
-                   ReferenceStats.load(root / "reference_stats.npz"), info.get("val_prompts", []),
+                   ReferenceStats.load(ref) if ref.is_file() else None, info.get("val_prompts", []),
                    ReferenceStats.load(val) if val.is_file() else None)
 
     def split(self, name: str) -> tuple[list[str], Any]:
         """(prompts, FID reference statistics) of the ``heldout`` evaluation split or the ``val`` split."""
         if name == "heldout":
+            if self.reference is None:
+                raise FileNotFoundError("data/prepared has no reference_stats.npz (made with --prompts-only?); run the "
+                                        "`prepare` stage, or scripts/gpu/gpu_prepare.py on a machine without MiniLM")
             return self.eval_prompts, self.reference
         if name == "val":
             if not self.val_prompts or self.val_reference is None:

@@ -6,10 +6,11 @@
 #
 #   scripts/gpu/gpu_full.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
 #   CONFIG=configs/full.yaml STAGES="trajectories distill evaluate ablate" (the defaults) choose the params file and
-#   the stages (e.g. STAGES="trajectories ablate" measures the levers before distill/evaluate use the chosen default).
+#   the stages (e.g. STAGES="trajectories ablate" measures the levers before distill/evaluate use the chosen default;
+#   STAGES="trajectories distill edit" needs no FID statistics, so no FID Inception has to travel).
 #
 # PREPARED_DIR holds data/prepared's prompts.json and embeddings.safetensors made on a CPU machine with
-# `python pipeline/prepare.py` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
+# `python pipeline/prepare.py --prompts-only DIR` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
 # statistics are computed here by scripts/gpu/gpu_prepare.py from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
 # of the FID Inception). With DVC at hand, use `cp configs/full.yaml params.yaml && dvc repro` instead.
 set -euo pipefail
@@ -38,14 +39,19 @@ stage() {  # stage NAME DONE_FILE: run pipeline/NAME.py unless DONE_FILE exists,
   snapshot
 }
 
-if [ ! -f data/prepared/reference_stats.npz ]; then
+STAGES=${STAGES:-trajectories distill evaluate ablate}
+case " $STAGES " in *" evaluate "*|*" ablate "*) FID=1 ;; *) FID=0 ;; esac   # only these two need FID statistics
+if [ "$FID" = 1 ] && [ ! -f data/prepared/reference_stats.npz ]; then
   python scripts/gpu/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"
+elif [ ! -f data/prepared/prompts.json ]; then
+  mkdir -p data/prepared && cp "$PREP"/prompts.json "$PREP"/embeddings.safetensors data/prepared/
+  echo "== prompts and embeddings copied (no stage of '$STAGES' needs FID statistics)"
 fi
-for s in ${STAGES:-trajectories distill evaluate ablate}; do
+for s in $STAGES; do
   case $s in
     trajectories) stage trajectories data/trajectories/.complete; touch data/trajectories/.complete ;;
     *) stage "$s" "metrics/$s.json" ;;
   esac
 done
-echo "== stages done: ${STAGES:-all} ($(date +%T))"
+echo "== stages done: $STAGES ($(date +%T))"
