@@ -215,7 +215,7 @@ class Edit(Section):
     attn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     clocks: list[Annotated[int, Field(ge=2)]] = [2, 4]
     adaptors: list[Literal[EDIT_ADAPTORS]] = list(EDIT_ADAPTORS)
-    front_steps: list[Annotated[int, Field(ge=2)]] = [8, 12]  # the full UNet with fewer steps: the trivial alternative
+    front_steps: list[Annotated[int, Field(ge=2)]] = [6, 8, 12]  # the full UNet with fewer steps: the trivial alternative
     sdedit_strength: Annotated[float, Field(gt=0, le=1)] = 0.9
     batch_size: PosInt = 48
     seed: NonNegInt = 0

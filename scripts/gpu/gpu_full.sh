@@ -14,13 +14,14 @@
 # statistics are computed here by scripts/gpu/gpu_prepare.py from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
 # of the FID Inception). With DVC at hand, use `cp configs/full.yaml params.yaml && dvc repro` instead.
 set -euo pipefail
-W=$1 FM=$2 PREP=$3 OUT=$4 BUDGET=${5:-570}
+W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}  # cd W below
 END=$(( $(date +%s) + BUDGET ))
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
+CONFIG=$(realpath -m "${CONFIG:-$SRC/configs/full.yaml}")
 mkdir -p "$W" "$OUT"
 cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/configs "$SRC"/dvc.yaml "$W"/   # code refreshed, data kept
 cd "$W"
-sed "s#^  data_root: .*#  data_root: $FM#" "${CONFIG:-configs/full.yaml}" > params.yaml
+sed "s#^  data_root: .*#  data_root: $FM#" "$CONFIG" > params.yaml.tmp && mv params.yaml.tmp params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 snapshot() {
