@@ -88,6 +88,21 @@ def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict |
     return "\n".join(out)
 
 
+EDIT_SCORES = ("attribute_success", "clip_preference", "mask_iou", "structure_ssim")
+
+
+def edit_verdict(v: dict | None) -> str:
+    """A paired comparison of the `edit` stage (vs_pnp / vs_fewer_steps) in words: better when no score is worse by
+    2 standard errors and one is better by 2, worse when one is worse by 2, else within 2σ; with the extreme z's."""
+    if not v or "status" in v:
+        return (v or {}).get("status", "")
+    z = {k: v[k]["delta"] / v[k]["se"] if v[k]["se"] else (0.0 if v[k]["delta"] == 0 else float("inf") * v[k]["delta"])
+         for k in EDIT_SCORES if v[k]["delta"] is not None}
+    lo, hi = min(z.values()), max(z.values())
+    word = "worse" if lo <= -2 else "better" if hi >= 2 else "within 2σ"
+    return f"{word} (z {lo:+.1f} .. {hi:+.1f})"
+
+
 def edit_markdown(edit: dict, name: str) -> str:
     """The `edit` stage's table: cost, edit success per attribute, structure, and the paired comparisons."""
     rows = edit["methods"]
@@ -95,38 +110,35 @@ def edit_markdown(edit: dict, name: str) -> str:
     mean = lambda r, k, a=None: (r["scores"][k].get(a) or {}).get("mean") if a else r["scores"][k]["mean"]  # noqa: E731
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
 
-    def vs(r, key):
-        v = r.get(key)
-        if not v or "status" in v:
-            return (v or {}).get("status", "")
-        worst = min((v[k] for k in ("attribute_success", "clip_preference", "mask_iou", "structure_ssim")
-                     if v[k]["delta"] is not None), key=lambda d: d["delta"] / (d["se"] or 1e-9))
-        ok = all(v[k]["within_2sigma"] in (True, None) for k in ("attribute_success", "clip_preference", "mask_iou",
-                                                                  "structure_ssim"))
-        return ("within 2σ" if ok else "worse") + f" (worst z {worst['delta'] / (worst['se'] or 1e-9):+.1f})"
+    def pm(r, k):
+        sc = r["scores"][k]
+        return "-" if sc["mean"] is None else f"{sc['mean']:.3f} ± {sc['se'] or 0:.3f}"
 
     s = edit["settings"]
     out = [f"## edit ({name}: {edit['n_edits']} held-out edits, DDIM {s['steps']} steps, CFG {s['guidance']}, "
            f"features {s['feature_fraction']}, self-attention {s['attn_fraction']}, SDEdit strength {s['sdedit_strength']}; "
            f"{edit['device']})", "",
-           "| method | GFLOPs/edit | × pnp | ms/edit | colour ok | size ok | item ok | CLIP prefers target | mask IoU | "
-           "gray SSIM | vs pnp | vs fewer steps |", "|" + "---|" * 12]
+           "| method | GFLOPs/edit | × pnp | ms/edit | edit ok | colour ok | size ok | item ok | CLIP prefers target | "
+           "mask IoU | gray SSIM | vs pnp | vs fewer steps |", "|" + "---|" * 13]
     for n, r in rows.items():
         out.append(f"| {n} | {r['gflops']:.1f} | {r['gflops'] / base['gflops']:.2f} | {r['ms_per_image']:.1f} | "
-                   f"{f(mean(r, 'attribute_success', 'colour'))} | {f(mean(r, 'attribute_success', 'size'))} | "
-                   f"{f(mean(r, 'attribute_success', 'item'))} | {f(mean(r, 'clip_preference'))} | "
-                   f"{f(mean(r, 'mask_iou'))} | {f(mean(r, 'structure_ssim'))} | {vs(r, 'vs_pnp')} | "
-                   f"{vs(r, 'vs_fewer_steps')} |")
+                   f"{pm(r, 'attribute_success')} | {f(mean(r, 'attribute_success', 'colour'))} | "
+                   f"{f(mean(r, 'attribute_success', 'size'))} | {f(mean(r, 'attribute_success', 'item'))} | "
+                   f"{f(mean(r, 'clip_preference'))} | {pm(r, 'mask_iou')} | {pm(r, 'structure_ssim')} | "
+                   f"{edit_verdict(r.get('vs_pnp'))} | {edit_verdict(r.get('vs_fewer_steps'))} |")
     ex = edit.get("exact_target")
     if ex:
-        out.append(f"| exact target rendering | | | | {f(ex['attribute_success'].get('colour', {}).get('mean'))} | "
+        out.append(f"| exact target rendering | | | | {f(ex['attribute_success']['mean'])} | "
+                   f"{f(ex['attribute_success'].get('colour', {}).get('mean'))} | "
                    f"{f(ex['attribute_success'].get('size', {}).get('mean'))} | | {f(ex['clip_preference']['mean'])} | "
                    f"{f(ex['mask_iou']['mean'])} | {f(ex['structure_ssim']['mean'])} | | |")
     out += ["", "ok: the edited attribute read back from pixels (item: the CLIP scorer's choice of the ten items); IoU / "
-            "SSIM against the exact target rendering (colour and size edits). vs pnp / vs fewer steps: paired per edit "
-            "over success, CLIP preference, IoU and SSIM - 'within 2σ' when no score is worse by more than 2 standard "
-            "errors; worst z = the most negative difference in standard errors. The exact rendering's CLIP preference "
-            "counts item edits, whose rendering keeps the source item.", ""]
+            "SSIM against the exact target rendering (colour and size edits); ±: standard error over the edits. "
+            "vs pnp / vs fewer steps (the full UNet with fewer DDIM steps, interpolated at the method's GFLOPs): paired "
+            "per edit over success, CLIP preference, IoU and SSIM - 'worse' when a score is worse by 2 standard errors "
+            "or more, 'better' when none is and one is better by 2, else 'within 2σ'; z: the lowest and highest "
+            "difference in standard errors. The exact rendering's CLIP preference counts item edits, whose rendering "
+            "keeps the source item.", ""]
     return "\n".join(out)
 
 

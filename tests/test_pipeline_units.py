@@ -265,3 +265,24 @@ def test_pipeline_samples_the_teacher_on_the_same_timesteps_as_the_library(sampl
     if sampler in ("dpm++", "dpm"):
         a.set_timesteps(8)
         assert int(a.timesteps[0]) == 999
+
+
+def test_edit_verdict_words_the_paired_comparison() -> None:
+    """The edit table's verdict: worse when any score is 2 standard errors worse, better when none is and one is
+    2 better, else within 2σ; a missing comparison prints its status."""
+    from pipeline.common.editing import paired
+    from pipeline.report import edit_verdict
+
+    def v(**deltas):
+        out = {}
+        for k in ("attribute_success", "clip_preference", "mask_iou", "structure_ssim"):
+            d = deltas.get(k, 0.0)
+            out[k] = paired(torch.tensor([d + 0.1, d - 0.1] * 8), torch.zeros(16))  # se ~0.026
+        return out
+
+    assert edit_verdict(v()).startswith("within 2σ")
+    assert edit_verdict(v(mask_iou=0.2)).startswith("better")
+    assert edit_verdict(v(mask_iou=0.2, structure_ssim=-0.2)).startswith("worse")
+    assert edit_verdict(v(attribute_success=-0.03)).startswith("within 2σ")
+    assert edit_verdict({"status": "no plain step count costs the same"}) == "no plain step count costs the same"
+    assert edit_verdict(None) == ""
