@@ -89,7 +89,8 @@ def main() -> None:
                **{k: s[k]["mean"] for k in ("clip_preference", "mask_iou", "structure_ssim")}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
     out = {"split": f"training images {int(idx[0])}..{int(idx[-1])} (not the held-out split the edit stage reports)",
            "steps": args.steps, "guidance": 2.0, "device": world.device, "commit": commit,
            "command": " ".join(["python", *sys.argv]), "wall_s": round(time.time() - t0), "rows": rows}
