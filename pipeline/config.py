@@ -64,7 +64,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "distill": ("world", "sampling", "cut", "adaptor", "clock", "distill"),
     "evaluate": ("world", "sampling", "cut", "clock", "evaluate"),
     "ablate": ("world", "sampling", "trajectories", "cut", "adaptor", "clock", "distill", "ablate"),
-    "edit": ("world", "edit"),
+    "edit": ("world", "trajectories", "cut", "adaptor", "distill", "edit"),
     "report": ("report",),
     "report_full": ("report",),
     "report_default": ("report",),
@@ -194,13 +194,16 @@ def _sd_problems(p: Params, root: Path) -> list[tuple[str, str]]:
     return problems
 
 
-def _edit_problems(e: Edit) -> list[tuple[str, str]]:
-    problems = []
+def _edit_problems(p: Params) -> list[tuple[str, str]]:
+    e, problems = p.edit, []
     if not e.attributes:
         problems.append(("edit.attributes", "empty list: name at least one of colour, size, item"))
     bad = [k for k in e.front_steps if k >= e.steps]
     if bad:
         problems.append(("edit.front_steps", f"{bad} are not fewer than edit.steps={e.steps}"))
+    if "edit-distilled" in e.adaptors and e.n_images and p.world.kind == "embedded" and \
+            e.distill_prompts > p.prepare.distill_prompts:
+        problems.append(("edit.distill_prompts", f"{e.distill_prompts} > prepare.distill_prompts={p.prepare.distill_prompts}"))
     bad = [c for c in e.clocks if c > e.steps]
     if bad:
         problems.append(("edit.clocks", f"{bad} exceed edit.steps={e.steps}: no adaptor step would run"))
@@ -248,7 +251,7 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     if p.distill.heldout_prompts >= p.prepare.distill_prompts:
         problems.append(("distill.heldout_prompts", f"{p.distill.heldout_prompts} leaves no training prompts out of "
                          f"prepare.distill_prompts={p.prepare.distill_prompts}"))
-    problems += _edit_problems(p.edit)
+    problems += _edit_problems(p)
     if p.evaluate.n_samples > p.prepare.eval_prompts:
         problems.append(("evaluate.n_samples", f"{p.evaluate.n_samples} > prepare.eval_prompts={p.prepare.eval_prompts}"))
     pool = p.prepare.eval_prompts if p.ablate.split == "heldout" else p.prepare.val_prompts

@@ -200,7 +200,9 @@ class Ablate(Section):
 
 
 EDIT_ATTRIBUTES = ("colour", "size", "item")  # clockwork.embedded.edits.ATTRIBUTES
-EDIT_ADAPTORS = ("identity", "distilled")  # distilled: the distill stage's adaptor (models/adaptor)
+# distilled: the distill stage's adaptor (models/adaptor, made for sampling.sampler / sampling.steps);
+# edit-distilled: the same architecture distilled on the editing sampler's own trajectories (DDIM edit.steps)
+EDIT_ADAPTORS = ("identity", "distilled", "edit-distilled")
 
 
 class Edit(Section):
@@ -215,6 +217,10 @@ class Edit(Section):
     attn_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     clocks: list[Annotated[int, Field(ge=2)]] = [2, 4]
     adaptors: list[Literal[EDIT_ADAPTORS]] = list(EDIT_ADAPTORS)
+    # edit-distilled: trajectories of the first distill_prompts distillation prompts, distill_steps Adam steps
+    # (the distill section's optimiser), the adaptor at every step but the first
+    distill_prompts: PosInt = 128
+    distill_steps: PosInt = 1500
     front_steps: list[Annotated[int, Field(ge=2)]] = [6, 8, 12]  # the full UNet with fewer steps: the trivial alternative
     sdedit_strength: Annotated[float, Field(gt=0, le=1)] = 0.9
     batch_size: PosInt = 48

@@ -4,7 +4,8 @@ Held-out images 0..edit.n_images-1 get one edit each (colour, size, item in rota
 from the others, seeded): DDIM inversion with the source caption, then generation with the target caption and
 PnP's feature / self-attention injection (clockwork/editing.py). Methods (pipeline/common/editing.py): the full
 UNet (`pnp`), the same inversion and regeneration without injection (`inversion_only`), the full UNet with fewer steps (`pnp_<k>steps`, the trivial alternative at the same FLOPs),
-Clockwork in both passes with the identity and the distilled adaptor (models/adaptor) at each clock, and SDEdit.
+Clockwork in both passes at each clock with the identity adaptor, the distill stage's adaptor (models/adaptor) and
+one distilled for editing (DDIM trajectories at edit.steps, data/edit/), and SDEdit.
 Scores (clockwork/embedded/edits.py): the changed attribute read from pixels (item: the CLIP scorer), the
 scorer's preference for the target prompt, and - for colour and size edits - mask IoU and gray-structure SSIM
 against the exact target rendering. Every Clockwork row is compared, paired per edit, with `pnp` and with the
@@ -46,17 +47,20 @@ def main() -> None:
     from clockwork.embedded.edits import ideal_images, make_edits, score_edits
     from clockwork.viz import image_grid
     from pipeline import tracking
-    from pipeline.common import ADAPTOR_DIR, Prepared, load_world
-    from pipeline.common.editing import edit_methods, log_row, paired, run_method, summarize, versus_plain
+    from pipeline.common import ADAPTOR_DIR, Prepared, load_world, pick_device
+    from pipeline.common.editing import edit_adaptor, edit_methods, log_row, paired, run_method, summarize, versus_plain
 
     world = load_world(p.world, e.device)
-    table = Prepared.load().table
+    prepared = Prepared.load()
+    table = prepared.table
     held = CaptionedFashion("heldout", root=p.world.data_root, limit=e.n_images)
     if len(held) < e.n_images:
         raise SystemExit(f"edit.n_images={e.n_images} but the held-out split has {len(held)} images")
     edits = make_edits(held.captions, tuple(e.attributes), seed=e.seed)
     ideal = ((ideal_images(held.gray, edits) + 1) * 127.5).round().to(torch.uint8)
-    adaptor = load_adaptor(ADAPTOR_DIR) if "distilled" in e.adaptors else None
+    adaptors = {"distilled": load_adaptor(ADAPTOR_DIR) if "distilled" in e.adaptors else None,
+                "edit-distilled": edit_adaptor(p, world, prepared, pick_device(p.distill.device))
+                if "edit-distilled" in e.adaptors else None}
     clip = world.scorer(table)
     methods = edit_methods(e)
     images, raw, summary, cost = {}, {}, {}, {}
@@ -64,7 +68,7 @@ def main() -> None:
     with tracking.stage_run("edit", p.flat(), tags={"device": world.device, "torch_threads": torch.get_num_threads()}) as run:
         for name, m in methods.items():
             with run.child(name, {"kind": m.kind, "steps": m.steps, "adaptor": m.adaptor or "full", "clock": m.clock or 1}) as child:
-                imgs, cost[name] = run_method(world, m, adaptor, held, edits, table, e)
+                imgs, cost[name] = run_method(world, m, adaptors.get(m.adaptor), held, edits, table, e)
                 raw[name] = score_edits(imgs, edits, ideal, clip)
                 summary[name] = summarize(raw[name], edits)
                 child.log_metrics({**{k: v["mean"] for k, v in summary[name].items() if v["mean"] is not None},

@@ -95,6 +95,8 @@ def test_default_params_check_their_files(default: dict) -> None:
     ("edit.attributes", ["colour", "shape"], "edit.attributes.1", "item"),
     ("edit.front_steps", [8, 16], "edit.front_steps", "fewer than edit.steps"),
     ("edit.clocks", [2, 32], "edit.clocks", "exceed edit.steps"),
+    ("edit.distill_prompts", 100000, "edit.distill_prompts", "prepare.distill_prompts"),
+    ("edit.adaptors", ["identity", "trained"], "edit.adaptors.1", "edit-distilled"),
     ("edit.feature_fraction", 1.5, "edit.feature_fraction", "less than or equal to 1"),
     ("edit.sdedit_strength", 0.0, "edit.sdedit_strength", "greater than 0"),
 ])

@@ -137,7 +137,7 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
     edit = json.loads((repo / "metrics/edit.json").read_text())
     assert edit["n_edits"] == 6 and edit["attributes"] == ["colour", "size", "item"]
     assert list(edit["methods"]) == ["pnp", "pnp_3steps", "pnp_2steps", "pnp_identity_c2", "pnp_distilled_c2",
-                                     "inversion_only", "sdedit"]
+                                     "pnp_edit-distilled_c2", "inversion_only", "sdedit"]
     for name, r in edit["methods"].items():
         assert _finite(r["gflops"]) and r["gflops"] > 0 and _finite(r["ms_per_image"]), name
         assert set(r["scores"]) == {"attribute_success", "clip_preference", "clip_margin", "mask_iou", "structure_ssim"}
@@ -145,6 +145,10 @@ def test_smoke_metrics_follow_the_contract(smoke) -> None:
     m = edit["methods"]
     # Clockwork in both passes costs less than the full UNet; fewer steps cost proportionally less
     assert m["pnp_identity_c2"]["gflops"] < m["pnp_distilled_c2"]["gflops"] < m["pnp"]["gflops"]
+    assert m["pnp_edit-distilled_c2"]["gflops"] == pytest.approx(m["pnp_distilled_c2"]["gflops"])  # same architecture
+    assert m["pnp_edit-distilled_c2"]["scores"] != m["pnp_distilled_c2"]["scores"]  # another adaptor
+    made = list((repo / "data/edit/adaptors").glob("*/config.json"))  # the edit-distilled adaptor, cached
+    assert len(made) == 1 and json.loads(made[0].read_text())["cut"] == 1
     assert m["pnp_identity_c2"]["inversion_adaptor_steps"] == 2 and m["pnp"]["inversion_adaptor_steps"] == 0
     assert m["pnp_2steps"]["gflops"] == pytest.approx(m["pnp"]["gflops"] / 2, rel=1e-3)
     assert "## edit" in (repo / "reports/analysis/summary.md").read_text()

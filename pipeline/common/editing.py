@@ -3,6 +3,8 @@
 Methods: ``pnp`` (Plug-and-Play with the full UNet at edit.steps), ``inversion_only`` (the same DDIM inversion
 and regeneration with the target prompt, no injection: what PnP's injection adds), ``pnp_<k>steps`` (the full UNet with fewer
 steps: the alternative at the same FLOPs), ``pnp_<adaptor>_c<clock>`` (Clockwork in both passes) and ``sdedit``.
+Adaptors: ``identity``, ``distilled`` (the distill stage's, made for the generation sampler) and ``edit-distilled``
+(:func:`edit_adaptor`: the same architecture distilled on the editing sampler's own trajectories).
 Every method edits the same images with the same prompts; scores come from clockwork.embedded.edits, costs from
 clockwork.flops (per batch row of a full / an adaptor step, times the rows each step ran) and the UNet loop's
 wall time. Comparisons are paired: the same edits, so the standard error is that of the per-edit differences.
@@ -12,10 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from pipeline.common.io import log
+from pipeline.common.io import atomic_dir, log, obj_sha
+
+WORK = Path("data/edit")  # the edit-distilled adaptor's trajectories and the adaptor, cached by what makes them
 
 SCORES = ("attribute_success", "clip_preference", "clip_margin", "mask_iou", "structure_ssim")
 HIGHER_IS_BETTER = dict.fromkeys(SCORES, True)
@@ -50,6 +56,40 @@ def edit_methods(e) -> dict[str, EditMethod]:
     return out
 
 
+def edit_adaptor(p, world, prepared, device: str):
+    """The ``edit-distilled`` adaptor: the distill stage's architecture and cut, distilled (teacher forcing, the
+    distill section's optimiser, edit.distill_steps steps) on the teacher's DDIM trajectories at edit.steps and
+    edit.guidance for the first edit.distill_prompts distillation prompts, with the adaptor at every step but the
+    first - the clocks of both editing passes put adaptor steps anywhere, and the distill stage's adaptor (made for
+    its own sampler, steps and schedule) does not carry over to them (reports/edit/adaptor_validation.json).
+    Made once and cached under data/edit/ by its spec, the prompts, the teacher and the distill settings."""
+    from clockwork.adaptors import load_adaptor
+    from pipeline.common.methods import MethodSpec
+    from pipeline.common.store import ensure_trajectories, load_trajectories
+    from pipeline.common.training import distill_adaptor, distill_config
+
+    e, a = p.edit, p.adaptor
+    spec = MethodSpec(sampler="ddim", steps=e.steps, guidance=e.guidance, adaptor=a.kind,
+                      adaptor_steps=tuple(range(1, e.steps)), cut=p.cut, width=a.width, depth=a.depth,
+                      inputs=tuple(a.inputs))
+    prompts = prepared.distill_prompts[:e.distill_prompts]
+    cfg = distill_config(p.distill, e.distill_steps)
+    key = obj_sha([spec.key(), prompts, world.teacher_id, world.precision, repr(cfg), p.trajectories.seed])
+    adir = WORK / "adaptors" / key
+    if (adir / "config.json").is_file():
+        log(f"edit-distilled adaptor: reused {adir}")
+        return load_adaptor(adir)
+    root = WORK / "trajectories" / f"ddim-{e.steps}steps-g{e.guidance}-{len(prompts)}"
+    log(f"edit-distilled adaptor: {len(prompts)} DDIM {e.steps}-step trajectories, then {e.distill_steps} distillation steps")
+    ensure_trajectories(root, world, prepared.table, prompts, "ddim", e.steps, e.guidance, [p.cut], p.trajectories.seed,
+                        p.trajectories.shard_size)
+    adaptor, _ = distill_adaptor(spec, world.unet_config, load_trajectories(root, p.cut), world.sampler("ddim"), cfg,
+                                 device=device)
+    with atomic_dir(adir) as tmp:
+        adaptor.save_pretrained(tmp)
+    return adaptor
+
+
 def step_gflops(world, adaptor, seq_len: int) -> tuple[float, float]:
     """GFLOPs of one batch row through a full step and through an adaptor step of ``adaptor``."""
     from clockwork.clock import Clock
@@ -74,9 +114,10 @@ def run_method(world, method: EditMethod, adaptor, held, edits, table, e) -> tup
     from clockwork.editing import PnPSettings, pnp_edit, sdedit
 
     cw = None
+    trained = method.adaptor not in (None, "identity")  # ``adaptor`` is then the trained adaptor to use
     if method.adaptor is not None:
-        cw = {"adaptor": adaptor if method.adaptor == "distilled" else "identity", "clock": method.clock,
-              "cut": int(adaptor.config.get("cut", 1)) if method.adaptor == "distilled" else 1}
+        cw = {"adaptor": adaptor if trained else "identity", "clock": method.clock,
+              "cut": int(adaptor.config.get("cut", 1)) if trained else 1}
     inject = method.kind == "pnp"
     settings = PnPSettings(steps=method.steps, guidance=e.guidance, feature_fraction=e.feature_fraction if inject else 0.0,
                            attn_fraction=e.attn_fraction if inject else 0.0)
@@ -99,8 +140,7 @@ def run_method(world, method: EditMethod, adaptor, held, edits, table, e) -> tup
         for k, rec in res.passes.items():
             seconds[k] = seconds.get(k, 0.0) + rec.seconds
         first = first or (res.passes, len(chunk))
-    full_g, adapt_g = step_gflops(world, adaptor if method.adaptor == "distilled" else method.adaptor,
-                                  int(table.states.shape[1]))
+    full_g, adapt_g = step_gflops(world, adaptor if trained else method.adaptor, int(table.states.shape[1]))
     passes, n0 = first
     cost = {"gflops": 0.0}
     for k, rec in passes.items():
