@@ -425,15 +425,16 @@ def test_committed_notebooks_have_no_outputs():
 
 @pytest.mark.parametrize("heading", ["## Results (full configuration", "## Sweeps"])
 def test_readme_results_tables_are_copied_from_generated_files(heading):
-    """Every table row of README's full-configuration results and of its sweep section is a line of a generated
-    reports/full/analysis/*.md."""
+    """Every table row of README's results (full configuration, default run, the editing run) and of its sweep
+    section is a line of a generated reports/{full,default}/analysis/*.md or reports/edit/table_edit.md."""
     readme = (REPO / "README.md").read_text()
     start = readme.index(heading)
     end = readme.find("\n## ", start + 3)
     section = readme[start:end if end > 0 else None]
     rows = [ln for ln in section.splitlines() if ln.startswith("|")]
-    generated = {ln for d in ("full", "default") for p in (REPO / "reports" / d / "analysis").glob("*.md")
-                 for ln in p.read_text().splitlines()}
+    files = [p for d in ("full", "default") for p in (REPO / "reports" / d / "analysis").glob("*.md")]
+    files += list((REPO / "reports" / "edit").glob("table_*.md"))
+    generated = {ln for p in files for ln in p.read_text().splitlines()}
     assert len(rows) > (20 if heading.startswith("## Results") else 3)
     assert [r for r in rows if r not in generated] == []
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.io import atomic_dir, log, obj_sha
+from pipeline.common.io import atomic_dir, code_sha, log, obj_sha
 
 WORK = Path("data/edit")  # the edit-distilled adaptor's trajectories and the adaptor, cached by what makes them
 
@@ -62,7 +62,7 @@ def edit_adaptor(p, world, prepared, device: str):
     edit.guidance for the first edit.distill_prompts distillation prompts, with the adaptor at every step but the
     first - the clocks of both editing passes put adaptor steps anywhere, and the distill stage's adaptor (made for
     its own sampler, steps and schedule) does not carry over to them (reports/edit/adaptor_validation.json).
-    Made once and cached under data/edit/ by its spec, the prompts, the teacher and the distill settings."""
+    Made once and cached under data/edit/ by its spec, the prompts, the teacher, the distill settings and the code."""
     from clockwork.adaptors import load_adaptor
     from pipeline.common.methods import MethodSpec
     from pipeline.common.store import ensure_trajectories, load_trajectories
@@ -74,7 +74,9 @@ def edit_adaptor(p, world, prepared, device: str):
                       inputs=tuple(a.inputs))
     prompts = prepared.distill_prompts[:e.distill_prompts]
     cfg = distill_config(p.distill, e.distill_steps)
-    key = obj_sha([spec.key(), prompts, world.teacher_id, world.precision, repr(cfg), p.trajectories.seed])
+    code = code_sha("clockwork/trajectories.py", "clockwork/distill.py", "clockwork/adaptors.py", "clockwork/cut.py",
+                    "pipeline/common/training.py")  # an adaptor made by other code is made again
+    key = obj_sha([spec.key(), prompts, world.teacher_id, world.precision, repr(cfg), p.trajectories.seed, code])
     adir = WORK / "adaptors" / key
     if (adir / "config.json").is_file():
         log(f"edit-distilled adaptor: reused {adir}")
