@@ -32,7 +32,9 @@ def main() -> None:
     p = load_params("edit")
     e = p.edit
     from pipeline.common import log, save_png, write_json
+    from pipeline.common.editing import WORK
 
+    WORK.mkdir(parents=True, exist_ok=True)  # the stage's persistent cache (a DVC out), empty when nothing is distilled
     if p.world.kind != "embedded" or e.n_images == 0:
         why = "edit.n_images is 0" if e.n_images == 0 else "the edit measurement runs in the embedded world only"
         write_json(METRICS, {"status": "off", "why": why})
