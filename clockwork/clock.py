@@ -94,11 +94,21 @@ def loop_to_step(scheduler, i: int) -> int:
     return i
 
 
-def adaptor_loop_indices(scheduler, num_steps: int, clock: "Clock") -> list[int]:
-    """Loop iterations (model evaluations) that run the adaptor for ``num_steps`` sampler steps."""
+def adaptor_loop_indices(scheduler, num_steps: int, clock: "Clock", uses_r_out_prev: bool = True) -> list[int]:
+    """Loop iterations (model evaluations) that run the adaptor for ``num_steps`` sampler steps.
+
+    Mirrors :class:`clockwork.hook.ClockworkHook`'s decision per call. Sampler step 0 runs the adaptor only when
+    the adaptor does not read r_out(t+1) (``uses_r_out_prev=False``): there is no previous r_out yet. Calls
+    ``scheduler.set_timesteps(num_steps)``.
+    """
     scheduler.set_timesteps(num_steps)
-    clock.validate(num_steps)
-    return [i for i in range(len(scheduler.timesteps)) if not clock.is_full(loop_to_step(scheduler, i))]
+    clock.validate(num_steps, first_step_may_be_adaptor=not uses_r_out_prev)
+    out = []
+    for i in range(len(scheduler.timesteps)):
+        s = loop_to_step(scheduler, i)
+        if not clock.is_full(s) and not (s == 0 and uses_r_out_prev):
+            out.append(i)
+    return out
 
 
 def sampler_step(scheduler, timestep=None) -> int:

@@ -16,18 +16,11 @@ from pipeline.common.world import make_sampler
 def adaptor_loop_indices(scheduler, steps: int, clock, uses_r_out_prev: bool = True) -> list[int]:
     """Loop iterations (UNet evaluations) that run the adaptor; step 0 only when r_out(t+1) is not used.
 
-    Mirrors :class:`clockwork.hook.ClockworkHook`'s decision per call.
+    :func:`clockwork.clock.adaptor_loop_indices`, which mirrors :class:`clockwork.hook.ClockworkHook`'s decision per call.
     """
-    from clockwork.clock import loop_to_step
+    from clockwork.clock import adaptor_loop_indices as loops
 
-    scheduler.set_timesteps(steps)
-    clock.validate(steps, first_step_may_be_adaptor=not uses_r_out_prev)
-    out = []
-    for i in range(len(scheduler.timesteps)):
-        s = loop_to_step(scheduler, i)
-        if not clock.is_full(s) and not (s == 0 and uses_r_out_prev):
-            out.append(i)
-    return out
+    return loops(scheduler, steps, clock, uses_r_out_prev)
 
 
 @dataclass(frozen=True)
