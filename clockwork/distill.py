@@ -186,14 +186,17 @@ def _check_teacher(teacher, data: PairDataset, device: torch.device, cfg: Distil
 
 
 def _atomic_save(adaptor, optimizer, step: int, history: list, ckpt_dir: Path, gen: torch.Generator,
-                 acc: tuple) -> None:
+                 acc: tuple, extra: dict | None = None) -> None:
+    """Write the checkpoint folder (adaptor, optimizer, batch sampler state, trainer_state.json with ``extra``'s
+    keys added) next to ``ckpt_dir`` and swap it in, so a kill leaves the previous checkpoint or this one."""
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     adaptor.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(gen.get_state(), tmp / "rng_state.pt")  # the batch sampler's state: a resumed run draws the same batches
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history, "loss_acc": list(acc)}))
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history, "loss_acc": list(acc),
+                                                          **(extra or {})}))
     old = ckpt_dir.with_name(ckpt_dir.name + ".old")
     if ckpt_dir.exists():
         os.replace(ckpt_dir, old)
