@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from clockwork.shards import ShardRows
+
 
 @dataclass
 class DistillConfig:
@@ -108,7 +110,7 @@ class PairDataset:
             if scale.shape != (steps,):
                 raise ValueError(f"input_scale has shape {tuple(scale.shape)}, expected ({steps},)")
             self.input_scale = scale
-            bad = [int(i) for i in self.loop_indices if not torch.isfinite(traj["latents"][i]).all()]
+            bad = [int(i) for i in self.loop_indices if not _finite_at(traj["latents"], int(i))]
             if bad:  # e.g. Euler/Heun's first state, sigma_max * noise, overflows the shards' fp16
                 raise ValueError(f"the stored latents at loop indices {bad} are not finite (fp16 overflow of a large-sigma "
                                  "state?); the output-space loss cannot be computed there")
@@ -117,7 +119,12 @@ class PairDataset:
         return len(self.loop_indices) * self.per_step
 
     def to(self, device) -> "PairDataset":
-        """The same pairs with every tensor on ``device`` (batches are then gathered there: no host copies)."""
+        """The same pairs with every tensor on ``device`` (batches are then gathered there: no host copies).
+
+        Pairs over a store's memory maps (``TrajectoryStore.load(..., lazy=True)``) stay where they are:
+        batches are gathered on the host and :meth:`batch` moves them."""
+        if any(isinstance(v, ShardRows) for v in self.traj.values()):
+            return self
         moved = copy.copy(self)
         moved.traj = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.traj.items()}
         moved.loop_indices = self.loop_indices.to(device)
@@ -145,6 +152,15 @@ class PairDataset:
             out["timestep"] = t["timesteps"][step].to(device, torch.float32)
             out["ctx"] = t["ctx"][j].to(device, dtype)
         return out
+
+
+def _finite_at(latents, i: int, chunk_bytes: int = 1 << 26) -> bool:
+    """Whether every row's latents at step ``i`` are finite; a lazy view is read a chunk of rows at a time."""
+    if not isinstance(latents, ShardRows):
+        return bool(torch.isfinite(latents[i]).all())
+    rows = latents.shape[1]
+    n = max(1, chunk_bytes // max(1, latents.shape[2:].numel() * latents.dtype.itemsize))
+    return all(bool(torch.isfinite(latents[i, torch.arange(s, min(s + n, rows))]).all()) for s in range(0, rows, n))
 
 
 def _teacher_outputs(teacher, r_out_hat: torch.Tensor, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,7 +7,9 @@ UNets whose embedding depends on the timestep alone (SD 1.x/2.x, the embedded te
 for UNets with added conditioning (SDXL's ``text_time``: the pooled prompt and the size ids enter the
 embedding every block sees); ``text`` is SDXL's pooled ``text_embeds`` there, the mean token state elsewhere. Shards are safetensors files written
 atomically, so an interrupted unroll resumes at the first missing shard. One unroll serves every
-adaptor width and every cut listed when it was made.
+adaptor width and every cut listed when it was made. A store too large to hold (45-181 MB per prompt at SD
+shapes) is opened lazily: ``TrajectoryStore.load(..., lazy=True)`` gives views over memory maps of the shards
+(:mod:`clockwork.shards`) that read only the rows a batch gathers.
 
 :func:`forward_noised_shard` builds the same records from *forward-noised training images* instead
 (the classic distillation the paper compares against in Fig. 7).
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 from clockwork.cut import UNetCut
 from clockwork.precision import no_autocast
+from clockwork.shards import ShardRows, entry_bytes, map_tensors, read_header
 
 
 def _time_embedding(unet, sample: torch.Tensor, t) -> torch.Tensor:
@@ -159,16 +162,52 @@ class TrajectoryStore:
             raise FileNotFoundError(f"{self.root}: {len(missing)} shard(s) missing, e.g. {missing[0]}; re-run `trajectories` to resume")
         return paths
 
-    def load(self, cut: int, max_shards: int | None = None, with_latents: bool = False) -> dict[str, torch.Tensor]:
+    def headers(self, cut: int, max_shards: int | None = None) -> list[dict[str, dict]]:
+        """The safetensors header of each shard (read, not loaded): raises before a long run if a shard is
+        missing (FileNotFoundError), truncated or lacks this cut (ValueError), naming the shard."""
+        meta = self.meta
+        if cut not in meta["cuts"]:
+            raise ValueError(f"trajectories at {self.root} hold cuts {meta['cuts']}, not cut={cut}; add it to trajectories.cuts")
+        heads = []
+        for p in self.shards()[:max_shards]:
+            entries, _ = read_header(p)
+            missing = [k for k in (f"r_in.c{cut}", f"r_out.c{cut}", "text", "temb", "timesteps") if k not in entries]
+            if missing:
+                raise ValueError(f"{p}: no {missing}; re-run `trajectories`")
+            heads.append(entries)
+        return heads
+
+    def cut_bytes(self, cut: int, max_shards: int | None = None, with_latents: bool = False) -> int:
+        """Bytes the tensors of ``load(cut, max_shards, with_latents)`` hold in memory, from the shards' headers
+        alone (loading peaks at about twice that: the shards, then their concatenation)."""
+        heads = self.headers(cut, max_shards)
+        total = entry_bytes(heads[0]["timesteps"]) + sum(
+            entry_bytes(h[f"r_in.c{cut}"]) + entry_bytes(h[f"r_out.c{cut}"]) + entry_bytes(h["text"]) for h in heads)
+        per_row = len(heads[0]["temb"]["shape"]) == 3
+        total += sum(entry_bytes(h["temb"]) for h in (heads if per_row else heads[:1]))
+        for h in heads if with_latents else ():  # every r_in row gets its x_t at each step, and a cond flag
+            if "latents" not in h:
+                raise ValueError(f"{self.root}: a shard has no latents; re-run `trajectories`")
+            lat, rows = h["latents"], h[f"r_in.c{cut}"]["shape"][1]
+            total += entry_bytes(lat) // (lat["shape"][0] * lat["shape"][1]) * (lat["shape"][0] - 1) * rows + rows
+        return total
+
+    def load(self, cut: int, max_shards: int | None = None, with_latents: bool = False,
+             lazy: bool = False) -> dict[str, torch.Tensor]:
         """All shards of one cut, concatenated along the batch axis (dim 1 of per-step tensors).
 
         ``with_latents``: also ``latents`` (S, N, C, H, W), the sampler state x_t at every step *before*
         ``scheduler.scale_model_input``, one per r_in row (a shard stores each prompt's x_t once; its
         unconditional and conditional rows share it), and ``cond`` (N,) bool, True for the conditional rows.
+
+        ``lazy``: the per-row tensors (``r_in``, ``r_out``, ``text``, ``latents``, a per-row ``temb``) are
+        :class:`clockwork.shards.ShardRows` views over memory maps of the shards instead, which read only the
+        rows a batch gathers, with the same values bit for bit; the small rest is loaded. For stores too large
+        to hold (see :meth:`cut_bytes`).
         """
-        meta = self.meta
-        if cut not in meta["cuts"]:
-            raise ValueError(f"trajectories at {self.root} hold cuts {meta['cuts']}, not cut={cut}; add it to trajectories.cuts")
+        heads = self.headers(cut, max_shards)
+        if lazy:
+            return self._open(cut, heads, with_latents)
         parts = [load_file(str(p)) for p in self.shards()[:max_shards]]
         out = {
             "r_in": torch.cat([p[f"r_in.c{cut}"] for p in parts], dim=1),
@@ -197,6 +236,35 @@ class TrajectoryStore:
             out["cond"] = torch.cat(cond)
         return out
 
+
+    def _open(self, cut: int, heads: list[dict], with_latents: bool) -> dict:
+        """:meth:`load`'s dict with per-row tensors as :class:`ShardRows` views (``lazy=True``)."""
+        keys = [f"r_in.c{cut}", f"r_out.c{cut}", "text", "temb", "timesteps"] + (["latents"] if with_latents else [])
+        for i, h in enumerate(heads if with_latents else ()):
+            if "latents" not in h:
+                raise ValueError(f"{self.root}: shard {i} has no latents; re-run `trajectories`")
+        maps = [map_tensors(p, keys) for p in self.shards()[:len(heads)]]
+        temb = [m["temb"] for m in maps]
+        out = {
+            "r_in": ShardRows([m[f"r_in.c{cut}"] for m in maps], 1),
+            "r_out": ShardRows([m[f"r_out.c{cut}"] for m in maps], 1),
+            "text": ShardRows([m["text"] for m in maps], 0),
+            "temb": temb[0].clone() if temb[0].dim() == 2 else ShardRows(temb, 1),
+            "timesteps": maps[0]["timesteps"].clone(),
+        }
+        if with_latents:
+            rows, cond = [], []
+            for i, m in enumerate(maps):
+                b, n = m["latents"].shape[1], m[f"r_in.c{cut}"].shape[1]
+                if n not in (b, 2 * b):
+                    raise ValueError(f"{self.root}: shard {i} has {b} latents for {n} rows")
+                local = torch.arange(n) % b  # CFG as one batch: both halves share the prompt's x_t
+                rows.append(torch.stack([torch.full((n,), i), local], 1))
+                cond.append(torch.arange(n) >= b if n == 2 * b else torch.ones(n, dtype=torch.bool))
+            lat = [m["latents"] for m in maps]
+            out["latents"] = ShardRows(lat, 1, torch.cat(rows), steps=lat[0].shape[0] - 1)  # not the final state
+            out["cond"] = torch.cat(cond)
+        return out
 
 def unroll_to_store(
     root: str | os.PathLike,

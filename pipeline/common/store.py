@@ -1,5 +1,6 @@
 """The teacher-trajectory store as the stages use it: unrolling (resumable), checking a store's settings,
-loading one cut with each row's prompt, per-prompt train/held-out splits and each row's text context."""
+loading one cut with each row's prompt (lazily, over memory maps, when it exceeds a memory cap), per-prompt
+train/held-out splits and each row's text context."""
 
 from __future__ import annotations
 
@@ -76,18 +77,24 @@ def _select(traj: dict, mask: torch.Tensor) -> dict:
 
 
 def load_trajectories(root: str | os.PathLike, cut: int, max_prompts: int | None = None,
-                      with_latents: bool = False) -> dict[str, torch.Tensor]:
+                      with_latents: bool = False, memory_cap_gb: float | None = None) -> dict[str, torch.Tensor]:
     """One cut of a trajectory store (both CFG halves of every prompt), optionally its first ``max_prompts`` prompts.
 
     ``with_latents``: also each row's x_t per step and its ``cond`` flag (``TrajectoryStore.load``), what
     :func:`pair_dataset` needs for the output-space loss (``distill.output_weight > 0``).
+
+    ``memory_cap_gb``: if the cut would take more memory than that (GB = 1e9 bytes, from the shards' headers:
+    ``TrajectoryStore.cut_bytes``), its per-row tensors are lazy views over memory maps of the shards
+    (``load(..., lazy=True)``: batches bitwise the same, only the rows gathered are read); None or a store
+    within the cap loads it as always.
     """
     from clockwork.trajectories import TrajectoryStore
 
     store = TrajectoryStore(root)
     meta = store.meta
     shards = None if max_prompts is None else -(-max_prompts // meta["shard_size"])
-    traj = store.load(cut, max_shards=shards, with_latents=with_latents)
+    lazy = memory_cap_gb is not None and store.cut_bytes(cut, shards, with_latents) > memory_cap_gb * 1e9
+    traj = store.load(cut, max_shards=shards, with_latents=with_latents, lazy=lazy)
     if shards is not None:
         meta = {**meta, "num_prompts": min(meta["num_prompts"], shards * meta["shard_size"]),
                 "num_shards": min(meta["num_shards"], shards)}
@@ -127,7 +134,10 @@ def row_contexts(traj: dict, table, prompts: Sequence[str]) -> torch.Tensor:
     where = torch.zeros(len(prompts), dtype=torch.long)
     where[torch.tensor(used, dtype=torch.long)] = torch.arange(1, len(used) + 1)
     ctx = torch.cat([neg, states])[torch.where(cond, where[pid], 0)]
-    text = traj["text"].float()
+    text = traj["text"]
+    if not isinstance(text, torch.Tensor):  # a lazy store's view: (rows, D) is small beside ctx's (rows, L, D)
+        text = text.materialize()
+    text = text.float()
     if (ctx.float().mean(dim=1) - text).norm() > 1e-2 * text.norm() + 1e-6:
         raise ValueError("the prompt embeddings do not match the ones these trajectories were unrolled with "
                          "(wrong prompt list or embedding table)")

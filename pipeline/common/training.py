@@ -18,7 +18,8 @@ def pair_dataset(traj: dict, spec: MethodSpec, scheduler, table=None, prompts: S
     """Teacher-forced (r_in(t), r_out(t+1)) -> r_out(t) pairs at the spec's adaptor steps.
 
     An adaptor that ignores r_out(t+1) may also run at step 0; PairDataset needs a previous step, so the
-    trajectory gets a zero step in front (its r_out is never read by such an adaptor).
+    trajectory gets a zero step in front (its r_out is never read by such an adaptor); a lazy store's views
+    (``TrajectoryStore.load(..., lazy=True)``) get it as an index shift, nothing is loaded.
 
     With ``table`` and ``prompts`` (for the output-space loss; ``traj`` loaded ``with_latents=True``) the pairs
     also carry the teacher's UNet inputs: per-row text contexts (:func:`row_contexts`) and x_t scaled by the
@@ -36,7 +37,7 @@ def pair_dataset(traj: dict, spec: MethodSpec, scheduler, table=None, prompts: S
         traj = {**traj, "ctx": row_contexts(traj, table, prompts)}
         scale = model_input_scales(scheduler, spec.steps)
     if min(loops) == 0:
-        pad = lambda x: torch.cat([torch.zeros_like(x[:1]), x])  # noqa: E731
+        pad = _pad_step
         traj = {**traj, "r_in": pad(traj["r_in"]), "r_out": pad(traj["r_out"]), "temb": pad(traj["temb"]),
                 **({"r_out_used": pad(traj["r_out_used"])} if "r_out_used" in traj else {})}
         for k in ("latents", "timesteps"):  # per-step inputs of the output-space loss, when present
@@ -46,6 +47,13 @@ def pair_dataset(traj: dict, spec: MethodSpec, scheduler, table=None, prompts: S
             scale = torch.cat([torch.ones(1), scale])
         loops = [i + 1 for i in loops]
     return PairDataset(traj, loops, input_scale=scale)
+
+
+def _pad_step(x):
+    """``x`` with a zero step in front."""
+    if isinstance(x, torch.Tensor):
+        return torch.cat([torch.zeros_like(x[:1]), x])
+    return x.pad_step()
 
 
 def distill_adaptor(spec: MethodSpec, unet_config: dict, traj: dict, scheduler, distill_cfg, device: str = "cpu",
