@@ -136,6 +136,7 @@ def main() -> None:
                                  ensure_trajectories, evaluate_method, file_sha, forward_noised_data, load_trajectories,
                                  load_world, log, obj_sha, pick_device, rollout_finetune, sample_grid, save_png, store_matches,
                                  write_json)
+    from pipeline.common.headline import HEADLINE_DIR, ablate_headline, machine
 
     a = p.ablate
     world = load_world(p.world, a.device)
@@ -244,7 +245,9 @@ def main() -> None:
                 v = r["vs_fewer_steps"]["fid"]
                 log(f"levers/{r['variant']}: FID {r['fid']:.2f} @ {r['gflops']:.2f} GFLOPs, vs fewer steps "
                     + (f"{v['delta']:+.2f} ± {v['delta_std']:.2f}" if v["delta"] is not None else v["status"]))
-        write_json("metrics/ablate.json", {"split": a.split, "rows": results})
+        record = machine(world.precision, world.device)
+        write_json("metrics/ablate.json", {"split": a.split, **record, "rows": results})
+        write_json(f"{HEADLINE_DIR}/ablate.json", ablate_headline(results, record))
         save_png(GRID, sample_grid(grids, ec.prompts, GRID_IMAGES))
         run.log_artifact("metrics/ablate.json")
         run.log_artifact(GRID, "samples")

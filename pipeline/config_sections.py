@@ -44,7 +44,7 @@ class EmbeddedWorld(Section):
     data_root: str = "/usr/share/datasets/fashion-mnist"
     teacher: str = "clockwork/assets/teacher"
     scorer: str = "clockwork/assets/scorer"
-    precision: Precision = "auto"  # sampling autocast (clockwork.precision): auto = bf16 on AMX CPUs
+    precision: Precision = "fp32"  # sampling autocast (clockwork.precision): fp32 reproduces on every CPU; auto = bf16 on AMX CPUs
 
 
 class SDWorld(Section):
@@ -59,7 +59,7 @@ class SDWorld(Section):
     clip_model: str = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"
     resolution: PosInt = 512  # square images of this size (SDXL: 1024); a multiple of the UNet's total downsampling
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # the pipeline's weights (float32 on a CPU)
-    precision: Precision = "auto"  # autocast on top of dtype: auto = bf16 on AMX CPUs only
+    precision: Precision = "fp32"  # autocast on top of dtype: auto = bf16 on AMX CPUs only (results then depend on the CPU)
 
 
 World = Annotated[Union[EmbeddedWorld, SDWorld], Field(discriminator="kind")]
@@ -74,8 +74,9 @@ class Prepare(Section):
     val_reference_images: NonNegInt = 0  # its FID reference: other training-split images
     seed: NonNegInt = 0
     # FID Inception: fp32 | bf16 | auto (bf16 on CPUs with AMX, ~2.1x faster, FID within ~0.3%; else fp32).
-    # The reference statistics record it and every method's features follow them.
-    inception_precision: Precision = "auto"
+    # The reference statistics record it and every method's features follow them. fp32 (the default) gives the
+    # same numbers on every CPU; auto makes them depend on whether the CPU has AMX.
+    inception_precision: Precision = "fp32"
     device: Device = "auto"
 
 

@@ -37,6 +37,7 @@ def main() -> None:
                                  num_prompts, obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories,
                                  write_json,
                                  write_text)
+    from pipeline.common.headline import machine
     from pipeline.config import teacher_unet_config
 
     device = pick_device(p.distill.device)
@@ -118,7 +119,7 @@ def main() -> None:
             "clock": spec.clock_repr(), "sampler": spec.sampler, "sampling_steps": spec.steps,
             "train_pairs": len(pair_dataset(train, spec, scheduler)) if spec.needs_training else 0,
             "train_prompts": num_prompts(train), "heldout_prompts": 0 if held is None else num_prompts(held),
-            "seconds": round(seconds, 1), "device": device,
+            "seconds": round(seconds, 1), **machine("fp32", device),  # training runs in float32
         }
         write_json("metrics/distill.json", metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("steps",)})

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params  # noqa: E402
 
 METRICS = "metrics/edit.json"
+HEADLINE = "metrics/headline/edit.json"  # the DVC metric: success and structure per method (pipeline.common.headline)
 GRID = "plots/samples/edit.png"
 
 
@@ -38,6 +39,7 @@ def main() -> None:
     if p.world.kind != "embedded" or e.n_images == 0:
         why = "edit.n_images is 0" if e.n_images == 0 else "the edit measurement runs in the embedded world only"
         write_json(METRICS, {"status": "off", "why": why})
+        write_json(HEADLINE, {"status": "off"})
         save_png(GRID, _blank())
         log(f"edit: off ({why})")
         return
@@ -51,6 +53,7 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.common import ADAPTOR_DIR, Prepared, load_world, pick_device
     from pipeline.common.editing import edit_adaptor, edit_methods, log_row, paired, run_method, summarize, versus_plain
+    from pipeline.common.headline import edit_headline, machine
 
     world = load_world(p.world, e.device)
     prepared = Prepared.load()
@@ -89,9 +92,10 @@ def main() -> None:
                 row["vs_fewer_steps"] = versus_plain(name, gflops, raw, plain)
             rows[name] = row
         reference = summarize(score_edits(ideal, edits, ideal, clip), edits)  # the exact renderings: the ceiling
+        record = machine(world.precision, world.device)
         write_json(METRICS, {"n_edits": len(edits), "attributes": list(e.attributes), "settings": e.model_dump(),
-                             "device": world.device, "precision": world.precision, "exact_target": reference,
-                             "methods": rows})
+                             **record, "exact_target": reference, "methods": rows})
+        write_json(HEADLINE, edit_headline(rows, record))
         if e.grid_images:
             k = e.grid_images
             grid_rows = {"source": held.images_uint8(slice(0, k)), "exact target": ideal[:k], **images}

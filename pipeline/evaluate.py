@@ -9,7 +9,8 @@ status when no plain step count costs the same) - the question Clockwork has to 
 against held-out real images (with bootstrap / subset std), the CLIP score of the world's scorer,
 total GFLOPs per image (CFG batch 2, clockwork.flops), the measured latency of the UNet loop for one
 prompt on this machine, and the adaptor's parameter count. plots/samples/evaluate.png shows the same
-prompts and seeds for every method, the prompt under each image.
+prompts and seeds for every method, the prompt under each image. metrics/headline/evaluate.json (the DVC metric)
+holds the few numbers a terminal shows (pipeline.common.headline) with the resolved precision and the CPU.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.common import (ADAPTOR_DIR, EvalContext, Prepared, evaluate_method, load_world, log, sample_grid,
                                  save_png, vs_fewer_steps, write_json)
+    from pipeline.common.headline import HEADLINE_DIR, evaluate_headline, machine
 
     world = load_world(p.world, p.evaluate.device)
     prepared = Prepared.load()
@@ -91,6 +93,7 @@ def main() -> None:
             if v["delta"] is not None:
                 run.log_metrics({f"{name}.dfid_at_flops": v["delta"], f"{name}.dfid_at_flops_std": v["delta_std"]})
         write_json("metrics/evaluate.json", results)
+        write_json(f"{HEADLINE_DIR}/evaluate.json", evaluate_headline(results, machine(world.precision, world.device)))
         if e.grid_images:
             save_png(GRID, sample_grid(images, ec.prompts, e.grid_images))
             run.log_artifact(GRID, "samples")

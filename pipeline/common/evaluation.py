@@ -171,7 +171,7 @@ def evaluate_method(ec: EvalContext, spec: MethodSpec, adaptor=None, name: str =
         "clip": scores["clip"], "clip_std": scores["clip_std"], "gflops": gflops, "latency_ms": round(latency, 3),
         "adaptor_params": adaptor_params(adaptor) if not spec.is_baseline else 0,
         "steps": d["steps"], "clock": d["clock"], "cut": d["cut"], "adaptor": d["adaptor"], "sampler": d["sampler"],
-        "n_samples": scores["n_samples"], "split": ec.split,
+        "n_samples": scores["n_samples"], "split": ec.split, "precision": w.precision,
         "fid_boot": [round(x, 6) for x in scores["fid_boot"]], "clip_boot": [round(x, 6) for x in scores["clip_boot"]],
     }
     log(f"{name or spec.key()}: FID {metrics['fid']:.2f}±{metrics['fid_std']:.2f} KID {metrics['kid']:.4f} "
