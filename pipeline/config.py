@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python pipeline/config.py`
 
 from pipeline.config_sections import (  # noqa: F401 - the sections are part of this module's interface
     ABLATIONS, ADAPTOR_INPUTS, ADAPTOR_KINDS, DEFAULT_PARAMS, SAMPLERS, SD_PIPELINES, SPLITS, Ablate, Adaptor, Clip,
-    ClockParams, ConfigError, Device, Distill, Edit, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare,
+    ClockParams, ConfigError, Device, Distill, DistillOnline, Edit, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare,
     Report, Sampling, SDWorld, Section, Teacher, Trajectories, World, problems_from,
 )
 from pipeline.config_sweep import SweepParams
@@ -210,6 +210,64 @@ def _edit_problems(p: Params) -> list[tuple[str, str]]:
     return problems
 
 
+def stochastic_sampler(name: str) -> bool:
+    """Whether sampler ``name``'s step draws fresh noise (ancestral, SDE, DDPM, DDIM with eta > 0, Euler with churn):
+    its trajectories are then not a function of the initial noise alone, so an online distillation that resumes by
+    re-unrolling (clockwork.online) would not continue the same run."""
+    from clockwork.schedulers import SAMPLERS as BUILT
+
+    cls, overrides = BUILT[name]
+    return (any(w in cls.__name__ for w in ("Ancestral", "SDE", "DDPM", "LCM"))
+            or "sde" in str(overrides.get("algorithm_type", "")) or bool(overrides.get("eta", 0))
+            or bool(overrides.get("s_churn", 0)))
+
+
+def online_prompts(p: Params) -> int | None:
+    """How many captions ``distill.source: online`` streams, where the params alone tell (embedded world); None for
+    an SD world with ``distill.online.prompts: 0`` (all of world.distill_captions but the store's: the stage counts)."""
+    o = p.distill.online
+    if isinstance(p.world, EmbeddedWorld):
+        return o.prompts or p.prepare.distill_prompts - p.distill.heldout_prompts
+    return o.prompts or None
+
+
+def _online_problems(p: Params) -> list[tuple[str, str]]:
+    """What ``distill.source: online`` cannot do (clockwork.online.distill_online): checked before any work."""
+    d, o = p.distill, p.distill.online
+    if d.source != "online":
+        return []
+    problems = []
+    if isinstance(p.world, EmbeddedWorld):
+        avail = p.prepare.distill_prompts - d.heldout_prompts
+        if o.prompts > avail:
+            problems.append(("distill.online.prompts", f"{o.prompts} > the {avail} prepared distillation prompts that "
+                             f"are not held out (prepare.distill_prompts={p.prepare.distill_prompts} - "
+                             f"distill.heldout_prompts={d.heldout_prompts}); 0 = all of them"))
+    elif p.world.distill_captions is None:
+        problems.append(("world.distill_captions", "distill.source: online streams its training captions from this "
+                         "COCO captions json (annotations/captions_train2017.json); set it"))
+    n = online_prompts(p)
+    if n is not None and o.buffer_prompts > n:
+        problems.append(("distill.online.buffer_prompts", f"{o.buffer_prompts} > the {n} prompts streamed "
+                         "(distill.online.prompts): the buffer would hold a prompt twice"))
+    if o.unroll_batch > o.buffer_prompts:
+        problems.append(("distill.online.unroll_batch", f"{o.unroll_batch} > distill.online.buffer_prompts="
+                         f"{o.buffer_prompts}: one refresh must fit in the buffer"))
+    for key, v in (("distill.output_weight", d.output_weight), ("distill.rollout_steps", d.rollout_steps)):
+        if v:
+            problems.append((key, f"{v}: not supported with distill.source: online (the output-space loss and "
+                             "rollouts train on a trajectory store); use 0, or distill.source: store"))
+    if stochastic_sampler(p.sampling.sampler):
+        problems.append(("sampling.sampler", f"{p.sampling.sampler}'s step draws random noise: distill.source: online "
+                         "resumes by re-unrolling, which would not give the same trajectories; use a deterministic "
+                         "sampler or distill.source: store"))
+    if p.world.precision == "bf16":
+        problems.append(("world.precision", "bf16: distill.source: online unrolls the teacher in the UNet's own dtype, "
+                         "so its pairs would not be the bf16 trajectories the store holds; use fp32 (auto is checked "
+                         "by the stage on its device)"))
+    return problems
+
+
 def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     steps = p.sampling.steps
@@ -251,6 +309,7 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     if p.distill.heldout_prompts >= p.prepare.distill_prompts:
         problems.append(("distill.heldout_prompts", f"{p.distill.heldout_prompts} leaves no training prompts out of "
                          f"prepare.distill_prompts={p.prepare.distill_prompts}"))
+    problems += _online_problems(p)
     problems += _edit_problems(p)
     if p.evaluate.n_samples > p.prepare.eval_prompts:
         problems.append(("evaluate.n_samples", f"{p.evaluate.n_samples} > prepare.eval_prompts={p.prepare.eval_prompts}"))

@@ -130,6 +130,18 @@ class ClockParams(Section):
     adaptor_steps: list[int] | None = None  # explicit 0-based adaptor steps; overrides `period`
 
 
+class DistillOnline(Section):
+    """``distill.source: online``: the teacher unrolls fresh pairs during training (clockwork.online.distill_online)."""
+
+    prompts: NonNegInt = 0  # training captions streamed (0 = all: the prepared distillation prompts but the held-out
+    #                         ones (embedded world), the world.distill_captions captions but the store's (sd world))
+    buffer_prompts: PosInt = 256  # prompts whose pairs the on-device ring buffer holds
+    unroll_batch: PosInt = 16  # prompts per teacher unroll (one refresh of the buffer)
+    refresh_every: PosInt = 8  # adaptor steps between refreshes
+    seed: NonNegInt | None = None  # prompt order and noise of the unrolls; null = distill.seed
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the teacher's step; auto = on CUDA only
+
+
 class Distill(Section):
     steps: PosInt = 1500
     batch_size: PosInt = 16
@@ -144,6 +156,11 @@ class Distill(Section):
     # weight w of the output-space term: loss = MSE(r_out) + w * MSE(UNet output through the teacher's
     # high-res decoder); 0 = r_out MSE only. > 0 loads the teacher and data/prepared in the distill stage.
     output_weight: Annotated[float, Field(ge=0)] = 0.0
+    # store: train on data/trajectories (what `trajectories` unrolled); online: the teacher unrolls as training goes
+    # (distill.online), data/trajectories then only gives the held-out prompts' pairs (heldout_mse)
+    source: Literal["store", "online"] = "store"
+    memory_cap_gb: PosFloat | None = 8.0  # store: a cut larger than this (GB) is memory-mapped, not loaded; null = load
+    online: DistillOnline = DistillOnline()
     device: Device = "auto"
 
 
