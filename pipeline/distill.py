@@ -10,6 +10,12 @@ is plots/distill_loss.csv (a DVC plot) and an MLflow metric.
 `distill.output_weight` > 0 adds the output-space term (clockwork.distill): the stage then also loads the
 teacher on the training device, the trajectories' latents and data/prepared's embedding table (each
 row's text context).
+
+`distill.source: online` (the paper's regime: 50 000 captions, trajectories regenerated every epoch) trains
+without a trajectory store: the teacher, on the training device, unrolls the captions of
+pipeline/common/prompts.py as training goes (clockwork.online.distill_online, `distill.online`), into a
+bounded on-device buffer. data/trajectories then only serves the held-out prompts' pairs (`heldout_mse`): a
+small validation store. Checkpoints resume by re-unrolling the buffer.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ def main() -> None:
 
     from clockwork.distill import evaluate_mse
     from pipeline import tracking
-    from pipeline.common import (ADAPTOR_DIR, TRAJECTORIES_DIR, MethodSpec, adaptor_params, atomic_dir,
-                                 build_adaptor_for, code_sha, distill_adaptor, distill_config, log, make_sampler,
+    from pipeline.common import (ADAPTOR_DIR, TRAJECTORIES_DIR, MethodSpec, Prepared, adaptor_params, atomic_dir,
+                                 build_adaptor_for, code_sha, distill_adaptor, distill_config, load_world, log, make_sampler,
                                  num_prompts, obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories,
                                  write_json,
                                  write_text)
@@ -49,8 +55,6 @@ def main() -> None:
     output_term = p.distill.output_weight > 0
     world = prepared = None
     if output_term:  # the teacher's high-res part is part of the loss
-        from pipeline.common import Prepared, load_world
-
         world = load_world(p.world, device)
         prepared = Prepared.load()
         sched_cfg = world.scheduler_config
@@ -59,19 +63,29 @@ def main() -> None:
 
         sched_cfg = scheduler_config_of(p.world)
     scheduler = make_sampler(spec.sampler, sched_cfg)
+    online = p.distill.source == "online" and spec.needs_training
+    if online:  # problems only the stage can see (the device, the caption file), before any work
+        from pipeline.common.training import check_online
+
+        prepared = Prepared.load()
+        captions = check_online(p.world, p.distill, device, prepared)
     meta = json.loads((Path(TRAJECTORIES_DIR) / "meta.json").read_text())
     if (meta.get("sampler_name"), meta["steps"], meta["guidance"]) != (spec.sampler, spec.steps, spec.guidance):
         raise SystemExit(f"{TRAJECTORIES_DIR} was unrolled with {meta.get('sampler_name')}/{meta['steps']} steps/"
                          f"guidance {meta['guidance']}, not {spec.sampler}/{spec.steps}/{spec.guidance}; dvc repro trajectories")
     if output_term and "prompts_sha" in meta and meta["prompts_sha"] != obj_sha(prepared.distill_prompts):
         raise SystemExit(f"{TRAJECTORIES_DIR} was unrolled for other prompts than data/prepared's; dvc repro trajectories")
-    traj = load_trajectories(TRAJECTORIES_DIR, spec.cut, with_latents=output_term)
+    traj = load_trajectories(TRAJECTORIES_DIR, spec.cut, with_latents=output_term, memory_cap_gb=p.distill.memory_cap_gb)
     train, held = split_trajectories(traj, p.distill.heldout_prompts)
     cfg = distill_config(p.distill)
 
     # Checkpoints made with other settings or data must not be resumed.
-    stamp = obj_sha([spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, code_sha("pipeline/distill.py", "pipeline/common",
-                                                               "clockwork/distill.py", "clockwork/adaptors.py")])
+    stamp_of = [spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, code_sha("pipeline/distill.py", "pipeline/common",
+                                                                  "clockwork/distill.py", "clockwork/adaptors.py")]
+    if online:  # the store's own stamp stays what it was
+        stamp_of += [p.distill.online.model_dump(), p.world.model_dump(),
+                     code_sha("clockwork/online.py", "clockwork/trajectories.py", "clockwork/cut.py")]
+    stamp = obj_sha(stamp_of)
     stamp_file = CKPT_DIR / "stamp.txt"
     if CKPT_DIR.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
         shutil.rmtree(CKPT_DIR)
@@ -80,11 +94,19 @@ def main() -> None:
 
     t0 = time.perf_counter()
     with tracking.stage_run("distill", p.flat()) as run:
-        teacher_kw = dict(teacher_unet=world.unet, table=prepared.table, prompts=prepared.distill_prompts) \
-            if output_term else {}
-        adaptor, history = distill_adaptor(spec, unet_config, train, scheduler, cfg, device, CKPT_DIR / "latest",
-                                           on_log=lambda step, loss: run.log_metrics({"loss": loss}, step=step),
-                                           **teacher_kw)
+        on_log = lambda step, loss: run.log_metrics({"loss": loss}, step=step)  # noqa: E731
+        stream = None
+        if online:  # the teacher unrolls as training goes (config.py rules out output_weight / rollout_steps here)
+            from pipeline.common.training import distill_adaptor_online
+
+            world = load_world(p.world, device)
+            adaptor, history, stream = distill_adaptor_online(spec, unet_config, world, prepared, captions, scheduler,
+                                                              cfg, p.distill, device, CKPT_DIR / "latest", on_log=on_log)
+        else:
+            teacher_kw = dict(teacher_unet=world.unet, table=prepared.table, prompts=prepared.distill_prompts) \
+                if output_term else {}
+            adaptor, history = distill_adaptor(spec, unet_config, train, scheduler, cfg, device, CKPT_DIR / "latest",
+                                               on_log=on_log, **teacher_kw)
         if p.distill.rollout_steps and spec.needs_training:  # + one round on Clockwork's own rollouts (DAgger)
             from pipeline.common import Prepared, load_world, rollout_finetune
 
@@ -121,6 +143,8 @@ def main() -> None:
             "train_prompts": num_prompts(train), "heldout_prompts": 0 if held is None else num_prompts(held),
             "seconds": round(seconds, 1), **machine("fp32", device),  # training runs in float32
         }
+        if stream is not None:  # the online regime: what the teacher streamed (train_* count the stream, not the store)
+            metrics.update(stream)
         write_json("metrics/distill.json", metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k not in ("steps",)})
         run.log_artifact("plots/distill_loss.csv")

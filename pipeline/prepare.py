@@ -86,57 +86,6 @@ def _embedded(p, out: Path, device: str, reference: bool = True) -> dict:
     }
 
 
-def _coco_captions(path: str) -> list[tuple[str, str]]:
-    """(image file name, first caption) per image of a COCO captions json, in image-id order."""
-    import json
-
-    d = json.loads(Path(path).read_text())
-    names = {im["id"]: im["file_name"] for im in d["images"]}
-    first: dict[int, str] = {}
-    for a in sorted(d["annotations"], key=lambda a: a["id"]):
-        first.setdefault(a["image_id"], a["caption"].strip())
-    return [(names[i], first[i]) for i in sorted(first) if i in names]
-
-
-class PipelineText:
-    """Prompts -> (token states, pooled) with an SD-family pipeline's own ``encode_prompt`` (SD: the CLIP text
-    encoder's last states, pooled = their mean, unused; SDXL: both encoders' penultimate states concatenated,
-    pooled = text_encoder_2's projection, the UNet's ``text_embeds``). The empty prompt gets what the pipeline
-    uses as the negative prompt (SDXL with ``force_zeros_for_empty_prompt``: zeros)."""
-
-    def __init__(self, pipe, device: str):
-        self.pipe, self.device = pipe, device
-        self.is_xl = type(pipe).__name__ == "StableDiffusionXLPipeline"
-
-    def _encode(self, prompts: list[str], negative: bool = False):
-        import torch
-
-        with torch.no_grad():
-            out = self.pipe.encode_prompt(prompt=prompts, device=self.device, num_images_per_prompt=1,
-                                          do_classifier_free_guidance=negative)
-        if self.is_xl:  # (embeds, negative, pooled, negative pooled)
-            states, pooled = (out[1], out[3]) if negative else (out[0], out[2])
-        else:  # (embeds, negative)
-            states = out[1] if negative else out[0]
-            pooled = states.mean(1)
-        return states.float().cpu(), pooled.float().cpu()
-
-    def __call__(self, prompts: list[str], batch_size: int = 64):
-        import torch
-
-        states, pooled = [], []
-        for i in range(0, len(prompts), batch_size):
-            s, q = self._encode(prompts[i:i + batch_size])
-            states.append(s)
-            pooled.append(q)
-        states, pooled = torch.cat(states), torch.cat(pooled)
-        empty = [i for i, x in enumerate(prompts) if x == ""]
-        if empty:
-            s, q = self._encode(["-"], negative=True)  # negative_prompt=None: the pipeline's own unconditional input
-            states[empty], pooled[empty] = s, q
-        return states, pooled
-
-
 def _sd(p, out: Path, device: str) -> dict:
     """COCO-format captions (first caption per image), the pipeline's own text encoder(s), reference images resized
     and centre-cropped to world.resolution."""
@@ -149,15 +98,16 @@ def _sd(p, out: Path, device: str) -> dict:
     from clockwork.metrics import ReferenceStats, inception_features
     from clockwork.precision import resolve_precision
     from pipeline.common import World, log
+    from pipeline.common.prompts import PipelineText, coco_captions
 
     w = p.world
-    pairs = _coco_captions(w.captions)
+    pairs = coco_captions(w.captions)
     g = torch.Generator().manual_seed(p.prepare.seed)
     perm = torch.randperm(len(pairs), generator=g).tolist()
     n_eval, n_ref, n_dist = p.prepare.eval_prompts, p.prepare.reference_images, p.prepare.distill_prompts
     eval_pairs = [pairs[i] for i in perm[:n_eval]]
     ref_pairs = [pairs[i] for i in perm[:n_ref]]  # COCO protocol: the evaluated captions' own images (and more)
-    dist_src = _coco_captions(w.distill_captions) if w.distill_captions else [pairs[i] for i in perm[n_eval:]]
+    dist_src = coco_captions(w.distill_captions) if w.distill_captions else [pairs[i] for i in perm[n_eval:]]
     dperm = torch.randperm(len(dist_src), generator=g).tolist()[:n_dist]
     distill_prompts = [dist_src[i][1] for i in dperm]
 

@@ -4,6 +4,7 @@ rollouts, the distillation config from params, and forward-noised training data 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 
@@ -83,6 +84,92 @@ def distill_adaptor(spec: MethodSpec, unet_config: dict, traj: dict, scheduler, 
     history = distill(adaptor, data, distill_cfg, device=device, checkpoint_dir=checkpoint_dir, on_log=on_log,
                       progress=progress, teacher=teacher)
     return adaptor.to("cpu").eval(), history
+
+
+def check_online(world_params, section, device: str, prepared) -> list[str] | None:
+    """What ``distill.source: online`` needs that only the stage sees, before any work: the sampling precision on
+    this device, and (SD world) the captions it streams. Returns those captions (None: the embedded world's prompts
+    are data/prepared's). A problem prints ``params.yaml: key: message`` and exits with code 2, as
+    pipeline/config.py does."""
+    import sys
+
+    from clockwork.precision import resolve_precision
+    from pipeline.common.prompts import sd_online_captions
+
+    problems, captions = [], None
+    if resolve_precision(world_params.precision, device) == "bf16":
+        problems.append(("world.precision", f"{world_params.precision} is bf16 on {device}: distill.source: online "
+                         "unrolls the teacher in the UNet's own dtype, not the bf16 trajectories the store holds; use fp32"))
+    o = section.online
+    if world_params.kind == "sd":
+        try:
+            captions = sd_online_captions(world_params.distill_captions, prepared.distill_prompts, o.prompts)
+        except ValueError as e:
+            problems.append(("distill.online.prompts", str(e)))
+        else:
+            if o.buffer_prompts > len(captions):
+                problems.append(("distill.online.buffer_prompts", f"{o.buffer_prompts} > the {len(captions)} captions "
+                                 "streamed: the buffer would hold a prompt twice"))
+    if problems:
+        from pipeline.config import ConfigError, params_path
+
+        print(f"error: invalid parameters, stage 'distill' not run\n{ConfigError(problems, params_path().name)}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return captions
+
+
+def online_config(section, device: str):
+    """A :class:`clockwork.online.OnlineConfig` from the params' ``distill`` section (``distill.online``)."""
+    from clockwork.online import OnlineConfig
+
+    o = section.online
+    return OnlineConfig(buffer_prompts=o.buffer_prompts, unroll_batch=o.unroll_batch, refresh_every=o.refresh_every,
+                        seed=o.seed if o.seed is not None else section.seed,
+                        compile=str(device).startswith("cuda") if o.compile == "auto" else o.compile)
+
+
+def online_source(world: World, prepared, section, captions: Sequence[str] | None = None):
+    """(prompt source, negative prompt) of ``distill.source: online``: the embedded world's prepared distillation
+    prompts but the held-out ones, or an SD world's ``captions`` (:func:`check_online`) encoded per batch."""
+    from pipeline.common.prompts import (EncodedPrompts, PipelineText, TablePrompts, embedded_online_prompts,
+                                         negative_prompt)
+
+    if world.kind == "embedded":
+        source = TablePrompts(prepared.table, embedded_online_prompts(prepared.distill_prompts, section.heldout_prompts,
+                                                                      section.online.prompts), world.added_cond)
+    else:
+        if captions is None:
+            raise ValueError("an SD world streams captions: pass check_online's")
+        source = EncodedPrompts(captions, PipelineText(world.sd_pipe, world.device), world.added_cond)
+    return source, negative_prompt(prepared.table, world.added_cond)
+
+
+def distill_adaptor_online(spec: MethodSpec, unet_config: dict, world: World, prepared, captions, scheduler, distill_cfg,
+                           section, device: str = "cpu", checkpoint_dir: str | os.PathLike | None = None, on_log=None,
+                           progress: bool = True):
+    """Build the adaptor ``spec`` describes and distill it online (:func:`clockwork.online.distill_online`): the
+    world's teacher unrolls the prompts of :func:`online_source` as training goes. Returns (adaptor, history,
+    what the stream did: {source, prompts_streamed, epochs, buffer_prompts, buffer_gb, train_prompts, train_pairs})."""
+    from clockwork.online import OnlineUnroller, distill_online
+
+    ocfg = online_config(section, device)
+    source, negative = online_source(world, prepared, section, captions)
+    loops = adaptor_loop_indices(scheduler, spec.steps, spec.clock_obj(), spec.uses_r_out_prev)
+    kw = dict(cut=spec.cut, loop_indices=loops, steps=spec.steps, guidance=spec.guidance, latent_size=world.latent_size)
+    # validates everything before the first teacher pass, and sizes the buffer
+    shapes = OnlineUnroller(world.unet, scheduler, source, negative, online=dataclasses.replace(ocfg, compile=False),
+                            **kw).record_shapes()
+    per_row = sum(math.prod(shapes[k]) for k in ("r_in", "r_out", "r_out", "temb")) * len(loops) + math.prod(shapes["text"])
+    buffer_gb = ocfg.buffer_prompts * 2 * per_row * world.unet.dtype.itemsize / 1e9
+    adaptor = build_adaptor_for(spec, unet_config)
+    history = distill_online(adaptor, world.unet, scheduler, source, negative, cfg=distill_cfg, online=ocfg,
+                             device=device, checkpoint_dir=checkpoint_dir, on_log=on_log, progress=progress, **kw)
+    streamed = ocfg.refreshes_at(distill_cfg.steps - 1) * ocfg.unroll_batch  # refreshes done before the last step
+    stream = {"source": "online", "prompts_streamed": streamed, "epochs": round(streamed / len(source), 4),
+              "buffer_prompts": ocfg.buffer_prompts, "buffer_gb": round(buffer_gb, 3), "train_prompts": len(source),
+              "train_pairs": streamed * 2 * len(loops)}
+    return adaptor.to("cpu").eval(), history, stream
 
 
 def rollout_finetune(spec: MethodSpec, adaptor, world: World, table, prompts: Sequence[str], teacher_traj: dict,
