@@ -139,7 +139,7 @@ class DistillOnline(Section):
     unroll_batch: PosInt = 16  # prompts per teacher unroll (one refresh of the buffer)
     refresh_every: PosInt = 8  # adaptor steps between refreshes
     seed: NonNegInt | None = None  # prompt order and noise of the unrolls; null = distill.seed
-    compile: bool | Literal["auto"] = "auto"  # torch.compile the teacher's step; auto = on CUDA only
+    compile: Literal[True, False, "auto"] = "auto"  # torch.compile the teacher's step; auto = on CUDA only
 
 
 class Distill(Section):
