@@ -206,3 +206,29 @@ def test_online_stage_exits_2_before_any_work(tmp_path: Path) -> None:
                          env=dict(ENV, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "params.yaml: distill.online.buffer_prompts:" in res.stderr, res.stderr
     assert sorted(q.name for q in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_sd_online_captions_leave_out_the_stores(tmp_path: Path) -> None:
+    from pipeline.common.prompts import sd_online_captions
+
+    images = [{"id": i, "file_name": f"{i}.jpg"} for i in range(6)]
+    anns = [{"id": 10 + i, "image_id": i, "caption": f" cap {i} "} for i in range(6)] + \
+        [{"id": 30, "image_id": 0, "caption": "second caption of image 0"}]
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns}))
+    assert sd_online_captions(str(path), ["cap 1", "cap 4"]) == ["cap 0", "cap 2", "cap 3", "cap 5"]
+    assert sd_online_captions(str(path), ["cap 1"], 2) == ["cap 0", "cap 2"]
+    with pytest.raises(ValueError, match="distill.online.prompts=6 > the 5 captions"):
+        sd_online_captions(str(path), ["cap 1"], 6)
+
+
+def test_sd_configs_distil_online_at_the_papers_scale(tmp_path: Path) -> None:
+    from test_config import config_only_pipeline
+
+    for name in ("sd15", "sdxl"):
+        raw = read_yaml(REPO / "configs" / f"{name}.yaml")
+        raw["world"]["model"] = str(config_only_pipeline(tmp_path / name, name))
+        d = validate(raw, root=REPO).distill
+        assert d.source == "online" and d.online.prompts == 50_000 and d.lr == 1e-4 and d.batch_size == 16
+        raw["world"]["distill_captions"] = None
+        assert "world.distill_captions" in _problems(raw)

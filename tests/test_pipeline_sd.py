@@ -78,7 +78,8 @@ def tiny_params(config: str, world: dict) -> dict:
     p["prepare"].update(distill_prompts=8, eval_prompts=4, reference_images=6)
     p["trajectories"].update(cuts=[1, 2], shard_size=4)
     p["adaptor"].update(width=8)
-    p["distill"].update(steps=3, batch_size=2, checkpoint_every=3, log_every=1, heldout_prompts=2)
+    # the configs distil online from world.distill_captions (tests/test_distill_online_stage.py); these worlds from the store
+    p["distill"].update(steps=3, batch_size=2, checkpoint_every=3, log_every=1, heldout_prompts=2, source="store")
     p["evaluate"].update(n_samples=4, batch_size=4, fid_bootstrap=2, kid_subsets=2, kid_subset_size=4, latency_runs=1,
                          grid_images=2)
     p["ablate"].update(n_samples=2, distill_prompts=4, distill_steps=2, batch_size=2, latency_runs=1, fid_bootstrap=2,
