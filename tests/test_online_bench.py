@@ -121,6 +121,9 @@ def test_synthetic_prompts_are_per_index_and_config_is_read():
         conf = mod.read_config(kind)
         assert conf["adaptor"]["kind"] == "resnet" and int(conf["adaptor"]["width"]) == 512
         assert conf["adaptor"]["inputs"] == ["r_in", "r_out_prev", "time", "text"]
+    text = "distill:\n  steps: 20000   # c\n  online:\n    refresh_every: 4\n    buffer_prompts: 512\n  lr: 1.0e-4\nclock:\n  period: 2\n"
+    assert mod.parse_config(text) == {"distill": {"steps": 20000, "online": {"refresh_every": 4, "buffer_prompts": 512},
+                                                  "lr": "1.0e-4"}, "clock": {"period": 2}}
 
 
 def test_budget_skips_sections(tmp_path):
