@@ -25,9 +25,15 @@ Writes ``online_bench.json`` (every number, device, torch version, commit, comma
 section, so a killed run keeps what it measured) and ``online_bench.md`` to ``--out``; progress lines carry
 timestamps. Imports only torch, diffusers and clockwork.
 
-GPU (torch there, diffusers carried as wheels: ``/work/shared/tools/gpu-carry base`` prints the prefix line)::
+GPU (torch there; diffusers travels as wheels: ``../shared/tools/gpu-carry base`` fills ``.whl/`` and prints the
+prefix; carry ``.whl``; the machine's copy has no .git, so pass the commit)::
 
-    <gpu-carry prefix> python3 scripts/gpu/online_bench.py --kind sd15 sdxl --budget-s 540 --out $OUT
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$HOME/.site" \
+        .whl/*.whl && export PYTHONPATH="$HOME/.site" || exit; \
+    python3 scripts/gpu/online_bench.py --kind sd15 sdxl --budget-s 540 --commit <git rev-parse HEAD> --out $OUT
+
+The budget is shared 3 : 4 between SD 1.5 and SDXL (what one kind leaves goes to the next); a compile section starts
+only with ``--compile-reserve-s`` left in its kind's share. ``--skip stored_unroll rss`` (etc.) drops sections.
 
 CPU smoke (tiny UNets of tests/conftest.py's shapes, float32, no compile; seconds)::
 
@@ -608,6 +614,8 @@ def main(argv=None) -> int:
                     help="sections that would start later than this (s from the start) are skipped; shared between "
                          "kinds (SD 1.5 : SDXL = 3 : 4, time one kind leaves goes to the next)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile sections")
+    ap.add_argument("--compile-reserve-s", type=float, default=90.0,
+                    help="start a compile section only with this much of its kind's budget share left")
     ap.add_argument("--batch", type=int, default=None, help="prompts per loop / unroll (default 16; --tiny 4)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--guidance", type=float, default=2.0)
@@ -681,7 +689,7 @@ def main(argv=None) -> int:
             if needs_compile and args.no_compile:
                 r[name] = {"skipped": "--no-compile" + (" (--tiny)" if tiny else "")}
                 continue
-            if time.time() > deadline:
+            if time.time() > deadline - (args.compile_reserve_s if needs_compile else 0.0):
                 r[name] = {"skipped": f"budget ({kind} deadline at +{deadline - T0:.0f}s)"}
                 log(f"{kind} {name}: skipped (budget)")
                 write(report, args.out)
