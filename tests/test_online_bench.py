@@ -91,7 +91,7 @@ def test_tiny_run_has_every_section(tiny_run):
         rss = r["rss"]
         assert set(rss["runs"]) == {"1000", "50000"}
         for n, run in rss["runs"].items():
-            assert run["prompts"] == int(n)
+            assert run["prompts"] == int(n) and run["refreshes"] == 2  # the fill, then one refresh
             for key in ("vmrss_mib", "vmhwm_mib"):
                 _positive(run["host_before"], key, f"{kind}.rss.{n}")
                 _positive(run["host_after"], key, f"{kind}.rss.{n}")

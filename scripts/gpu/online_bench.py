@@ -486,7 +486,8 @@ def rss_bounded(w, args) -> dict:
     """Host RSS after a brief eager ``distill_online`` with N = 1 000 and N = 50 000 streamed prompts."""
     res = {"ran": "eager", "runs": {}}
     for n in args.rss_prompts:
-        r = run_distill(w, args, n, w.refresh_every * args.rss_refreshes, args.batch, False)
+        # one refresh fills the buffer; step k * refresh_every (< steps) starts refresh k after it
+        r = run_distill(w, args, n, w.refresh_every * args.rss_refreshes + 1, args.batch, False)
         res["runs"][str(n)] = {k: r[k] for k in ("prompts", "adaptor_steps", "refreshes", "wall_s", "host_before",
                                                  "host_after")}
         log(f"  N={n}: host {r['host_after']}")
