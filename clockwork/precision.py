@@ -11,13 +11,19 @@ move. ``"fp32"`` and ``"bf16"`` force one or the other::
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (bf16 matrix units), as PyTorch sees it."""
+    """Whether this CPU has AMX tiles (bf16 matrix units) that oneDNN may use: False where ``ONEDNN_MAX_CPU_ISA``
+    caps it below AMX (e.g. ``AVX2``, the pin of the project's pipeline for bitwise-reproducible float32)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap not in ("ALL", "DEFAULT") and "AMX" not in cap:
+        return False
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 

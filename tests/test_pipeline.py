@@ -27,10 +27,11 @@ pytestmark = pytest.mark.slow
 
 EVALUATE_METHODS = ("baseline", "clockwork", "clockwork_identity", "baseline_6steps", "baseline_4steps")
 EVALUATE_KEYS = {"fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "steps",
-                 "clock", "cut", "adaptor", "sampler", "n_samples", "split", "fid_boot", "clip_boot", "vs_fewer_steps"}
+                 "clock", "cut", "adaptor", "sampler", "n_samples", "split", "fid_boot", "clip_boot", "vs_fewer_steps",
+                 "precision"}
 ABLATE_KEYS = {"ablation", "variant", "sampler", "steps", "clock", "cut", "adaptor", "inputs", "training", "fid", "fid_std",
                "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "n_samples", "guidance",
-               "train", "split", "fid_boot", "clip_boot", "vs_fewer_steps", "width", "depth"}
+               "train", "split", "fid_boot", "clip_boot", "vs_fewer_steps", "width", "depth", "precision"}
 ABLATIONS = {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers", "front"}
 GENERATED = ("dvc.lock", "metrics", "plots", "models", "data", "reports/analysis", "mlflow.db", "mlruns", "mlartifacts")
 

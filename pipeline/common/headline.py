@@ -35,10 +35,14 @@ def cpu_name() -> str:
 
 
 def machine(precision: str, device: str) -> dict[str, str]:
-    """The record every metrics file carries: the *resolved* precision (fp32 | bf16), the device and the CPU."""
+    """The record every metrics file carries: the *resolved* precision (fp32 | bf16), the device, the CPU and the
+    CPU kernels' instruction set (``AVX2`` under the pipeline's pin, see pipeline/__init__.py)."""
+    import torch
+
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"record the resolved precision (fp32 or bf16), not {precision!r}")
-    return {"precision": precision, "device": str(device), "cpu": cpu_name()}
+    return {"precision": precision, "device": str(device), "cpu": cpu_name(),
+            "isa": torch.backends.cpu.get_cpu_capability()}
 
 
 def _r(x: Any, nd: int) -> Any:
