@@ -31,7 +31,7 @@ EVALUATE_KEYS = {"fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops
                  "precision"}
 ABLATE_KEYS = {"ablation", "variant", "sampler", "steps", "clock", "cut", "adaptor", "inputs", "training", "fid", "fid_std",
                "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms", "adaptor_params", "n_samples", "guidance",
-               "train", "split", "fid_boot", "clip_boot", "vs_fewer_steps", "width", "depth", "precision"}
+               "train", "split", "fid_boot", "clip_boot", "vs_fewer_steps", "width", "depth"}
 ABLATIONS = {"adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers", "front"}
 GENERATED = ("dvc.lock", "metrics", "plots", "models", "data", "reports/analysis", "mlflow.db", "mlruns", "mlartifacts")
 
