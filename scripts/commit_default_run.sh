@@ -11,7 +11,7 @@ for f in evaluate ablate distill edit; do cp "$run/metrics/$f.json" "$dst/$f.jso
 for f in evaluate ablate edit; do cp "$run/metrics/headline/$f.json" "$dst/headline/$f.json"; done
 cp "$run/plots/distill_loss.csv" "$dst/distill_loss.csv"
 mkdir -p "$dst/samples"
-cp "$run"/plots/samples/*.png "$dst/samples/"
+cp "$run/plots/samples/evaluate.png" "$run/plots/samples/edit.png" "$dst/samples/"  # ablate.png stays out (tree size)
 cp "$run/params.yaml" "$dst/params.yaml"
 cp "$run/dvc.lock" "$dst/dvc.lock"
 cp "$run/dvc.lock" dvc.lock
