@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,17 +31,18 @@ from pipeline.config import load_params  # noqa: E402
 
 def compare(store: dict, online: dict) -> dict:
     """The acceptance numbers of two scored Clockwork rows (metrics/evaluate.json rows with vs_fewer_steps)."""
+    from clockwork.pareto import beats_fewer_steps
+
     d = online["fid"] - store["fid"]
     paired = [o - s for o, s in zip(online["fid_boot"], store["fid_boot"])]
-    n = len(paired)
-    paired_std = math.sqrt(sum((x - sum(paired) / n) ** 2 for x in paired) / (n - 1)) if n > 1 else float("nan")
+    paired_std = statistics.stdev(paired) if len(paired) > 1 else float("nan")
     unpaired_std = math.hypot(online["fid_std"], store["fid_std"])
     row = {}
     for name, m in (("store", store), ("online", online)):
         v = m["vs_fewer_steps"]["fid"]
         row[name] = {"fid": m["fid"], "fid_std": m["fid_std"], "clip": m["clip"], "gflops": m["gflops"],
                      "dfid_at_flops": v["delta"], "dfid_std": v["delta_std"],
-                     "beats_fewer_steps": v["delta"] is not None and v["delta"] >= 1.0 and v["delta"] >= 2 * v["delta_std"]}
+                     "beats_fewer_steps": beats_fewer_steps(v) is True}  # None (outside the front): no
     return {**row, "fid_online_minus_store": d, "paired_std": paired_std, "unpaired_std": unpaired_std,
             "within_2sigma": abs(d) <= 2 * unpaired_std}
 
