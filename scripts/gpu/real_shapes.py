@@ -101,7 +101,7 @@ def build(kind: str, work: Path) -> None:
           f"params, {sum(f.stat().st_size for f in (work / kind / 'model').rglob('*') if f.is_file()) / 2**30:.2f} GiB")
 
 
-def run(kind: str, work: Path, out: Path, distill_steps: int) -> None:
+def run(kind: str, work: Path, out: Path, distill_steps: int, compile: bool = False) -> None:
     import yaml
 
     out = out / kind
@@ -109,10 +109,13 @@ def run(kind: str, work: Path, out: Path, distill_steps: int) -> None:
     run_dir = work / kind / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     p = yaml.safe_load((SRC / "configs" / ("sdxl.yaml" if kind == "sdxl" else "sd15.yaml")).read_text())
-    p["world"].update(model=str(work / kind / "model"), captions=str(work / "captions.json"), distill_captions=None,
+    p["world"].update(model=str(work / kind / "model"), captions=str(work / "captions.json"),
+                      distill_captions=str(work / "captions.json"),
                       reference_images=str(work / "ref"), clip_model=str(work / "clip"))
     p["prepare"].update(distill_prompts=12, eval_prompts=8, reference_images=16)
     p["distill"].update(steps=distill_steps, heldout_prompts=2, checkpoint_every=distill_steps, log_every=50)
+    if p["distill"].get("source") == "online":  # the 10 streamed prompts: a buffer of 8, 4 per unroll, eager teacher
+        p["distill"]["online"].update(prompts=0, buffer_prompts=8, unroll_batch=4, refresh_every=4, compile=compile)
     p["evaluate"].update(n_samples=8, batch_size=8, fid_bootstrap=2, kid_subsets=2, kid_subset_size=8, latency_runs=3,
                          grid_images=4)
     p["trajectories"]["shard_size"] = 4
@@ -163,9 +166,11 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("out"))
     ap.add_argument("--distill-steps", type=int, default=300)
+    ap.add_argument("--compile", action="store_true", help="distill.online.compile on (default off: the stage record "
+                    "then holds no compile time)")
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)
-    build(a.kind, a.workdir) if a.action == "build" else run(a.kind, a.workdir, a.out, a.distill_steps)
+    build(a.kind, a.workdir) if a.action == "build" else run(a.kind, a.workdir, a.out, a.distill_steps, a.compile)
 
 
 if __name__ == "__main__":
