@@ -85,9 +85,15 @@ def all_prompt_strings() -> list[str]:
     return [content_text(c, t) for c in range(NUM_CONTENTS) for t in range(len(TEMPLATES))]
 
 
-def fashion_root(root: str | os.PathLike | None = None) -> Path:
+SPLIT_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+               "heldout": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def fashion_root(root: str | os.PathLike | None = None, splits: tuple[str, ...] = ("train", "heldout")) -> Path:
+    """The Fashion-MNIST folder, checked to hold the files of ``splits`` (a machine that only evaluates needs only
+    the held-out pair)."""
     path = Path(root or os.environ.get("CLOCKWORK_FASHION_MNIST") or DEFAULT_ROOT)
-    needed = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    needed = [name for split in splits for name in SPLIT_FILES[split]]
     missing = [n for n in needed if not (path / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{INSTALL_HINT} Looked in {path}; missing: {', '.join(missing)}.")
@@ -112,12 +118,12 @@ def load_split(split: str, root: str | os.PathLike | None = None) -> tuple[np.nd
     """Gray images (N, 28, 28) uint8 and labels (N,) of ``split`` in {"train", "heldout"}."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    base = fashion_root(root)
-    prefix = "train" if split == "train" else "t10k"
-    images = _read_idx(base / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _read_idx(base / f"{prefix}-labels-idx1-ubyte.gz")
+    base = fashion_root(root, (split,))
+    image_file, label_file = SPLIT_FILES[split]
+    images = _read_idx(base / image_file)
+    labels = _read_idx(base / label_file)
     if len(images) != len(labels):
-        raise ValueError(f"{base}: {len(images)} images but {len(labels)} labels in {prefix}")
+        raise ValueError(f"{base}: {len(images)} images but {len(labels)} labels in {image_file}")
     return images, labels
 
 
