@@ -150,13 +150,26 @@ class OnlineUnroller:
     empty = a ``clock`` that never runs the adaptor), ``online`` against the source, and the negative prompt, all
     before any teacher pass. ``negative`` is the negative prompt's embeds (1, L, D) or ``(embeds, added)``.
     The scheduler is copied (the caller's is not stepped).
+
+    ``shard=(rank, workers)``: this worker unrolls prompts ``rank, rank + workers, ...`` of every refresh (with their
+    rows of the refresh's noise) into a buffer of ``buffer_prompts / workers`` slots; the workers' buffers together
+    hold exactly the single worker's pairs. ``unroll_batch`` and ``buffer_prompts`` must divide by ``workers``.
     """
 
     def __init__(self, unet, scheduler, source: PromptSource, negative, *, cut: int, loop_indices: Sequence[int],
-                 steps: int, guidance: float, online: OnlineConfig, latent_size: int | None = None):
+                 steps: int, guidance: float, online: OnlineConfig, latent_size: int | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         if not isinstance(source, PromptSource):
             raise ValueError(f"source must have __len__ and embed(indices) (a PromptSource), got {type(source).__name__}")
         online.validate(len(source))
+        rank, workers = shard
+        if not 0 <= rank < workers:
+            raise ValueError(f"shard must be (rank, workers) with 0 <= rank < workers, got {shard!r}")
+        for key in ("unroll_batch", "buffer_prompts"):
+            if getattr(online, key) % workers:
+                raise ValueError(f"online.{key}={getattr(online, key)} does not divide by the {workers} workers: each "
+                                 "worker unrolls and holds an equal share of every refresh")
+        self.shard = (rank, workers)
         try:
             self.view = UNetCut(unet, cut)
         except ValueError as e:
@@ -197,8 +210,9 @@ class OnlineUnroller:
                 "temb": (self.view.temb_channels,), "text": (self.view.text_channels,)}
 
     def new_buffer(self) -> "PairBuffer":
-        return PairBuffer(self.online.buffer_prompts, len(self.loop_indices), self.record_shapes(), self.unet.device,
-                          self.unet.dtype)
+        """This worker's buffer: ``buffer_prompts / workers`` prompt slots."""
+        return PairBuffer(self.online.buffer_prompts // self.shard[1], len(self.loop_indices), self.record_shapes(),
+                          self.unet.device, self.unet.dtype)
 
     def prompts(self, k: int) -> list[int]:
         """The source indices refresh k unrolls."""
@@ -210,10 +224,12 @@ class OnlineUnroller:
     def unroll(self, k: int) -> dict[str, torch.Tensor]:
         """Refresh k: {"r_in", "r_out_prev", "target"} (A, 2B, C, h, w), "temb" (A, 2B, D), "text" (2B, T), "prompt" (B,)
         for the A adaptor loop iterations, rows in CFG order (the B negative rows, then the B prompts'), on the
-        UNet's device in its dtype."""
+        UNet's device in its dtype. B = ``unroll_batch / workers``: this shard's prompts of the refresh."""
         unet, sched = self.unet, self.sched
         dev, dtype = unet.device, unet.dtype
-        idx = self.prompts(k)
+        rank, workers = self.shard
+        every = self.prompts(k)
+        idx = every[rank::workers]
         embeds, added = self.source.embed(idx)
         b = embeds.shape[0]
         if b != len(idx):
@@ -222,8 +238,8 @@ class OnlineUnroller:
         ctx = torch.cat([self.neg.to(dev, dtype).expand_as(embeds), embeds.to(dev, dtype)])
         added = cfg_added(added, self.neg_added, b, dev, dtype)
         gen = refresh_generator(self.online.seed, k)
-        shape = (b, unet.config.in_channels, self.size, self.size)
-        latents = torch.randn(shape, generator=gen, device=gen.device, dtype=torch.float32).to(dev, dtype)
+        shape = (len(every), unet.config.in_channels, self.size, self.size)  # the whole refresh's noise, this shard's rows
+        latents = torch.randn(shape, generator=gen, device=gen.device, dtype=torch.float32)[rank::workers].to(dev, dtype)
         sched.set_timesteps(self.steps, device=dev)
         latents = latents * sched.init_noise_sigma
         want, last = set(self.loop_indices), self.loop_indices[-1]
@@ -322,7 +338,7 @@ class PairBuffer:
 
 def fill_buffer(unroller: OnlineUnroller, buffer: PairBuffer, refreshes: int) -> None:
     """Make ``buffer`` what it is after ``refreshes`` refreshes: re-unroll only those still in it (deterministic)."""
-    b, cap = unroller.online.unroll_batch, buffer.capacity
+    b, cap = unroller.online.unroll_batch // unroller.shard[1], buffer.capacity  # this shard's prompts per refresh
     first = max(0, refreshes * b - cap) // b
     buffer.written = first * b
     for k in range(first, refreshes):
@@ -340,6 +356,29 @@ def _check_resume(state: dict, online: OnlineConfig, loop_indices: list[int]) ->
     if diff:
         raise ValueError(f"the checkpoint was trained with other online settings ({', '.join(f'{k}={saved.get(k)!r}' for k in diff)}); "
                          "resuming would not continue that run: restore them or use another checkpoint_dir")
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, workers) of the initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_batch(idx: torch.Tensor, per_prompt: int, rank: int, workers: int) -> tuple[torch.Tensor, float]:
+    """The rows of global batch ``idx`` (pair indices of the workers' joint buffer) that worker ``rank`` holds, as
+    indices of its own buffer, and the weight of its mean loss: ``rows_here / len(idx) * workers``, so that averaging
+    the workers' gradients gives the gradient of the whole batch's mean. A worker holding none of the rows computes
+    one row with weight 0 (every worker takes part in the gradient average)."""
+    slot, within = idx // per_prompt, idx % per_prompt  # slot s of the joint buffer is slot s // workers of worker s % workers
+    mine = slot % workers == rank
+    local = (slot // workers) * per_prompt + within
+    n = int(mine.sum())
+    if n == 0:
+        return local[:1], 0.0
+    return local[mine], n / len(idx) * workers
 
 
 def distill_online(
@@ -369,8 +408,17 @@ def distill_online(
     argument is checked before the first teacher pass. The teacher is frozen here (``requires_grad_(False)``, eval) and
     runs under ``torch.no_grad`` in its own dtype; history entries are logged as :func:`distill` logs them, and
     ``trainer_state.json`` also records ``online`` = {refreshes, prompts_unrolled, epochs, loop_indices, the config}.
+
+    Data-parallel: called by every worker of an initialised ``torch.distributed`` process group (Ray Train's
+    ``TorchTrainer``, torchrun, ...), worker r unrolls its share of every refresh (``OnlineUnroller`` ``shard``), the
+    adaptor is wrapped in ``DistributedDataParallel``, and each step's global batch (``cfg.batch_size`` rows, drawn as
+    the single worker draws them) is split by where its rows live: each worker's loss is weighted so that the averaged
+    gradient is the single worker's, so the same settings give the single-worker result up to floating point, with
+    any number of workers. Rank 0 logs, shows progress and writes the checkpoints (the single-process format: a
+    checkpoint resumes with any number of workers; on several nodes ``checkpoint_dir`` must be shared storage).
     """
     device = torch.device(device)
+    rank, workers = _process_group()
     if cfg.output_weight:
         raise ValueError(f"distill.output_weight={cfg.output_weight}: the output-space loss is not supported by "
                          "distill_online yet; use 0")
@@ -379,12 +427,16 @@ def distill_online(
         raise ValueError(f"the teacher unet is on {udev} but device={device}: move it there first (the teacher unrolls "
                          "on the training device)")
     unroller = OnlineUnroller(unet, scheduler, source, negative, cut=cut, loop_indices=loop_indices, steps=steps,
-                              guidance=guidance, online=online, latent_size=latent_size)
+                              guidance=guidance, online=online, latent_size=latent_size, shard=(rank, workers))
     loops = unroller.loop_indices
     adaptor.to(device).train()
     params = [p for p in adaptor.parameters() if p.requires_grad]
     if not params:
         raise ValueError("this adaptor has no trainable parameters (the identity adaptor needs no distillation)")
+    model = adaptor
+    if workers > 1:  # gradients averaged over the workers; rank 0's initial weights broadcast
+        model = torch.nn.parallel.DistributedDataParallel(adaptor, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 7919)
     step, history, acc, acc_n = 0, [], 0.0, 0
@@ -409,14 +461,20 @@ def distill_online(
         refreshes = int(state["online"]["refreshes"])
     buffer = unroller.new_buffer()
     fill_buffer(unroller, buffer, refreshes)
-    pbar = tqdm(total=cfg.steps, initial=step, desc="distill online", disable=not progress, mininterval=2)
+    pbar = tqdm(total=cfg.steps, initial=step, desc="distill online" + (f" ({workers} workers)" if workers > 1 else ""),
+                disable=not progress or rank > 0, mininterval=2)
+    per_prompt = 2 * len(loops)  # pairs per prompt slot: the buffer's index layout (PairBuffer.batch)
     window: list[torch.Tensor] = []  # this log window's per-step losses, read back once per window
 
     def drain() -> None:
         nonlocal acc, acc_n
         if not window:
             return
-        vals = torch.stack(window).double().cpu()
+        vals = torch.stack(window)
+        if workers > 1:  # each worker holds its weighted share of every step's loss
+            torch.distributed.all_reduce(vals)
+            vals = vals / workers
+        vals = vals.double().cpu()
         bad = (~torch.isfinite(vals)).nonzero()
         if len(bad):
             i = int(bad[0])
@@ -436,10 +494,16 @@ def distill_online(
         while refreshes < online.refreshes_at(step):  # a pure function of the step: resumes land on the same buffer
             buffer.write(unroller.unroll(refreshes), refreshes)
             refreshes += 1
-        idx = torch.randint(0, len(buffer), (cfg.batch_size,), generator=gen)
-        b = buffer.batch(idx, device)
-        pred = adaptor(r_in=b["r_in"], r_out_prev=b["r_out_prev"], temb=b["temb"], text=b["text"])
-        loss = F.mse_loss(pred.float(), b["target"])
+        idx = torch.randint(0, len(buffer) * workers, (cfg.batch_size,), generator=gen)  # the global batch
+        if workers == 1:
+            b = buffer.batch(idx, device)
+            pred = model(r_in=b["r_in"], r_out_prev=b["r_out_prev"], temb=b["temb"], text=b["text"])
+            loss = F.mse_loss(pred.float(), b["target"])
+        else:
+            local, weight = shard_batch(idx, per_prompt, rank, workers)
+            b = buffer.batch(local, device)
+            pred = model(r_in=b["r_in"], r_out_prev=b["r_out_prev"], temb=b["temb"], text=b["text"])
+            loss = F.mse_loss(pred.float(), b["target"]) * weight
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -456,10 +520,10 @@ def distill_online(
             mean = acc / acc_n
             history.append({"step": step, "loss": mean})
             pbar.set_postfix(loss=f"{mean:.4g}", refreshes=refreshes)
-            if on_log:
+            if on_log and rank == 0:
                 on_log(step, mean)
             acc, acc_n = 0.0, 0
-        if saves:
+        if saves and rank == 0:
             _atomic_save(adaptor, opt, step, history, ckpt, gen, (acc, acc_n), extra())
     pbar.close()
     adaptor.eval()
@@ -467,4 +531,4 @@ def distill_online(
 
 
 __all__ = ["OnlineConfig", "OnlineUnroller", "PairBuffer", "PromptSource", "TensorPrompts", "distill_online",
-           "fill_buffer", "refresh_generator", "stream_prompts"]
+           "fill_buffer", "refresh_generator", "shard_batch", "stream_prompts"]

@@ -235,8 +235,16 @@ def _online_problems(p: Params) -> list[tuple[str, str]]:
     """What ``distill.source: online`` cannot do (clockwork.online.distill_online): checked before any work."""
     d, o = p.distill, p.distill.online
     if d.source != "online":
+        if d.workers > 1:
+            return [("distill.workers", f"{d.workers}: several workers distil online only (each unrolls its share of "
+                     "the prompt stream); set distill.source: online, or distill.workers: 1")]
         return []
     problems = []
+    if d.workers > 1:
+        for key, v in (("distill.online.unroll_batch", o.unroll_batch), ("distill.online.buffer_prompts", o.buffer_prompts)):
+            if v % d.workers:
+                problems.append((key, f"{v} does not divide by distill.workers={d.workers}: each worker unrolls and "
+                                 "holds an equal share of every refresh"))
     if isinstance(p.world, EmbeddedWorld):
         avail = p.prepare.distill_prompts - d.heldout_prompts
         if o.prompts > avail:

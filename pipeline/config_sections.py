@@ -161,6 +161,11 @@ class Distill(Section):
     source: Literal["store", "online"] = "store"
     memory_cap_gb: PosFloat | None = 8.0  # store: a cut larger than this (GB) is memory-mapped, not loaded; null = load
     online: DistillOnline = DistillOnline()
+    # data-parallel online distillation on Ray Train (docs/DISTRIBUTED.md): batch_size stays the global batch and
+    # each worker unrolls 1/workers of the prompts; 1 = in process, no Ray. The cluster: $RAY_ADDRESS, else local.
+    workers: PosInt = 1
+    # the learning-rate rule: null = distill.lr at any batch_size; N = the linear rule, lr x batch_size / N
+    lr_reference_batch: PosInt | None = None
     device: Device = "auto"
 
 

@@ -96,7 +96,17 @@ def main() -> None:
     with tracking.stage_run("distill", p.flat()) as run:
         on_log = lambda step, loss: run.log_metrics({"loss": loss}, step=step)  # noqa: E731
         stream = None
-        if online:  # the teacher unrolls as training goes (config.py rules out output_weight / rollout_steps here)
+        if online and p.distill.workers > 1:  # data-parallel on Ray Train: each worker loads its own teacher
+            from pipeline.common.parallel import WorkersError, distill_adaptor_workers
+
+            try:
+                adaptor, history, stream = distill_adaptor_workers(spec, unet_config, p.world, prepared, captions, cfg,
+                                                                   p.distill, p.distill.device, CKPT_DIR / "latest")
+            except WorkersError as e:
+                raise SystemExit(f"error: {e}") from None
+            for h in history:
+                on_log(h["step"], h["loss"])
+        elif online:  # the teacher unrolls as training goes (config.py rules out output_weight / rollout_steps here)
             from pipeline.common.training import distill_adaptor_online
 
             world = load_world(p.world, device)

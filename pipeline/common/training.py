@@ -205,7 +205,8 @@ def distill_config(section, steps: int | None = None):
     from clockwork.distill import DistillConfig
 
     s = steps if steps is not None else section.steps
-    return DistillConfig(steps=s, batch_size=section.batch_size, lr=section.lr, weight_decay=section.weight_decay,
+    lr = section.lr if section.lr_reference_batch is None else section.lr * section.batch_size / section.lr_reference_batch
+    return DistillConfig(steps=s, batch_size=section.batch_size, lr=lr, weight_decay=section.weight_decay,
                          seed=section.seed, checkpoint_every=min(section.checkpoint_every, s),
                          log_every=min(section.log_every, s), grad_clip=section.grad_clip,
                          output_weight=section.output_weight)
