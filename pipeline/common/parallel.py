@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +61,16 @@ def _worker_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     world = load_world(config["world"], str(device))
     scheduler = make_sampler(config["spec"].sampler, world.scheduler_config)
+    log_times = []  # (step, seconds since the start) at every log: the throughput once the buffer is full
+    t0 = time.perf_counter()
     _, history, stream = distill_adaptor_online(
         config["spec"], config["unet_config"], world, Prepared.load(), config["captions"], scheduler, config["cfg"],
-        config["section"], str(device), config["checkpoint_dir"], progress=rank == 0)
+        config["section"], str(device), config["checkpoint_dir"], progress=rank == 0,
+        on_log=lambda step, loss: log_times.append((step, round(time.perf_counter() - t0, 3))))
     if rank == 0:  # beside its last checkpoint, where the driver reads the adaptor back
         tmp = Path(config["checkpoint_dir"]) / "workers_result.json.tmp"
-        tmp.write_text(json.dumps({"history": history, "stream": stream}))
+        tmp.write_text(json.dumps({"history": history, "stream": stream, "log_times": log_times,
+                                   "device": str(device)}))
         tmp.replace(tmp.with_suffix(""))
 
 
