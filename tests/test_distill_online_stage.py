@@ -45,16 +45,20 @@ def _params(repo: Path, **distill) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
+def smoke_repo(repo: Path) -> Path:
+    """A copy of the repository with configs/smoke.yaml's prompts prepared and trajectories unrolled (~20 s)."""
     from test_pipeline import copy_repo
 
-    repo = tmp_path_factory.mktemp("online_repo")
     copy_repo(repo)
     _params(repo)
     _run(repo, "pipeline/prepare.py", "--prompts-only", "data/prepared")
     _run(repo, "pipeline/trajectories.py")
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return smoke_repo(tmp_path_factory.mktemp("online_repo"))
 
 
 def _distill(repo: Path, **distill) -> tuple[dict, dict]:

@@ -103,14 +103,9 @@ def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    from test_pipeline import copy_repo
+    from test_distill_online_stage import smoke_repo
 
-    repo = tmp_path_factory.mktemp("workers_repo")
-    copy_repo(repo)
-    _params(repo)
-    _run(repo, "pipeline/prepare.py", "--prompts-only", "data/prepared")
-    _run(repo, "pipeline/trajectories.py")
-    return repo
+    return smoke_repo(tmp_path_factory.mktemp("workers_repo"))
 
 
 def _distill(repo: Path, **distill) -> tuple[dict, dict, str]:
