@@ -1,0 +1,126 @@
+"""Choose Clockwork's adaptor steps for every budget: the Clockwork front, from a calibration run.
+
+A schedule is the set of 0-based sampler steps on which the adaptor replaces the low-resolution UNet; its budget is
+how many there are (each saves the same FLOPs, so the budget fixes the GFLOPs). :func:`search_schedules` takes any
+``score(schedule) -> float`` (lower is better) and returns the best schedule per budget: exhaustive while a budget
+has at most ``exhaustive_limit`` candidates, greedy beyond (the best schedule one step smaller, plus the step that
+scores best). :func:`sample_change_scorer` is the training-free score: how far Clockwork's final latents move from
+the full UNet's, on calibration prompts and noise (use validation prompts, never the evaluation ones).
+
+    score = sample_change_scorer(unet, scheduler, embeds, negative, adaptor=adaptor, cut=1, steps=8, guidance=7.5)
+    front = search_schedules(score, num_steps=8)          # [ScheduleChoice(budget=1, ...), ..., budget=7]
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from clockwork.clock import Clock
+
+
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """The best schedule found for one budget."""
+
+    budget: int  # adaptor steps
+    adaptor_steps: tuple[int, ...]
+    score: float
+    method: str  # "exhaustive" | "greedy"
+    candidates: int  # schedules scored for this budget
+
+
+def _check(num_steps: int, budgets, allowed) -> tuple[tuple[int, ...], list[int]]:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2 (step 0 always runs the full UNet), got {num_steps!r}")
+    steps = tuple(range(1, num_steps)) if allowed is None else tuple(sorted(set(int(s) for s in allowed)))
+    bad = [s for s in steps if not 1 <= s < num_steps]
+    if not steps or bad:
+        raise ValueError(f"allowed adaptor steps must lie in 1..{num_steps - 1} (step 0 has no previous r_out), got "
+                         f"{sorted(bad) if bad else 'none'}")
+    wanted = list(range(1, len(steps) + 1)) if budgets is None else sorted(set(budgets))
+    wrong = [b for b in wanted if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= len(steps)]
+    if not wanted or wrong:
+        raise ValueError(f"budget must be a number of adaptor steps in 1..{len(steps)} (the allowed steps "
+                         f"{list(steps)}), got {wrong or 'none'}")
+    return steps, wanted
+
+
+def search_schedules(score: Callable[[tuple[int, ...]], float], num_steps: int, budgets: Sequence[int] | None = None,
+                     *, allowed: Sequence[int] | None = None, exhaustive_limit: int = 256) -> list[ScheduleChoice]:
+    """The best schedule for each budget in ``budgets`` (default: every budget 1 .. len(allowed)), lowest score first
+    within a budget, ties broken by the earlier steps. ``allowed`` restricts the steps the adaptor may take
+    (default 1 .. num_steps - 1; never step 0). Every schedule is scored once (``score`` may be costly)."""
+    steps, wanted = _check(num_steps, budgets, allowed)
+    seen: dict[tuple[int, ...], float] = {}
+
+    def scored(s: tuple[int, ...]) -> float:
+        if s not in seen:
+            seen[s] = float(score(s))
+        return seen[s]
+
+    best: dict[int, ScheduleChoice] = {}
+    for k in range(1, max(wanted) + 1):
+        if math.comb(len(steps), k) <= exhaustive_limit:
+            cands, method = list(itertools.combinations(steps, k)), "exhaustive"
+        else:  # grow the best schedule one step smaller by its best next step
+            base = best[k - 1].adaptor_steps if k > 1 else ()
+            cands, method = [tuple(sorted(base + (s,))) for s in steps if s not in base], "greedy"
+        top = min(cands, key=lambda s: (scored(s), s))
+        best[k] = ScheduleChoice(k, top, seen[top], method, len(cands))
+    return [best[k] for k in wanted]
+
+
+@torch.no_grad()
+def _final_latents(unet, scheduler, ctx, noise, steps: int, guidance: float, added=None) -> torch.Tensor:
+    """The sampling loop (batch CFG) from ``noise``; ``unet`` may carry the Clockwork hook."""
+    scheduler.set_timesteps(steps, device=unet.device)
+    latents = noise * scheduler.init_noise_sigma
+    kw = {"added_cond_kwargs": added} if added is not None else {}
+    for t in scheduler.timesteps:
+        x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        u, c = unet(x, t, encoder_hidden_states=ctx, **kw).sample.chunk(2)
+        latents = scheduler.step(u + guidance * (c - u), t, latents, return_dict=False)[0]
+    return latents.float()
+
+
+def sample_change_scorer(unet, scheduler, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor, *, adaptor,
+                         cut: int = 1, steps: int, guidance: float, seed: int = 0, added_cond_kwargs=None,
+                         latent_size: int | None = None) -> Callable[[tuple[int, ...]], float]:
+    """``score(schedule)``: the mean squared difference between Clockwork's final latents with that schedule and the
+    full UNet's, over the calibration prompts (one batch, CFG, fixed noise from ``seed``). The full UNet's latents are
+    computed once here; each call samples once with ``clockwork.enable(unet, adaptor, Clock(adaptor_steps=...))`` and
+    removes the hook again. ``added_cond_kwargs``: SDXL's, already in CFG order (negative rows first)."""
+    from clockwork.hook import disable, enable, get_hook
+
+    if get_hook(unet) is not None:
+        raise ValueError("this UNet already carries the Clockwork hook: disable(unet) first (the scorer needs the full "
+                         "UNet as the reference)")
+    dev, dtype = unet.device, unet.dtype
+    b = prompt_embeds.shape[0]
+    ctx = torch.cat([negative_embeds.to(dev, dtype).expand_as(prompt_embeds), prompt_embeds.to(dev, dtype)])
+    size = latent_size or unet.config.sample_size
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((b, unet.config.in_channels, size, size), generator=gen).to(dev, dtype)
+    sched = copy.deepcopy(scheduler)
+    reference = _final_latents(unet, sched, ctx, noise, steps, guidance, added_cond_kwargs)
+
+    def score(schedule: tuple[int, ...]) -> float:
+        if not schedule:
+            return 0.0
+        enable(unet, adaptor, Clock(adaptor_steps=schedule), cut=cut, scheduler=sched)
+        try:
+            out = _final_latents(unet, sched, ctx, noise, steps, guidance, added_cond_kwargs)
+        finally:
+            disable(unet)
+        return float(((out - reference) ** 2).mean())
+
+    return score
+
+
+__all__ = ["ScheduleChoice", "sample_change_scorer", "search_schedules"]

@@ -1,0 +1,81 @@
+"""The schedule optimizer: known best schedules on synthetic costs (exhaustive and greedy), budgets respected,
+step 0 never taken, every schedule scored once, bad budgets named; the sample-change scorer on a tiny UNet."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from conftest import build_unet, make_sampler
+
+from clockwork.hook import get_hook
+from clockwork.schedule import sample_change_scorer, search_schedules
+
+WEIGHTS = {1: 5.0, 2: 1.0, 3: 3.0, 4: 0.5, 5: 2.0, 6: 4.0, 7: 6.0}  # an additive cost per adaptor step
+
+
+def additive(schedule):
+    return sum(WEIGHTS[s] for s in schedule)
+
+
+@pytest.mark.parametrize("limit", [256, 1])  # exhaustive everywhere / greedy from budget 1 on
+def test_an_additive_cost_gives_the_cheapest_steps(limit) -> None:
+    front = search_schedules(additive, 8, exhaustive_limit=limit)
+    assert [c.budget for c in front] == list(range(1, 8))
+    for c in front:
+        assert c.adaptor_steps == tuple(sorted(sorted(WEIGHTS, key=WEIGHTS.get)[:c.budget]))
+        assert c.score == pytest.approx(additive(c.adaptor_steps))
+        assert 0 not in c.adaptor_steps and len(c.adaptor_steps) == c.budget
+    assert [c.method for c in front] == ["exhaustive" if math.comb(7, c.budget) <= limit else "greedy" for c in front]
+
+
+def test_exhaustive_finds_what_greedy_cannot() -> None:
+    def cost(s):  # a pair that only pays together
+        return -10.0 if s == (3, 6) else additive(s)
+
+    assert search_schedules(cost, 8, [2])[0].adaptor_steps == (3, 6)
+    greedy = search_schedules(cost, 8, [2], exhaustive_limit=1)[0]
+    assert greedy.method == "greedy" and greedy.adaptor_steps == (2, 4)
+
+
+def test_each_schedule_is_scored_once_and_allowed_steps_hold() -> None:
+    calls = []
+
+    def cost(s):
+        calls.append(s)
+        return additive(s)
+
+    front = search_schedules(cost, 8, [1, 3], allowed=[2, 3, 5, 7])
+    assert len(calls) == len(set(calls))
+    assert [c.adaptor_steps for c in front] == [(2,), (2, 3, 5)]
+    assert all(set(s) <= {2, 3, 5, 7} for s in calls)
+
+
+@pytest.mark.parametrize("kw,match", [({"budgets": [0]}, "budget must be a number of adaptor steps in 1..7"),
+                                      ({"budgets": [8]}, r"budget must be .* got \[8\]"),
+                                      ({"allowed": [0, 2]}, "allowed adaptor steps must lie in 1..7"),
+                                      ({"allowed": []}, "allowed adaptor steps"),
+                                      ({"budgets": [3], "allowed": [1, 2]}, r"in 1..2 \(the allowed steps \[1, 2\]\)")])
+def test_bad_budgets_and_impossible_schedules_are_named(kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        search_schedules(additive, 8, **kw)
+    with pytest.raises(ValueError, match="num_steps must be an integer >= 2"):
+        search_schedules(additive, 1)
+
+
+def test_sample_change_scorer_on_a_tiny_unet() -> None:
+    unet = build_unet("sd15", seed=3)
+    g = torch.Generator().manual_seed(0)
+    prompts, negative = torch.randn(2, 5, 16, generator=g), torch.randn(1, 5, 16, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sched = make_sampler("dpm++", "sd")
+    score = sample_change_scorer(unet, sched, prompts, negative, adaptor="identity", cut=1, steps=6, guidance=2.0)
+    assert score(()) == 0.0
+    one, again, two = score((3,)), score((3,)), score((2, 3))
+    assert one > 0 and one == again  # fixed noise: deterministic
+    assert get_hook(unet) is None  # the hook is removed after every call
+    front = search_schedules(score, 6, [1, 2])
+    assert [c.budget for c in front] == [1, 2] and front[1].score <= two
