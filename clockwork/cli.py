@@ -4,6 +4,7 @@
     clockwork generate --prompt "a red sneaker" --clock 2 --out grid.png
     clockwork edit --image in.png --source "a small red sneaker" --target "a small blue sneaker" --clock 2
     clockwork sensitivity --steps 8 --n 16 --out reports/sensitivity/embedded
+    clockwork schedule --steps 8 --n 16 --out reports/schedule/embedded
 """
 
 from __future__ import annotations
@@ -78,6 +79,63 @@ def _sensitivity(args) -> int:
     return 0
 
 
+def _schedule(args) -> int:
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from clockwork import Clock
+    from clockwork import sensitivity as sens
+    from clockwork.flops import clockwork_flops
+    from clockwork.schedule import plot_front, sample_change_scorer, search_schedules
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.unet_config:
+        unet, sched, cond, uncond, kw, _ = sens.config_inputs(args.unet_config, args.sampler, args.n, args.seed,
+                                                              args.sample_size, device)
+    else:  # calibration prompts in the training phrasings: never the held-out evaluation prompts
+        unet, sched, cond, uncond, kw, _ = sens.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device,
+                                                                phrasing="train")
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
+    allowed = [int(s) for s in args.allowed.split(",")] if args.allowed else None
+    n_allowed = len(allowed) if allowed else args.steps - 1
+    total = sum(math.comb(n_allowed, k) if math.comb(n_allowed, k) <= args.exhaustive_limit else n_allowed - k + 1
+                for k in range(1, max(budgets or [n_allowed]) + 1))
+    score = sample_change_scorer(unet, sched, cond, uncond, adaptor=args.adaptor, cut=args.cut, steps=args.steps,
+                                 guidance=args.guidance, seed=args.seed,
+                                 added_cond_kwargs=(kw or {}).get("added_cond_kwargs"))
+    bar = tqdm(total=total, desc="scoring schedules", unit="schedule")
+
+    def counted(s):
+        bar.update(1)
+        return score(s)
+
+    front = search_schedules(counted, args.steps, budgets, allowed=allowed, exhaustive_limit=args.exhaustive_limit)
+    bar.close()
+    config = args.unet_config or {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    rows = []
+    for c in front:
+        f = clockwork_flops(config, steps=args.steps, clock=Clock(adaptor_steps=c.adaptor_steps), cut=args.cut)
+        rows.append({"budget": c.budget, "adaptor_steps": list(c.adaptor_steps), "score": c.score,
+                     "gflops_ratio": f["ratio"], "method": c.method, "candidates": c.candidates})
+    res = {"meta": {"source": args.unet_config or str(args.teacher or "embedded teacher"), "adaptor": str(args.adaptor),
+                    "cut": args.cut, "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+                    "n": args.n, "seed": args.seed, "score": "MSE of the final latents against the full UNet's",
+                    "flops": "identity adaptor's cost (a trained adaptor adds its own, ~1% of a step)",
+                    "prompts": "random token states (shapes only)" if args.unet_config else "training phrasings"},
+           "front": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "schedule.json").write_text(json.dumps(res, indent=1) + "\n")
+    plot_front(res, out / "schedule.png")
+    for r in rows:
+        print(f"budget {r['budget']}: adaptor steps {r['adaptor_steps']}  score {r['score']:.4g}  "
+              f"{r['gflops_ratio']:.3f}x GFLOPs  ({r['method']}, {r['candidates']} candidates)")
+    print(f"wrote {out / 'schedule.json'} and {out / 'schedule.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     ap = argparse.ArgumentParser(prog="clockwork", description="Clockwork Diffusion tools")
@@ -141,6 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--device", default="auto")
     sp.add_argument("--out", default="sensitivity")
     sp.set_defaults(fn=_sensitivity)
+
+    sc = sub.add_parser("schedule", help="the best adaptor steps for every budget (the Clockwork front) from a "
+                                         "calibration run: how far each schedule moves the final sample")
+    src = sc.add_mutually_exclusive_group()
+    src.add_argument("--teacher", default=None, help="UNet folder (default: the committed embedded teacher)")
+    src.add_argument("--unet-config", default=None, help="sd15 | sd21 | sdxl | PATH/config.json: random weights, shapes only")
+    sc.add_argument("--adaptor", default="identity", help="identity (DeepCache's cache) or a trained adaptor's folder")
+    sc.add_argument("--cut", type=int, default=1)
+    sc.add_argument("--sample-size", type=int, default=None, help="latent size for --unet-config (e.g. 32: faster)")
+    sc.add_argument("--sampler", default="dpm++", choices=["dpm++", "dpm", "pndm", "ddim", "euler", "heun"])
+    sc.add_argument("--steps", type=int, default=8)
+    sc.add_argument("--guidance", type=float, default=2.0)
+    sc.add_argument("--n", type=int, default=16, help="calibration prompts")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--budgets", default=None, help="comma list of adaptor-step counts (default: all)")
+    sc.add_argument("--allowed", default=None, help="comma list of steps the adaptor may take (default 1..steps-1)")
+    sc.add_argument("--exhaustive-limit", type=int, default=256, help="search a budget exhaustively up to this "
+                    "many schedules, greedily beyond")
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--out", default="schedule")
+    sc.set_defaults(fn=_schedule)
 
     try:
         from clockwork.bench import add_parser as add_bench  # optional: the benchmark sub-command

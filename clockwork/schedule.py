@@ -123,4 +123,35 @@ def sample_change_scorer(unet, scheduler, prompt_embeds: torch.Tensor, negative_
     return score
 
 
-__all__ = ["ScheduleChoice", "sample_change_scorer", "search_schedules"]
+def plot_front(result: dict, path) -> "Path":
+    """The Clockwork front of ``clockwork schedule``'s JSON: score (log) against the GFLOPs ratio, one point per
+    budget, labelled with its adaptor steps."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, meta = result["front"], result["meta"]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    xs, ys = [r["gflops_ratio"] for r in rows], [max(r["score"], 1e-12) for r in rows]
+    ax.plot(xs, ys, "o-", color="C0", ms=4)
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate("{" + ",".join(map(str, r["adaptor_steps"])) + "}", (x, y), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("GFLOPs / full UNet's")
+    ax.set_ylabel("change of the final sample (MSE)")
+    ax.set_title(f"{meta['source']}: {meta['adaptor']} adaptor, cut {meta['cut']}, {meta['sampler']} {meta['steps']} "
+                 f"steps, n={meta['n']}", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["ScheduleChoice", "plot_front", "sample_change_scorer", "search_schedules"]

@@ -241,16 +241,22 @@ def plot_sensitivity(result: dict, path: str | Path, svg: bool = False) -> Path:
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
-def embedded_inputs(teacher=None, sampler: str = "dpm++", n: int = 16, seed: int = 0, device="cpu"):
+def embedded_inputs(teacher=None, sampler: str = "dpm++", n: int = 16, seed: int = 0, device="cpu",
+                    phrasing: str = "heldout"):
     """(unet, scheduler, cond, uncond, kwargs, prompts): the embedded teacher, its sampler (as ``clockwork generate``
-    builds it) and ``n`` evaluation-phrasing prompts over a seeded permutation of the 160 contents (MiniLM states)."""
-    from clockwork.embedded.data import NUM_CONTENTS, content_text
+    builds it) and ``n`` prompts over a seeded permutation of the 160 contents (MiniLM states): in the held-out
+    evaluation phrasing (template 3), or with ``phrasing="train"`` in the training phrasings (templates 0-2, for a
+    calibration that must not see the evaluation prompts)."""
+    from clockwork.embedded.data import NUM_CONTENTS, TRAIN_TEMPLATES, content_text
     from clockwork.embedded.teacher import load_teacher, sampling_scheduler
     from clockwork.embedded.text import MiniLMEncoder
 
+    if phrasing not in ("heldout", "train"):
+        raise ValueError(f"phrasing must be 'heldout' or 'train', got {phrasing!r}")
     unet = load_teacher(teacher, device=device)
     order = torch.randperm(NUM_CONTENTS, generator=torch.Generator().manual_seed(seed)).tolist()
-    prompts = [content_text(order[i % NUM_CONTENTS], template=3) for i in range(n)]
+    template = (lambda i: 3) if phrasing == "heldout" else (lambda i: TRAIN_TEMPLATES[i % len(TRAIN_TEMPLATES)])
+    prompts = [content_text(order[i % NUM_CONTENTS], template=template(i)) for i in range(n)]
     enc = MiniLMEncoder()
     return unet, sampling_scheduler(sampler), enc(prompts)[0], enc([""])[0], None, prompts
 

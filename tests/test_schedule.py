@@ -79,3 +79,25 @@ def test_sample_change_scorer_on_a_tiny_unet() -> None:
     assert get_hook(unet) is None  # the hook is removed after every call
     front = search_schedules(score, 6, [1, 2])
     assert [c.budget for c in front] == [1, 2] and front[1].score <= two
+
+
+@pytest.mark.parametrize("config", ["SD15_TINY", "SDXL_TINY"])
+def test_clockwork_schedule_command(tmp_path, config, capsys) -> None:
+    import json
+
+    import conftest
+
+    from clockwork.cli import main
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(getattr(conftest, config)))
+    out = tmp_path / "out"
+    assert main(["schedule", "--unet-config", str(cfg), "--steps", "4", "--n", "1", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "schedule.json").read_text())
+    assert (out / "schedule.png").stat().st_size > 0
+    front = res["front"]
+    assert [r["budget"] for r in front] == [1, 2, 3] and all(0 not in r["adaptor_steps"] for r in front)
+    ratios = [r["gflops_ratio"] for r in front]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] < 1  # more adaptor steps, fewer FLOPs
+    assert "budget 3: adaptor steps [1, 2, 3]" in capsys.readouterr().out
