@@ -136,6 +136,20 @@ def _schedule(args) -> int:
     return 0
 
 
+def _sampling_args(p, n_help: str) -> None:
+    """The UNet (embedded teacher, a folder, or a config's shapes) and the sampling loop, as sensitivity and
+    schedule take them."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--teacher", default=None, help="UNet folder (default: the committed embedded teacher)")
+    src.add_argument("--unet-config", default=None, help="sd15 | sd21 | sdxl | PATH/config.json: random weights, shapes only")
+    p.add_argument("--sample-size", type=int, default=None, help="latent size for --unet-config (e.g. 32: faster)")
+    p.add_argument("--sampler", default="dpm++", choices=["dpm++", "dpm", "pndm", "ddim", "euler", "heun"])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--n", type=int, default=16, help=n_help)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     ap = argparse.ArgumentParser(prog="clockwork", description="Clockwork Diffusion tools")
@@ -183,15 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("sensitivity", help="how much the final sample changes when each level's low-res output is "
                                            "perturbed or reused from step s on (the paper's Fig. 2)")
-    src = sp.add_mutually_exclusive_group()
-    src.add_argument("--teacher", default=None, help="UNet folder (default: the committed embedded teacher)")
-    src.add_argument("--unet-config", default=None, help="sd15 | sd21 | sdxl | PATH/config.json: random weights, shapes only")
-    sp.add_argument("--sample-size", type=int, default=None, help="latent size for --unet-config (e.g. 32: faster)")
-    sp.add_argument("--sampler", default="dpm++", choices=["dpm++", "dpm", "pndm", "ddim", "euler", "heun"])
-    sp.add_argument("--steps", type=int, default=8)
-    sp.add_argument("--guidance", type=float, default=2.0)
-    sp.add_argument("--n", type=int, default=16, help="images (prompts)")
-    sp.add_argument("--seed", type=int, default=0)
+    _sampling_args(sp, n_help="images (prompts)")
     sp.add_argument("--modes", default="noise,reuse", help="comma list of noise, reuse, reuse_once")
     sp.add_argument("--alphas", default="0.1,0.3", help="relative noise strengths (mode noise)")
     sp.add_argument("--start-steps", default=None, help="comma list of 0-based start steps (default 1..steps-1)")
@@ -202,17 +208,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sc = sub.add_parser("schedule", help="the best adaptor steps for every budget (the Clockwork front) from a "
                                          "calibration run: how far each schedule moves the final sample")
-    src = sc.add_mutually_exclusive_group()
-    src.add_argument("--teacher", default=None, help="UNet folder (default: the committed embedded teacher)")
-    src.add_argument("--unet-config", default=None, help="sd15 | sd21 | sdxl | PATH/config.json: random weights, shapes only")
+    _sampling_args(sc, n_help="calibration prompts")
     sc.add_argument("--adaptor", default="identity", help="identity (DeepCache's cache) or a trained adaptor's folder")
     sc.add_argument("--cut", type=int, default=1)
-    sc.add_argument("--sample-size", type=int, default=None, help="latent size for --unet-config (e.g. 32: faster)")
-    sc.add_argument("--sampler", default="dpm++", choices=["dpm++", "dpm", "pndm", "ddim", "euler", "heun"])
-    sc.add_argument("--steps", type=int, default=8)
-    sc.add_argument("--guidance", type=float, default=2.0)
-    sc.add_argument("--n", type=int, default=16, help="calibration prompts")
-    sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--budgets", default=None, help="comma list of adaptor-step counts (default: all)")
     sc.add_argument("--allowed", default=None, help="comma list of steps the adaptor may take (default 1..steps-1)")
     sc.add_argument("--exhaustive-limit", type=int, default=256, help="search a budget exhaustively up to this "
