@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     ed.set_defaults(fn=_edit)
 
     sp = sub.add_parser("sensitivity", help="how much the final sample changes when each level's low-res output is "
-                                           "perturbed or reused from step s on (the paper's Fig. 2)")
+                                           "perturbed or reused from step s on (the paper's Fig. 2)",
+                        description="Every cut of the UNet (each level below which an adaptor could stand in) at every "
+                                    "sampler step: the change of the final sample when that level's output is noised "
+                                    "or reused. Writes sensitivity.json and sensitivity.png to --out.")
     _sampling_args(sp, n_help="images (prompts)")
     sp.add_argument("--modes", default="noise,reuse", help="comma list of noise, reuse, reuse_once")
     sp.add_argument("--alphas", default="0.1,0.3", help="relative noise strengths (mode noise)")
