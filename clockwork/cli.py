@@ -52,17 +52,23 @@ def _edit(args) -> int:
     return 0
 
 
-def _sensitivity(args) -> int:
+def _inputs(args, phrasing: str = "heldout"):
+    """(device, clockwork.sensitivity's inputs) of ``_sampling_args``: a config's shapes or the embedded teacher with
+    prompts in ``phrasing``."""
     import torch
 
     from clockwork import sensitivity as sens
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.unet_config:
-        unet, sched, cond, uncond, kw, _ = sens.config_inputs(args.unet_config, args.sampler, args.n, args.seed,
-                                                              args.sample_size, device)
-    else:
-        unet, sched, cond, uncond, kw, _ = sens.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device)
+        return device, sens.config_inputs(args.unet_config, args.sampler, args.n, args.seed, args.sample_size, device)
+    return device, sens.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device, phrasing=phrasing)
+
+
+def _sensitivity(args) -> int:
+    from clockwork import sensitivity as sens
+
+    device, (unet, sched, cond, uncond, kw, _) = _inputs(args)
     out = Path(args.out)
     cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "clockwork" / "sensitivity_fid_ref.npz"
     score = sens.embedded_fid(cache, device=device) if args.fid and not args.unet_config else None
@@ -82,21 +88,13 @@ def _sensitivity(args) -> int:
 def _schedule(args) -> int:
     import math
 
-    import torch
     from tqdm.auto import tqdm
 
     from clockwork import Clock
-    from clockwork import sensitivity as sens
     from clockwork.flops import clockwork_flops
     from clockwork.schedule import plot_front, sample_change_scorer, search_schedules
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if args.unet_config:
-        unet, sched, cond, uncond, kw, _ = sens.config_inputs(args.unet_config, args.sampler, args.n, args.seed,
-                                                              args.sample_size, device)
-    else:  # calibration prompts in the training phrasings: never the held-out evaluation prompts
-        unet, sched, cond, uncond, kw, _ = sens.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device,
-                                                                phrasing="train")
+    _, (unet, sched, cond, uncond, kw, _) = _inputs(args, phrasing="train")  # never the held-out evaluation prompts
     budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
     allowed = [int(s) for s in args.allowed.split(",")] if args.allowed else None
     n_allowed = len(allowed) if allowed else args.steps - 1

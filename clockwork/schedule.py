@@ -76,19 +76,6 @@ def search_schedules(score: Callable[[tuple[int, ...]], float], num_steps: int, 
     return [best[k] for k in wanted]
 
 
-@torch.no_grad()
-def _final_latents(unet, scheduler, ctx, noise, steps: int, guidance: float, added=None) -> torch.Tensor:
-    """The sampling loop (batch CFG) from ``noise``; ``unet`` may carry the Clockwork hook."""
-    scheduler.set_timesteps(steps, device=unet.device)
-    latents = noise * scheduler.init_noise_sigma
-    kw = {"added_cond_kwargs": added} if added is not None else {}
-    for t in scheduler.timesteps:
-        x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        u, c = unet(x, t, encoder_hidden_states=ctx, **kw).sample.chunk(2)
-        latents = scheduler.step(u + guidance * (c - u), t, latents, return_dict=False)[0]
-    return latents.float()
-
-
 def sample_change_scorer(unet, scheduler, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor, *, adaptor,
                          cut: int = 1, steps: int, guidance: float, seed: int = 0, added_cond_kwargs=None,
                          latent_size: int | None = None) -> Callable[[tuple[int, ...]], float]:
@@ -101,21 +88,30 @@ def sample_change_scorer(unet, scheduler, prompt_embeds: torch.Tensor, negative_
     if get_hook(unet) is not None:
         raise ValueError("this UNet already carries the Clockwork hook: disable(unet) first (the scorer needs the full "
                          "UNet as the reference)")
+    from clockwork.sensitivity import sampling_loop
+
     dev, dtype = unet.device, unet.dtype
-    b = prompt_embeds.shape[0]
-    ctx = torch.cat([negative_embeds.to(dev, dtype).expand_as(prompt_embeds), prompt_embeds.to(dev, dtype)])
+    cond, uncond = prompt_embeds.to(dev, dtype), negative_embeds.to(dev, dtype)
     size = latent_size or unet.config.sample_size
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn((b, unet.config.in_channels, size, size), generator=gen).to(dev, dtype)
+    noise = torch.randn((cond.shape[0], unet.config.in_channels, size, size), generator=gen).to(dev, dtype)
     sched = copy.deepcopy(scheduler)
-    reference = _final_latents(unet, sched, ctx, noise, steps, guidance, added_cond_kwargs)
+    kw = {"added_cond_kwargs": added_cond_kwargs} if added_cond_kwargs is not None else {}
+
+    @torch.no_grad()
+    def final_latents() -> torch.Tensor:  # the UNet as it is now: with or without the Clockwork hook
+        sched.set_timesteps(steps, device=dev)
+        return sampling_loop(sched, noise * sched.init_noise_sigma, cond, uncond, guidance,
+                             lambda k, x, t, ctx: unet(x, t, encoder_hidden_states=ctx, **kw).sample).float()
+
+    reference = final_latents()
 
     def score(schedule: tuple[int, ...]) -> float:
         if not schedule:
             return 0.0
         enable(unet, adaptor, Clock(adaptor_steps=schedule), cut=cut, scheduler=sched)
         try:
-            out = _final_latents(unet, sched, ctx, noise, steps, guidance, added_cond_kwargs)
+            out = final_latents()
         finally:
             disable(unet)
         return float(((out - reference) ** 2).mean())

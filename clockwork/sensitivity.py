@@ -79,8 +79,10 @@ class _Forward:
         return out
 
 
-def _loop(scheduler, latents, cond, uncond, guidance: float, fwd, start: int = 0, snapshots: list | None = None):
-    """The sampling loop of :class:`clockwork.embedded.pipeline.EmbeddedPipeline` (and diffusers') from loop index ``start``."""
+def sampling_loop(scheduler, latents, cond, uncond, guidance: float, fwd, start: int = 0,
+                  snapshots: list | None = None):
+    """The sampling loop of :class:`clockwork.embedded.pipeline.EmbeddedPipeline` (and diffusers') from loop index
+    ``start``; ``fwd(k, x, t, ctx)`` is the model call of loop iteration k (batch CFG when ``guidance`` > 1)."""
     do_cfg = guidance > 1.0
     ctx = torch.cat([uncond.expand_as(cond), cond]) if do_cfg else cond
     for k in range(start, len(scheduler.timesteps)):
@@ -152,7 +154,7 @@ def sensitivity(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor | None
         ucut = UNetCut(unet, cut)
         scheduler.set_timesteps(steps, device=device)
         snaps, r_outs = [], []
-        x = _loop(scheduler, init, cond, uncond, guidance, _Forward(ucut, record=r_outs, kwargs=unet_kwargs), snapshots=snaps)
+        x = sampling_loop(scheduler, init, cond, uncond, guidance, _Forward(ucut, record=r_outs, kwargs=unet_kwargs), snapshots=snaps)
         bar.update()
         if x_ref is None:
             x_ref, ref_score = x, (score(x) if score is not None else None)
@@ -163,7 +165,7 @@ def sensitivity(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor | None
                 lat, sched = snaps[s]
                 fwd = _Forward(ucut, mode, alpha or 0.0, s, seed, r_prev=r_outs[s - 1] if s > 0 else None,
                                kwargs=unet_kwargs)
-                x = _loop(copy.deepcopy(sched), lat, cond, uncond, guidance, fwd, start=s)
+                x = sampling_loop(copy.deepcopy(sched), lat, cond, uncond, guidance, fwd, start=s)
                 d = _rel_l2(x, x_ref)
                 row = {"cut": cut, "mode": mode, "alpha": alpha, "start_step": s, "rel_l2": float(d.mean()),
                        "rel_l2_std": float(d.std(unbiased=False)), "n": len(d)}
