@@ -47,10 +47,7 @@ def main() -> None:
     from pipeline.config import teacher_unet_config
 
     device = pick_device(p.distill.device)
-    spec = MethodSpec(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
-                      adaptor=p.adaptor.kind, clock=p.clock.period,
-                      adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
-                      cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
+    spec = MethodSpec.from_params(p)
     unet_config = teacher_unet_config(p.world, Path.cwd())
     output_term = p.distill.output_weight > 0
     world = prepared = None

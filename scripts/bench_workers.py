@@ -64,10 +64,7 @@ def main() -> None:
         sys.exit("bench_workers.py: the embedded world only (its teacher ships with the repository)")
     if not (Path("data/prepared") / "embeddings.safetensors").is_file():
         sys.exit("bench_workers.py: data/prepared is missing: python pipeline/prepare.py --prompts-only data/prepared")
-    spec = MethodSpec(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
-                      adaptor=p.adaptor.kind, clock=p.clock.period,
-                      adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
-                      cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
+    spec = MethodSpec.from_params(p)
     unet_config = teacher_unet_config(p.world, Path.cwd())
     online = p.distill.online.model_copy(update={"unroll_batch": args.unroll_batch, "refresh_every": args.refresh_every,
                                                  "buffer_prompts": args.buffer_prompts, "compile": False})

@@ -40,6 +40,14 @@ class MethodSpec:
     training: str = "unrolled"  # unrolled | forward_noised | none
     train: tuple[tuple[str, Any], ...] = ()  # distillation overrides of a lever row, sorted (key, value) pairs
 
+    @classmethod
+    def from_params(cls, p) -> "MethodSpec":
+        """The method params.yaml describes (sampling, adaptor, clock, cut): what the distill stage trains."""
+        return cls(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
+                   adaptor=p.adaptor.kind, clock=p.clock.period,
+                   adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
+                   cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
+
     @property
     def train_overrides(self) -> dict[str, Any]:
         return dict(self.train)

@@ -22,16 +22,23 @@ class WorkersError(RuntimeError):
     """The cluster cannot run the asked workers, or a worker failed (the message names the key or the worker)."""
 
 
-def _start_ray(address: str | None) -> bool:
-    """Join ``address`` / $RAY_ADDRESS, else start a local Ray; whether this call started it."""
+def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+              verbose: bool = True) -> bool:
+    """Join ``address`` (or $RAY_ADDRESS; ``auto``: a ``ray start`` cluster here), else start a fresh local Ray of
+    ``num_cpus`` / ``num_gpus`` (default: this machine's), its workers importing this repository; whether this call
+    started it (the distill stage's workers and the sweep's trials)."""
     import ray
 
     if ray.is_initialized():
         return False
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
+    kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": verbose}
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False}
-    ray.init(runtime_env={"env_vars": env}, log_to_driver=True, **kwargs)
+    if address:
+        kwargs["address"] = address
+    else:  # a fresh local instance, even if some `ray start` cluster runs here
+        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+    ray.init(**kwargs)
     return True
 
 
@@ -89,7 +96,7 @@ def distill_adaptor_workers(spec, unet_config: dict, world_params, prepared, cap
     ckpt = Path(checkpoint_dir).resolve()
     (ckpt / "workers_result.json").unlink(missing_ok=True)
     ckpt.mkdir(parents=True, exist_ok=True)
-    started = _start_ray(address)
+    started = start_ray(address)
     try:
         scaling = plan_workers(section.workers, str(device), ray.cluster_resources())
         trainer = TorchTrainer(

@@ -113,24 +113,6 @@ def check_inputs(root: Path) -> None:
                                 "`python pipeline/prepare.py`) with the same params file before the sweep; nothing run")
 
 
-def _start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, verbose: bool) -> bool:
-    """Join ``address`` (or $RAY_ADDRESS; ``auto``: a ``ray start`` cluster here), else start a fresh local Ray;
-    whether this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": verbose}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        kwargs["address"] = address
-    else:  # a fresh local instance, even if some `ray start` cluster runs here
-        kwargs.update(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-    ray.init(**kwargs)
-    return True
-
-
 def _open_state(sweep_dir: Path, name: str, sp: SweepParams, config: Path, resume: bool, overwrite: bool) -> dict:
     if overwrite and sweep_dir.exists():
         shutil.rmtree(sweep_dir)
@@ -218,7 +200,9 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
     import ray
     from ray import tune
 
-    started_ray = _start_ray(address, num_cpus, num_gpus, verbose)
+    from pipeline.common.parallel import start_ray
+
+    started_ray = start_ray(address, num_cpus, num_gpus, verbose)
     try:
         cluster = ray.cluster_resources()
         gpus = cluster.get("GPU", 0)
