@@ -122,7 +122,7 @@ def _t1_pairs(fr: Frames) -> list[tuple[str, pd.Series, pd.Series]]:
         if b.empty or c.empty:
             continue
         named = c[c["method"] == "clockwork"]
-        trained = c[c["adaptor"].fillna("identity") != "identity"]
+        trained = c[~c["adaptor"].fillna("identity").isin(["identity", "forecast"])]  # not training-free
         c = named if len(named) else (trained if len(trained) else c)
         out.append((teacher, b.iloc[0], c.iloc[0]))
     return out

@@ -599,6 +599,10 @@ class SweepInfo:
             budget.append(f"{self.n_samples} evaluated images")
         if budget:
             parts.append(" and ".join(budget) + " per trial")
+        split = self.summary.get("split")  # recorded since sweep.split; older sweeps scored the evaluation prompts
+        if split:
+            parts.append({"val": "scored and chosen on the validation split",
+                          "heldout": "scored and chosen on the held-out evaluation prompts"}.get(split, f"scored on {split}"))
         parts.append(self.date())
         wall = self.summary.get("wall_s", self.state.get("wall_s"))
         if wall is not None:

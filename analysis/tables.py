@@ -379,7 +379,7 @@ def headline_rows(ev: pd.DataFrame, teacher: str) -> tuple[pd.Series, pd.Series 
     base = t[t["kind"] == "baseline"].iloc[0]
     cw = t[t["kind"] == "clockwork"]
     ident = cw[cw["adaptor"] == "identity"]
-    named, trained = cw[cw["method"] == "clockwork"], cw[cw["adaptor"] != "identity"]
+    named, trained = cw[cw["method"] == "clockwork"], cw[~cw["adaptor"].isin(["identity", "forecast"])]
     trained = named if len(named) else trained
     return base, (trained.iloc[0] if len(trained) else None), (ident.iloc[0] if len(ident) else None)
 

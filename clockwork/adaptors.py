@@ -47,6 +47,9 @@ class AdaptorBase(ModelMixin, ConfigMixin):
     """Shared helpers; subclasses define ``forward(r_in, r_out_prev, temb, text)``."""
 
     kind = "base"
+    # True for the training-free adaptors that return r_out_prev as is (identity, forecast): the hook may then keep
+    # r_out after the boundary upsampler and skip that conv on adaptor steps, and they fit every UNet and cut.
+    reuses_r_out = False
 
     @property
     def uses_r_out_prev(self) -> bool:
@@ -68,9 +71,11 @@ class AdaptorBase(ModelMixin, ConfigMixin):
 
 
 class IdentityAdaptor(AdaptorBase):
-    """Reuse the previous step's r_out as is: training-free, 0 parameters (the authors' released wrapper)."""
+    """Reuse the previous step's r_out as is: DeepCache's cache. Training-free, 0 parameters (the authors'
+    released wrapper)."""
 
     kind = "identity"
+    reuses_r_out = True
 
     @register_to_config
     def __init__(self, r_in_channels: int = 0, r_out_channels: int = 0, temb_channels: int = 0, text_channels: int = 0,
@@ -82,6 +87,96 @@ class IdentityAdaptor(AdaptorBase):
     def forward(self, r_in=None, r_out_prev=None, temb=None, text=None):
         if r_out_prev is None:
             raise ValueError("the identity adaptor needs r_out(t+1); step 0 can never be an adaptor step")
+        return r_out_prev
+
+
+FORECAST_ORDERS = (0, 1, 2)
+
+
+def extrapolation_weights(full_steps, step) -> list[float]:
+    """Lagrange weights that extrapolate values known at ``full_steps`` to ``step``.
+
+    ``w_j = prod_{i != j} (step - k_i) / (k_j - k_i)``; ``sum_j w_j f(k_j)`` is the value at ``step`` of the
+    polynomial of degree ``len(full_steps) - 1`` through the points, and the weights sum to 1 (a constant is
+    reproduced). One step gives ``[1.0]`` (reuse); ``[0, 1]`` -> 2 gives ``[-1.0, 2.0]`` (``2 f(1) - f(0)``).
+    Pure Python floats, so the result does not depend on any tensor's dtype.
+    """
+    ks = [float(k) for k in full_steps]
+    if not ks:
+        raise ValueError("extrapolation needs at least one full step")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"full steps must be distinct, got {list(full_steps)}")
+    s = float(step)
+    weights = []
+    for j, kj in enumerate(ks):
+        w = 1.0
+        for i, ki in enumerate(ks):
+            if i != j:
+                w *= (s - ki) / (kj - ki)
+        weights.append(w)
+    return weights
+
+
+class ForecastAdaptor(AdaptorBase):
+    """Forecast r_out from the r_out of the last full steps (TaylorSeer-style, finite differences): training-free,
+    0 parameters.
+
+    On an adaptor step at sampler step ``s`` the hook passes as r_out_prev the polynomial extrapolation, in the
+    sampler step index, of the r_out of the last ``order + 1`` full steps ``k_0 < ... < k_m`` of the same UNet
+    call slot: ``sum_j w_j r_out(k_j)`` with :func:`extrapolation_weights` (they sum to 1). ``order=1`` with one
+    earlier full step at equal spacing gives ``2 r_out(k_1) - r_out(k_0)``; with fewer full steps than
+    ``order + 1`` so far it uses as many as there are, so with one it is the identity adaptor (DeepCache's reuse);
+    ``order=0`` is the identity adaptor. The module itself returns the r_out_prev it is given (as the identity
+    does): the extrapolation is :meth:`extrapolate`, a plain weighted sum outside the compiled graphs.
+
+    Memory: it keeps ``cached_tensors = order + 1`` r_out tensors per UNet call slot (the identity adaptor keeps
+    1) - after the boundary upsampler, as the identity does, since the weights sum to 1 and the upsampler is
+    affine, so extrapolating after it equals upsampling the extrapolation (up to rounding). A sampler with several
+    model evaluations per step (Heun) keeps that many per evaluation of the step.
+    """
+
+    kind = "forecast"
+    reuses_r_out = True
+
+    @register_to_config
+    def __init__(self, r_in_channels: int = 0, r_out_channels: int = 0, temb_channels: int = 0, text_channels: int = 0,
+                 cut: int = 1, order: int = 1, inputs: tuple = ("r_out_prev",)):
+        super().__init__()
+        if tuple(inputs) != ("r_out_prev",):
+            raise ValueError("the forecast adaptor only uses 'r_out_prev'")
+        if isinstance(order, bool) or not isinstance(order, int) or order not in FORECAST_ORDERS:
+            raise ValueError(f"forecast adaptor order must be one of {list(FORECAST_ORDERS)} "
+                             f"(0 = reuse as the identity adaptor, 1 = linear, 2 = quadratic), got {order!r}")
+
+    @property
+    def order(self) -> int:
+        return int(self.config.order)
+
+    @property
+    def cached_tensors(self) -> int:
+        """r_out tensors kept per UNet call slot: ``order + 1`` (the identity adaptor keeps 1)."""
+        return self.order + 1
+
+    def extrapolate(self, history, step) -> torch.Tensor:
+        """r_out at sampler ``step`` from ``history``, a sequence of ``(full step, r_out)`` (oldest first): the
+        weighted sum over its last ``cached_tensors`` entries. One entry is returned as is (the identity).
+        Accumulates in float32 for 16-bit tensors and returns the tensors' dtype."""
+        history = list(history)[-self.cached_tensors:]
+        if not history:
+            raise ValueError("the forecast adaptor needs r_out of at least one full step; step 0 can never be an adaptor step")
+        if len(history) == 1:
+            return history[0][1]
+        weights = extrapolation_weights([k for k, _ in history], step)
+        dtype = history[-1][1].dtype
+        acc = None
+        for w, (_, r) in zip(weights, history):
+            term = r.float() * w if r.dtype in (torch.float16, torch.bfloat16) else r * w
+            acc = term if acc is None else acc.add_(term)
+        return acc.to(dtype)
+
+    def forward(self, r_in=None, r_out_prev=None, temb=None, text=None):
+        if r_out_prev is None:
+            raise ValueError("the forecast adaptor needs r_out(t+1); step 0 can never be an adaptor step")
         return r_out_prev
 
 
@@ -191,6 +286,7 @@ class UNetLightAdaptor(AdaptorBase):
 
 ADAPTORS: dict[str, type[AdaptorBase]] = {
     "identity": IdentityAdaptor,
+    "forecast": ForecastAdaptor,
     "resnet": ResNetAdaptor,
     "unet-light": UNetLightAdaptor,
 }
@@ -205,6 +301,13 @@ def build_adaptor(kind: str, cut_or_dims, **kwargs) -> AdaptorBase:
         if kwargs.get("inputs") not in (None, ("r_out_prev",), ["r_out_prev"]):
             raise ValueError("the identity adaptor only uses 'r_out_prev'")
         kwargs = {}
+    elif kind == "forecast":
+        if kwargs.get("inputs") not in (None, ("r_out_prev",), ["r_out_prev"]):
+            raise ValueError("the forecast adaptor only uses 'r_out_prev'")
+        other = sorted(k for k in kwargs if k not in ("order", "inputs"))
+        if other:
+            raise ValueError(f"the forecast adaptor takes only `order`, not {other}")
+        kwargs = {k: v for k, v in kwargs.items() if k == "order"}
     if "inputs" in kwargs:
         kwargs["inputs"] = tuple(kwargs["inputs"])
     return ADAPTORS[kind](**sig, **kwargs)
@@ -222,13 +325,16 @@ def load_adaptor(path) -> AdaptorBase:
     classes = {c.__name__: c for c in ADAPTORS.values()}
     if name not in classes:
         raise ValueError(f"{cfg_file} describes a {name!r}, not one of the adaptors {sorted(classes)}")
-    return classes[name].from_pretrained(path)
+    cls = classes[name]
+    if cls.reuses_r_out:  # identity, forecast: no parameters, so save_pretrained wrote config.json alone
+        return cls.from_config(cls.load_config(path)).eval()
+    return cls.from_pretrained(path)
 
 
 def check_compatible(adaptor: nn.Module, signature: dict[str, Any]) -> None:
     """Raise ValueError if ``adaptor`` was made for another UNet or cut than ``signature``."""
-    if isinstance(adaptor, IdentityAdaptor):
-        return  # reuses r_out as is: fits every UNet and cut
+    if isinstance(adaptor, (IdentityAdaptor, ForecastAdaptor)):
+        return  # reuses (or extrapolates) r_out as is: fits every UNet and cut
     cfg = getattr(adaptor, "config", None)
     if cfg is None:
         return  # a user-supplied module: trust it, shapes will tell

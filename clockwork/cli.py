@@ -19,7 +19,7 @@ from pathlib import Path
 def _flops(args) -> int:
     from clockwork.flops import clockwork_flops
 
-    adaptor_kwargs = {"width": args.width} if args.width and args.adaptor != "identity" else {}
+    adaptor_kwargs = {"width": args.width} if args.width and args.adaptor not in ("identity", "forecast") else {}
     res = clockwork_flops(args.unet_config, steps=args.steps, clock=args.clock, cut=args.cut, adaptor=args.adaptor,
                           batch=args.batch, adaptor_kwargs=adaptor_kwargs)
     if args.json:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--steps", type=int, default=8)
     f.add_argument("--clock", type=int, default=2)
     f.add_argument("--cut", type=int, default=1)
-    f.add_argument("--adaptor", default="identity", choices=["identity", "resnet", "unet-light"])
+    f.add_argument("--adaptor", default="identity", choices=["identity", "forecast", "resnet", "unet-light"])
     f.add_argument("--width", type=int, default=None, help="adaptor width (resnet / unet-light)")
     f.add_argument("--batch", type=int, default=2, help="2 = one prompt with classifier-free guidance")
     f.add_argument("--json", action="store_true")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--prompt", nargs="+", default=["a small red sneaker", "a large blue dress", "a photo of a large yellow bag"])
     g.add_argument("--clock", type=int, default=2)
     g.add_argument("--cut", type=int, default=1)
-    g.add_argument("--adaptor", default="identity", help="identity | resnet | PATH to a trained adaptor folder")
+    g.add_argument("--adaptor", default="identity", help="identity | forecast | resnet | PATH to a trained adaptor folder")
     g.add_argument("--steps", type=int, default=8)
     g.add_argument("--guidance", type=float, default=2.0)
     g.add_argument("--seed", type=int, default=0)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ed.add_argument("--target", required=True, help="the caption to edit towards, e.g. 'a blue sneaker'")
     ed.add_argument("--clock", type=int, default=2)
     ed.add_argument("--cut", type=int, default=1)
-    ed.add_argument("--adaptor", default="identity", help="identity | PATH to a trained adaptor folder")
+    ed.add_argument("--adaptor", default="identity", help="identity | forecast | PATH to a trained adaptor folder")
     ed.add_argument("--steps", type=int, default=16, help="DDIM steps of the inversion and of the generation")
     ed.add_argument("--guidance", type=float, default=2.0)
     ed.add_argument("--feature-fraction", type=float, default=None, help="share of steps with feature injection")
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     sc = sub.add_parser("schedule", help="the best adaptor steps for every budget (the Clockwork front) from a "
                                          "calibration run: how far each schedule moves the final sample")
     _sampling_args(sc, n_help="calibration prompts")
-    sc.add_argument("--adaptor", default="identity", help="identity (DeepCache's cache) or a trained adaptor's folder")
+    sc.add_argument("--adaptor", default="identity", help="identity (DeepCache's cache), forecast (extrapolates the "
+                    "last full steps' r_out) or a trained adaptor's folder")
     sc.add_argument("--cut", type=int, default=1)
     sc.add_argument("--budgets", default=None, help="comma list of adaptor-step counts (default: all)")
     sc.add_argument("--allowed", default=None, help="comma list of steps the adaptor may take (default 1..steps-1)")

@@ -16,7 +16,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 from torch.utils.flop_counter import FlopCounterMode
 
-from clockwork.adaptors import IdentityAdaptor, build_adaptor
+from clockwork.adaptors import build_adaptor
 from clockwork.clock import Clock
 from clockwork.cut import UNetCut
 
@@ -88,7 +88,12 @@ def step_flops(unet: UNet2DConditionModel, cut: int = 1, adaptor: str | torch.nn
         with torch.device(dev):
             adaptor = build_adaptor(adaptor, ucut, **(adaptor_kwargs or {}))
     sample, t, ehs, kw = _inputs(unet, batch, seq_len, device=dev)
-    up = isinstance(adaptor, IdentityAdaptor)
+    # identity and forecast: r_out is kept after the boundary upsampler, as the hook keeps it (no upsampler conv).
+    # The forecast adaptor's step costs what the identity's does plus its weighted sum of order+1 cached r_out,
+    # ~2 (order+1) FLOPs per element of r_out, which is not counted: elementwise ops are not counted anywhere here
+    # (FlopCounterMode counts matmuls and convolutions), and it is ~1e-4 of a step (SD 1.5, batch 2, order 1:
+    # ~0.02 of ~1600 GFLOPs).
+    up = bool(getattr(adaptor, "reuses_r_out", False))
     full = _count(lambda: ucut.full_step(sample, t, ehs, **kw))
     holder = {}
     with torch.no_grad():

@@ -8,7 +8,9 @@
 The hook replaces ``unet.forward``: per call it reads the sampler step from the pipeline's scheduler,
 asks the clock, and runs either :meth:`UNetCut.full_step` or :meth:`UNetCut.adaptor_step`. Both are
 stateless functions (optionally ``torch.compile``-d once each, ``fast=True``); the only state is the
-previous r_out per UNet call slot, overwritten at every full step.
+previous r_out per UNet call slot, overwritten at every full step - and, for the forecast adaptor, the r_out of
+the last ``order + 1`` full steps per call slot (and per evaluation of a sampler step), extrapolated to the
+adaptor step outside the compiled graphs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from clockwork.adaptors import AdaptorBase, IdentityAdaptor, build_adaptor, check_compatible, load_adaptor
+from clockwork.adaptors import AdaptorBase, ForecastAdaptor, build_adaptor, check_compatible, load_adaptor
 from clockwork.clock import Clock, loop_to_step, num_sampler_steps, scheduler_loop_index
 from clockwork.cut import UNetCut
 
@@ -42,11 +44,18 @@ class ClockworkHook(ModelHook):
             # UNet (or batch size) would turn the graphs symbolic, and symbolic shapes cost speed (and CUDA graphs).
             self._full = torch.compile(cut.full_step, fullgraph=True, mode=mode, dynamic=False)
             self._adapt = torch.compile(cut.adaptor_step, fullgraph=True, mode=mode, dynamic=False)
-        # The identity adaptor reuses r_out unchanged, so caching it after the upsampler skips that conv too.
-        self.upsampled = isinstance(adaptor, IdentityAdaptor)
+        # The identity adaptor reuses r_out unchanged, so caching it after the upsampler skips that conv too. The
+        # forecast adaptor's weighted sum has weights summing to 1 and the upsampler is affine, so the same holds.
+        self.upsampled = bool(getattr(adaptor, "reuses_r_out", False))
+        # forecast with order >= 1: extrapolate from a history of full-step r_out (order 0 is the identity path)
+        self.forecast = isinstance(adaptor, ForecastAdaptor) and adaptor.cached_tensors > 1
         self._r_out: dict[int, torch.Tensor] = {}
+        # forecast: (call slot, evaluation within the sampler step) -> [(sampler step, r_out)] of full steps only
+        self._history: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = {}
         self._loop = -1
         self._slot = 0
+        self._sub = 0  # evaluation within the sampler step (Heun: 0 and 1; PNDM's first step: 0 and 1)
+        self._eval_step = None  # sampler step of the previous loop iteration
         self._timesteps = _UNSET  # the scheduler's timesteps tensor of the current generation
         self._first_step = 0
         self.trace: list[tuple[int, bool]] = []  # (sampler step, full?) of the last calls, for inspection
@@ -66,7 +75,9 @@ class ClockworkHook(ModelHook):
             # start at begin_index > 0), so its first step is always a full one.
             self._timesteps = ts
             self._r_out.clear()
+            self._history.clear()
             self._loop = -1
+            self._eval_step = None
             self._first_step = None
             n = num_sampler_steps(scheduler)
             if n:
@@ -77,7 +88,11 @@ class ClockworkHook(ModelHook):
             self._first_step = step
         step -= self._first_step
         # Several UNet calls in one loop iteration (CFG as two calls) each get their own r_out slot.
-        self._slot = self._slot + 1 if loop == self._loop else 0
+        new_eval = loop != self._loop
+        self._slot = 0 if new_eval else self._slot + 1
+        if new_eval:  # a sampler step with several evaluations (Heun) numbers them: each has its own forecast history
+            self._sub = self._sub + 1 if step == self._eval_step else 0
+            self._eval_step = step
         self._loop = loop
         full = self.clock.is_full(step)
         if not full and step == 0 and uses_prev:
@@ -86,6 +101,9 @@ class ClockworkHook(ModelHook):
             out, _, r_out = self._full(sample, timestep, encoder_hidden_states, upsampled=self.upsampled, **kwargs)
         else:
             prev = self._r_out.get(self._slot)
+            hist = self._history.get((self._slot, self._sub)) if self.forecast else None
+            if hist and hist[-1][1].shape[0] == sample.shape[0]:  # (none for this evaluation: reuse, as identity)
+                prev = self.adaptor.extrapolate(hist, step)
             if uses_prev and (prev is None or prev.shape[0] != sample.shape[0]):
                 raise RuntimeError(
                     f"adaptor step {step} has no r_out from a previous full step for this call "
@@ -93,7 +111,16 @@ class ClockworkHook(ModelHook):
                 )
             out, _, r_out = self._adapt(self.adaptor, prev, sample, timestep, encoder_hidden_states,
                                         upsampled=self.upsampled, **kwargs)
-        self._r_out[self._slot] = r_out.clone() if self.fast else r_out
+        if full or not self.forecast:  # forecast keeps full steps' r_out only (an adaptor step's is the extrapolation)
+            self._r_out[self._slot] = r_out = r_out.clone() if self.fast else r_out
+            if self.forecast:
+                hist = self._history.setdefault((self._slot, self._sub), [])
+                if hist and hist[-1][1].shape != r_out.shape:
+                    hist.clear()  # another batch size: start over
+                if hist and hist[-1][0] == step:
+                    hist.pop()  # the same step again: the latest r_out replaces it
+                hist.append((step, r_out))
+                del hist[:-self.adaptor.cached_tensors]
         self.trace.append((step, full))
         if len(self.trace) > 4096:
             del self.trace[:2048]
@@ -109,7 +136,7 @@ def _resolve_adaptor(adaptor, cut: UNetCut, device, dtype) -> torch.nn.Module:
     elif isinstance(adaptor, (str, Path)):
         adaptor = load_adaptor(adaptor)
     if not isinstance(adaptor, torch.nn.Module):
-        raise ValueError(f"adaptor must be a name ('identity', 'resnet', ...), a saved adaptor folder or an nn.Module, got {type(adaptor).__name__}")
+        raise ValueError(f"adaptor must be a name ('identity', 'forecast', 'resnet', ...), a saved adaptor folder or an nn.Module, got {type(adaptor).__name__}")
     check_compatible(adaptor, cut.signature())
     first = next(adaptor.parameters(), None)
     if first is not None and first.dtype != dtype:

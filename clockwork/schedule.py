@@ -65,15 +65,19 @@ def search_schedules(score: Callable[[tuple[int, ...]], float], num_steps: int, 
         return seen[s]
 
     best: dict[int, ScheduleChoice] = {}
-    for k in range(1, max(wanted) + 1):
-        if math.comb(len(steps), k) <= exhaustive_limit:
-            cands, method = list(itertools.combinations(steps, k)), "exhaustive"
-        else:  # grow the best schedule one step smaller by its best next step
-            base = best[k - 1].adaptor_steps if k > 1 else ()
-            cands, method = [tuple(sorted(base + (s,))) for s in steps if s not in base], "greedy"
-        top = min(cands, key=lambda s: (scored(s), s))
-        best[k] = ScheduleChoice(k, top, seen[top], method, len(cands))
-    return [best[k] for k in wanted]
+
+    def best_for(k: int) -> ScheduleChoice:  # a budget nobody asked for is searched only when greedy grows from it
+        if k not in best:
+            if math.comb(len(steps), k) <= exhaustive_limit:
+                cands, method = list(itertools.combinations(steps, k)), "exhaustive"
+            else:  # grow the best schedule one step smaller by its best next step
+                base = best_for(k - 1).adaptor_steps if k > 1 else ()
+                cands, method = [tuple(sorted(base + (s,))) for s in steps if s not in base], "greedy"
+            top = min(cands, key=lambda s: (scored(s), s))
+            best[k] = ScheduleChoice(k, top, seen[top], method, len(cands))
+        return best[k]
+
+    return [best_for(k) for k in wanted]
 
 
 def sample_change_scorer(unet, scheduler, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor, *, adaptor,

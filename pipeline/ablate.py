@@ -1,6 +1,7 @@
 """Stage `ablate`: the paper's ablations at this scale -> metrics/ablate.json (one row per variant).
 
 - adaptor_type: identity / resnet / unet-light / resnet-wide (+ the plain baseline)      (paper Table 3)
+  and forecast (training-free: the last two full steps' r_out extrapolated, TaylorSeer-style)
 - schedule: alternating vs adaptor on the late half vs the early middle                  (Table 3)
 - cut: 1 vs 2                                                                             (Table 3)
 - inputs: r_in only / r_out(t+1) only / both / both + text / adaptor at every step
@@ -50,14 +51,20 @@ INPUT_VARIANTS = {  # paper Table 5 (the time embedding conditions every variant
 def ablation_rows(p) -> list[tuple[str, str, object]]:
     """(ablation, variant, MethodSpec) for every requested ablation."""
     from pipeline.common import MethodSpec
+    from pipeline.common.methods import TRAINING_FREE
 
     a = p.ablate
     period = p.clock.period if p.clock.adaptor_steps is None else 2
+    steps = p.clock.adaptor_steps
+    if steps == "auto":  # the schedule the distill stage chose
+        from pipeline.common.fronts import read_schedule
+
+        steps = read_schedule()["adaptor_steps"]
     base = MethodSpec(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
-                      adaptor=p.adaptor.kind if p.adaptor.kind != "identity" else "resnet", clock=p.clock.period,
-                      adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
+                      adaptor=p.adaptor.kind if p.adaptor.kind not in TRAINING_FREE else "resnet", clock=p.clock.period,
+                      adaptor_steps=tuple(steps) if steps is not None else None,
                       cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth,
-                      inputs=tuple(p.adaptor.inputs) if p.adaptor.kind != "identity" else INPUT_VARIANTS["both+text"])
+                      inputs=tuple(p.adaptor.inputs) if p.adaptor.kind not in TRAINING_FREE else INPUT_VARIANTS["both+text"])
     resnet = dataclasses.replace(base, adaptor="resnet")
     plain = lambda **kw: MethodSpec(**{"sampler": base.sampler, "steps": base.steps, "guidance": base.guidance, **kw})  # noqa: E731
     at_steps = lambda spec, n: dataclasses.replace(spec, steps=n, clock=period, adaptor_steps=None)  # noqa: E731
@@ -66,6 +73,7 @@ def ablation_rows(p) -> list[tuple[str, str, object]]:
         if name == "adaptor_type":
             rows += [(name, "baseline", plain()),
                      (name, "identity", dataclasses.replace(base, adaptor="identity")),
+                     (name, "forecast", dataclasses.replace(base, adaptor="forecast")),
                      (name, "resnet", resnet),
                      (name, "unet-light", dataclasses.replace(base, adaptor="unet-light", width=a.unet_light_width, depth=1)),
                      (name, "resnet-wide", dataclasses.replace(resnet, width=a.resnet_wide_width))]

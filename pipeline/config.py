@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as `python pipeline/config.py`
 from pipeline.config_sections import (  # noqa: F401 - the sections are part of this module's interface
     ABLATIONS, ADAPTOR_INPUTS, ADAPTOR_KINDS, DEFAULT_PARAMS, SAMPLERS, SD_PIPELINES, SPLITS, Ablate, Adaptor, Clip,
     ClockParams, ConfigError, Device, Distill, DistillOnline, Edit, EmbeddedWorld, Evaluate, Lever, NonNegInt, PosFloat, PosInt, Prepare,
-    Report, Sampling, SDWorld, Section, Teacher, Trajectories, World, problems_from,
+    Report, Sampling, SDWorld, Section, Teacher, Trajectories, TRAINING_FREE, World, problems_from,
 )
 from pipeline.config_sweep import SweepParams
 
@@ -276,11 +276,46 @@ def _online_problems(p: Params) -> list[tuple[str, str]]:
     return problems
 
 
+def _schedule_problems(p: Params) -> list[tuple[str, str]]:
+    """``clock.adaptor_steps: auto`` and ``evaluate.fronts``: budgets inside the schedule, calibration prompts that
+    exist and are not evaluation prompts."""
+    problems, steps = [], p.sampling.steps
+    auto = p.clock.adaptor_steps == "auto"
+    if auto and p.clock.budget is None:
+        problems.append(("clock.budget", "clock.adaptor_steps: auto needs the number of adaptor steps to choose"))
+    if auto and p.clock.budget is not None and not 1 <= p.clock.budget <= steps - 1:
+        problems.append(("clock.budget", f"{p.clock.budget} adaptor steps do not fit sampling.steps={steps} (allowed "
+                         f"1..{steps - 1}: step 0 always runs the full UNet)"))
+    if auto and p.distill.source == "online":
+        problems.append(("clock.adaptor_steps", "auto trains on every step of the trajectory store: use distill.source: "
+                         "store (online distillation needs the schedule before it unrolls)"))
+    if not auto and p.clock.budget is not None:
+        problems.append(("clock.budget", "only read with clock.adaptor_steps: auto; remove it or set auto"))
+    bad = sorted(b for b in p.evaluate.front_budgets if not 1 <= b <= steps - 1)
+    if bad:
+        problems.append(("evaluate.front_budgets", f"{bad} do not fit sampling.steps={steps} (allowed 1..{steps - 1})"))
+    if bool(p.evaluate.fronts) != bool(p.evaluate.front_budgets):
+        problems.append(("evaluate.front_budgets", "evaluate.fronts and evaluate.front_budgets go together (both empty "
+                         "= no fronts)"))
+    if "distilled" in p.evaluate.fronts and p.adaptor.kind in TRAINING_FREE:
+        problems.append(("evaluate.fronts", f"`distilled` needs a trained adaptor (adaptor.kind is {p.adaptor.kind})"))
+    if auto or p.evaluate.fronts:
+        pool = p.prepare.val_prompts or min(p.distill.heldout_prompts, p.prepare.distill_prompts)
+        if p.clock.calibration_prompts > pool:
+            where = "prepare.val_prompts" if p.prepare.val_prompts else "distill.heldout_prompts (no validation split)"
+            problems.append(("clock.calibration_prompts", f"{p.clock.calibration_prompts} > {where}={pool}: the schedule "
+                             "search samples validation prompts only, never the evaluation ones"))
+    return problems
+
+
 def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     steps = p.sampling.steps
-    problems += _clock_problems("clock", steps, p.clock.period, p.clock.adaptor_steps, "r_out_prev" in p.adaptor.inputs)
-    if p.clock.adaptor_steps is None and p.clock.period == 1 and p.adaptor.kind != "identity":
+    auto = p.clock.adaptor_steps == "auto"
+    problems += _clock_problems("clock", steps, p.clock.period, None if auto else p.clock.adaptor_steps,
+                                "r_out_prev" in p.adaptor.inputs)
+    problems += _schedule_problems(p)
+    if p.clock.adaptor_steps is None and p.clock.period == 1 and p.adaptor.kind not in TRAINING_FREE:
         problems.append(("clock.period", "clock 1 never runs the adaptor, so there is nothing to distill; use >= 2"))
     if p.clock.adaptor_steps is not None and not p.clock.adaptor_steps:
         problems.append(("clock.adaptor_steps", "empty list: no adaptor steps (use null to clock by `period`)"))
@@ -288,8 +323,8 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
         problems.append(("adaptor.inputs", "needs at least one feature input: r_in or r_out_prev"))
     if len(set(p.adaptor.inputs)) != len(p.adaptor.inputs):
         problems.append(("adaptor.inputs", f"duplicate entries in {p.adaptor.inputs}"))
-    if p.adaptor.kind == "identity" and list(p.adaptor.inputs) != ["r_out_prev"]:
-        problems.append(("adaptor.inputs", "the identity adaptor only uses [r_out_prev]"))
+    if p.adaptor.kind in TRAINING_FREE and list(p.adaptor.inputs) != ["r_out_prev"]:
+        problems.append(("adaptor.inputs", f"the {p.adaptor.kind} adaptor only uses [r_out_prev]"))
     cuts_ok = None
     try:
         if isinstance(p.world, SDWorld):
@@ -341,6 +376,7 @@ def cross_check(p: Params, root: Path) -> list[tuple[str, str]]:
             steps_l = lv.steps or steps
             period = lv.period if lv.period is not None else (p.clock.period if lv.adaptor_steps is None else None)
             a_steps = lv.adaptor_steps if lv.adaptor_steps is not None else (None if lv.period is not None else p.clock.adaptor_steps)
+            a_steps = None if a_steps == "auto" else a_steps
             problems += _clock_problems(f"ablate.levers.{name}", steps_l, period, a_steps,
                                         "r_out_prev" in (lv.inputs or p.adaptor.inputs))
             if lv.cut is not None and lv.cut not in p.trajectories.cuts:

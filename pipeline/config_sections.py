@@ -16,10 +16,12 @@ from clockwork.precision import PRECISIONS
 DEFAULT_PARAMS = "params.yaml"
 
 SAMPLERS = ("dpm++", "dpm", "pndm", "ddim", "euler", "heun")
-ADAPTOR_KINDS = ("identity", "resnet", "unet-light")
+ADAPTOR_KINDS = ("identity", "forecast", "resnet", "unet-light")  # identity, forecast (order 1): training-free
 ADAPTOR_INPUTS = ("r_in", "r_out_prev", "time", "text")
 ABLATIONS = ("adaptor_type", "schedule", "cut", "inputs", "training", "sampler", "steps", "levers")
 SPLITS = ("heldout", "val")
+TRAINING_FREE = ("identity", "forecast")  # adaptor kinds with nothing to distil
+FRONT_ADAPTORS = ("distilled", *TRAINING_FREE)  # evaluate.fronts: the distill stage's adaptor, training-free ones
 SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # the SD family world.kind: sd loads
 
 
@@ -127,7 +129,16 @@ class Adaptor(Section):
 
 class ClockParams(Section):
     period: int = 2  # full UNet every `period`-th sampler step (0-based step % period == 0)
-    adaptor_steps: list[int] | None = None  # explicit 0-based adaptor steps; overrides `period`
+    # explicit 0-based adaptor steps (overrides `period`), or auto: the distill stage trains the adaptor on every step
+    # 1..steps-1, chooses the best `budget` of them on calibration prompts (clockwork.schedule), then fine-tunes on those
+    adaptor_steps: list[int] | Literal["auto"] | None = None
+    budget: PosInt | None = None  # auto: how many adaptor steps (fixes the GFLOPs)
+    finetune_steps: NonNegInt = 0  # auto: distillation steps on the chosen schedule after the all-steps training
+    # the schedule search (auto, evaluate.fronts) samples this many calibration prompts: the validation split's first
+    # (prepare.val_prompts), else the distillation prompts held out of training (distill.heldout_prompts) - never the
+    # evaluation prompts - from noise of this seed
+    calibration_prompts: PosInt = 32
+    calibration_seed: NonNegInt = 7
 
 
 class DistillOnline(Section):
@@ -179,6 +190,10 @@ class Evaluate(Section):
     latency_runs: PosInt = 5
     grid_images: PosInt = 8
     front_steps: list[Annotated[int, Field(ge=1)]] = [3, 4, 5, 6, 7, 8]  # the plain baseline's step counts: the front
+    # Clockwork fronts: for each adaptor listed (distilled = the distill stage's; identity = DeepCache's cache;
+    # forecast = TaylorSeer-style extrapolation) the best schedule per budget (clock.calibration_*), each evaluated
+    fronts: list[Literal[FRONT_ADAPTORS]] = []
+    front_budgets: list[PosInt] = []  # numbers of adaptor steps of the fronts
     device: Device = "auto"
 
 

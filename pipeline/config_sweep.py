@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config_sections import ADAPTOR_KINDS, DEFAULT_PARAMS, ConfigError, NonNegInt, PosInt, Section, \
+from pipeline.config_sections import ADAPTOR_KINDS, DEFAULT_PARAMS, SPLITS, ConfigError, NonNegInt, PosInt, Section, \
     problems_from
 
 SweepConfigError = ConfigError  # one error format for every section
@@ -35,6 +35,13 @@ TRIAL_KEYS: dict[str, str] = {
     "guidance": "sampling.guidance", "distill_steps": "distill.steps", "n_samples": "evaluate.n_samples",
     "latency_runs": "evaluate.latency_runs", "device": "device", "params_file": "params_file", "root": "root",
 }
+# The split every trial is scored on (sweep.split) travels to the trial function as this key of its params, and to
+# MLflow as the child run's param SPLIT_PARAM. "val": the validation split (prepare.val_prompts, against
+# prepare.val_reference_images); "heldout": the evaluation prompts, which then choose the recommendation.
+SPLIT_KEY = "split"
+SPLIT_PARAM = "sweep.split"
+# What a sweep recorded before sweep.split existed was scored on: the first n_samples evaluation prompts.
+LEGACY_SPLIT = "heldout"
 INT_DISTRIBUTIONS = {"choice": None, "randint": 2, "qrandint": 3, "lograndint": 2}  # name -> number of args
 SEARCHERS_BUILTIN = ("grid", "random")
 SCHEDULERS = {"fifo": "fifo", "asha": "async_hyperband", "async_hyperband": "async_hyperband",
@@ -203,6 +210,10 @@ class SweepParams(Section):
     resources: Resources = Resources()
     max_concurrent: NonNegInt = 0  # 0 = as many trials as the resources allow
     max_failures: NonNegInt = 2  # retries of a failing trial before it is recorded as failed
+    # Where every trial is scored, so where the recommendation is chosen: val = the validation split
+    # (prepare.val_prompts / prepare.val_reference_images: training-split images never distilled on); heldout = the
+    # evaluation prompts (prepare.eval_prompts), which leaks the test set into the choice.
+    split: Literal[SPLITS] = "val"
     overrides: dict[str, Any] = {}  # extra trial-function params for every trial, e.g. {distill_steps: 300}
 
     @field_validator("search", "scheduler", mode="before")
@@ -241,6 +252,9 @@ class SweepParams(Section):
         clash = [k for k in self.overrides if k in DIMENSIONS or k in DIMENSIONS.values()]
         if clash:
             problems.append(f"overrides set {clash}, which the space sweeps; remove them from overrides")
+        if SPLIT_KEY in self.overrides:
+            problems.append(f"overrides set {SPLIT_KEY!r}: the split every trial is scored on is `sweep.split` "
+                            f"({' | '.join(SPLITS)}); remove it from overrides")
         if self.trial == DEFAULT_TRIAL:
             unknown = [k for k in self.overrides if k not in TRIAL_KEYS]
             if unknown:
@@ -264,6 +278,12 @@ def parse_sweep(raw: dict, source: str = DEFAULT_PARAMS) -> SweepParams:
     if not isinstance(section, dict):
         raise ConfigError([("sweep", f"must be a mapping, got {type(section).__name__}")], source)
     return validate_sweep(section, source)
+
+
+def recorded_sweep(section: dict) -> SweepParams:
+    """The section a sweep recorded in its sweep.json, read with today's defaults - except the split: a sweep
+    recorded before `sweep.split` existed scored its trials on the evaluation prompts (LEGACY_SPLIT)."""
+    return SweepParams.model_validate({SPLIT_KEY: LEGACY_SPLIT, **section})
 
 
 def validate_sweep(section: dict, source: str = DEFAULT_PARAMS) -> SweepParams:

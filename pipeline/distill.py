@@ -16,6 +16,13 @@ without a trajectory store: the teacher, on the training device, unrolls the cap
 pipeline/common/prompts.py as training goes (clockwork.online.distill_online, `distill.online`), into a
 bounded on-device buffer. data/trajectories then only serves the held-out prompts' pairs (`heldout_mse`): a
 small validation store. Checkpoints resume by re-unrolling the buffer.
+
+`clock.adaptor_steps: auto` (the Clockwork front's schedule optimizer, store source): the adaptor is first distilled
+on every step 1..steps-1 (models/adaptor/all_steps/), then the `clock.budget` adaptor steps whose Clockwork sample
+moves least from the full UNet's on the calibration prompts are chosen (clockwork.schedule.search_schedules), then
+the adaptor is fine-tuned on them for `clock.finetune_steps` (0 = the all-steps adaptor as is). Every run writes
+metrics/schedule.json: the schedule (given or chosen), the search and the calibration prompts - validation prompts,
+never evaluation ones - that the evaluate stage's fronts use too.
 """
 
 from __future__ import annotations
@@ -43,11 +50,14 @@ def main() -> None:
                                  num_prompts, obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories,
                                  write_json,
                                  write_text)
+    from pipeline.common.fronts import ALL_STEPS_DIR, SCHEDULE_FILE, calibration_prompts, choose_schedules
     from pipeline.common.headline import machine
+    from pipeline.common.training import finetune_adaptor
     from pipeline.config import teacher_unet_config
 
     device = pick_device(p.distill.device)
-    spec = MethodSpec.from_params(p)
+    auto = p.clock.adaptor_steps == "auto"
+    spec = MethodSpec.from_params(p)  # auto: every step 1..steps-1 until the schedule is chosen
     unet_config = teacher_unet_config(p.world, Path.cwd())
     output_term = p.distill.output_weight > 0
     world = prepared = None
@@ -77,7 +87,8 @@ def main() -> None:
     cfg = distill_config(p.distill)
 
     # Checkpoints made with other settings or data must not be resumed.
-    stamp_of = [spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, code_sha("pipeline/distill.py", "pipeline/common",
+    stamp_of = [spec.key(), cfg.__dict__, p.distill.rollout_steps, meta, *([p.clock.model_dump()] if auto else []),
+                code_sha("pipeline/distill.py", "pipeline/common",
                                                                   "clockwork/distill.py", "clockwork/adaptors.py")]
     if online:  # the store's own stamp stays what it was
         stamp_of += [p.distill.online.model_dump(), p.world.model_dump(),
@@ -123,6 +134,33 @@ def main() -> None:
                                              prepared.distill_prompts[:num_prompts(train)], train, cfg,
                                              p.distill.rollout_steps, device, CKPT_DIR / "rollout")
             history += [{**h, "step": h["step"] + cfg.steps} for h in more]
+        prepared = prepared or Prepared.load()
+        try:
+            cal_prompts, cal_source = calibration_prompts(prepared, p.distill.heldout_prompts, p.clock.calibration_prompts)
+        except ValueError:  # only auto and evaluate.fronts search (pipeline/config.py checks those before any stage)
+            if auto:
+                raise
+            cal_prompts, cal_source = [], None
+        schedule = {"mode": "auto" if auto else "given", "adaptor_steps": None if spec.adaptor_steps is None else
+                    list(spec.adaptor_steps), "period": None if spec.adaptor_steps is not None else spec.clock,
+                    "calibration": {"source": cal_source, "seed": p.clock.calibration_seed, "prompts": cal_prompts}}
+        all_steps = None
+        if auto:  # choose the schedule with the all-steps adaptor, then fine-tune on it
+            world = world or load_world(p.world, device)
+            search = choose_schedules(world, prepared.table, cal_prompts, spec, adaptor, [p.clock.budget],
+                                      p.clock.calibration_seed)
+            spec = MethodSpec.from_params(p, search[0]["adaptor_steps"])
+            log(f"schedule: adaptor steps {list(spec.adaptor_steps)} of {search[0]['candidates']} {search[0]['method']} "
+                f"candidates (budget {p.clock.budget}, sample change {search[0]['score']:.3g} on {len(cal_prompts)} "
+                f"{cal_source} prompts)")
+            schedule.update(adaptor_steps=list(spec.adaptor_steps), budget=p.clock.budget, search=search,
+                            finetune_steps=p.clock.finetune_steps if spec.needs_training else 0)
+            if spec.needs_training:
+                all_steps = adaptor
+            if spec.needs_training and p.clock.finetune_steps:
+                adaptor, more = finetune_adaptor(all_steps, train, spec, scheduler, cfg, p.clock.finetune_steps, device,
+                                                 CKPT_DIR / f"finetune_{obj_sha(list(spec.adaptor_steps))[:12]}")
+                history += [{**h, "step": h["step"] + history[-1]["step"]} for h in more]
         seconds = time.perf_counter() - t0
         heldout = heldout_id = None
         if held is not None:
@@ -134,6 +172,9 @@ def main() -> None:
                 heldout = heldout_id
         with atomic_dir(ADAPTOR_DIR) as tmp:
             adaptor.save_pretrained(tmp)
+            if all_steps is not None:
+                all_steps.save_pretrained(Path(tmp) / ALL_STEPS_DIR)
+        write_json(SCHEDULE_FILE, schedule)
         write_text("plots/distill_loss.csv", "step,loss\n" + "".join(f"{h['step']},{h['loss']:.8g}\n" for h in history))
         metrics = {
             "final_loss": history[-1]["loss"] if history else None,

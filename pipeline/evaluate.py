@@ -11,6 +11,13 @@ total GFLOPs per image (CFG batch 2, clockwork.flops), the measured latency of t
 prompt on this machine, and the adaptor's parameter count. plots/samples/evaluate.png shows the same
 prompts and seeds for every method, the prompt under each image. metrics/headline/evaluate.json (the DVC metric)
 holds the few numbers a terminal shows (pipeline.common.headline) with the resolved precision and the CPU.
+
+`evaluate.fronts` (distilled | identity | forecast) x `evaluate.front_budgets`: for each adaptor the best adaptor steps
+per budget, searched on the calibration prompts the distill stage recorded in metrics/schedule.json (validation
+prompts, never these evaluation ones; pipeline/common/fronts.py), each evaluated as row `front_<adaptor>_b<budget>`
+on the same prompts and seeds; `distilled` uses the all-steps adaptor where `clock.adaptor_steps: auto` made one.
+plots/fronts.png draws every front beside the plain-steps front. With `clock.adaptor_steps: auto` the `clockwork`
+and `clockwork_identity` rows take the schedule the distill stage chose.
 """
 
 from __future__ import annotations
@@ -24,14 +31,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import load_params  # noqa: E402
 
 GRID = "plots/samples/evaluate.png"
+FRONTS_PLOT = "plots/fronts.png"
+ROWS = Path("data/evaluate/rows")  # finished rows (persisted): a killed run, or one that only adds rows, reuses them
 
 
-def methods(p) -> dict:
+def _weights_sha(adaptor) -> str | None:
+    import hashlib
+
+    if adaptor is None:
+        return None
+    h = hashlib.sha1()
+    for k, v in sorted(adaptor.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def row_context(p, world) -> str:
+    """What every row depends on besides its method and adaptor weights: the evaluation settings (not which rows are
+    asked for), the prepared data, the teacher, the scorer and the code that computes a row."""
+    import yaml
+
+    from pipeline.common import code_sha, file_sha, obj_sha
+
+    code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["evaluate"]["deps"]
+                      if d.endswith(".py") or d == "pipeline/common"])
+    flat = p.flat()
+    keep = {k: flat[k] for k in sorted(flat) if k.startswith(("world.", "evaluate."))
+            and k not in ("evaluate.fronts", "evaluate.front_budgets", "evaluate.front_steps", "evaluate.device")}
+    return obj_sha([keep, file_sha("data/prepared"), world.teacher_id, world.precision, world.device,
+                    file_sha(p.world.scorer) if p.world.kind == "embedded" else p.world.clip_model, code])
+
+
+def methods(p, schedule: list[int] | None = None) -> dict:
+    """The rows every run has; ``schedule``: the adaptor steps the distill stage chose (``clock.adaptor_steps: auto``)."""
     from pipeline.common import MethodSpec
 
     base = dict(sampler=p.sampling.sampler, guidance=p.sampling.guidance)
-    clock = dict(clock=p.clock.period,
-                 adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None, cut=p.cut)
+    steps = schedule if p.clock.adaptor_steps == "auto" else p.clock.adaptor_steps
+    clock = dict(clock=p.clock.period, adaptor_steps=tuple(steps) if steps is not None else None, cut=p.cut)
     return {
         "baseline": MethodSpec(steps=p.sampling.steps, **base),
         "clockwork": None,  # built from the distilled adaptor's own config
@@ -39,6 +77,35 @@ def methods(p) -> dict:
         **{f"baseline_{k}steps": MethodSpec(steps=k, **base)
            for k in sorted(set(p.evaluate.front_steps) - {p.sampling.steps}, reverse=True)},
     }
+
+
+def front_methods(p, world, prepared, clockwork_spec, adaptor, schedule: dict) -> dict[str, tuple]:
+    """``front_<adaptor>_b<budget>`` -> (spec, adaptor or None, what the row records of its search)."""
+    import dataclasses
+    from pathlib import Path
+
+    from clockwork.adaptors import load_adaptor
+    from pipeline.common import ADAPTOR_DIR, build_adaptor_for
+    from pipeline.common.fronts import ALL_STEPS_DIR, choose_schedules
+
+    cal = schedule["calibration"]
+    if not cal.get("prompts"):
+        raise SystemExit("metrics/schedule.json records no calibration prompts (too few for clock.calibration_prompts?); "
+                         "dvc repro distill")
+    out = {}
+    for kind in p.evaluate.fronts:
+        if kind == "distilled":
+            all_steps = Path(ADAPTOR_DIR) / ALL_STEPS_DIR
+            spec, a = clockwork_spec, load_adaptor(all_steps) if all_steps.is_dir() else adaptor
+        else:
+            spec = dataclasses.replace(clockwork_spec, adaptor=kind).normalized()
+            a = build_adaptor_for(spec, world.unet_config)
+        for c in choose_schedules(world, prepared.table, cal["prompts"], spec, a, p.evaluate.front_budgets, cal["seed"]):
+            out[f"front_{kind}_b{c['budget']}"] = (
+                dataclasses.replace(spec, adaptor_steps=tuple(c["adaptor_steps"])), a if kind == "distilled" else None,
+                {"front": kind, "budget": c["budget"], "schedule_score": c["score"], "calibration": cal["source"],
+                 **({"all_steps_adaptor": a is not adaptor} if kind == "distilled" else {})})
+    return out
 
 
 def _delta(v: dict) -> str:
@@ -55,6 +122,7 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.common import (ADAPTOR_DIR, EvalContext, Prepared, evaluate_method, load_world, log, sample_grid,
                                  save_png, vs_fewer_steps, write_json)
+    from pipeline.common.fronts import plot_fronts, read_schedule
     from pipeline.common.headline import HEADLINE_DIR, evaluate_headline, machine
 
     world = load_world(p.world, p.evaluate.device)
@@ -64,7 +132,8 @@ def main() -> None:
                      e.kid_subset_size, e.latency_runs)
     adaptor = load_adaptor(ADAPTOR_DIR)
     cfg = adaptor.config
-    specs = methods(p)
+    schedule = read_schedule()
+    specs = methods(p, schedule["adaptor_steps"])
     specs["clockwork"] = dataclasses.replace(
         specs["clockwork_identity"], adaptor=adaptor.kind, width=cfg.get("width", 0) or 0, depth=cfg.get("depth", 0) or 0,
         inputs=tuple(cfg.get("inputs", ("r_out_prev",))))
@@ -73,13 +142,41 @@ def main() -> None:
                          "dvc repro distill")
     results, images = {}, {}
     t0 = time.perf_counter()
+    rows = {name: (spec, adaptor if name == "clockwork" else None, {}) for name, spec in specs.items()}
+    if e.fronts:
+        t_search = time.perf_counter()
+        rows.update(front_methods(p, world, prepared, specs["clockwork"], adaptor, schedule))
+        log(f"front schedules searched in {time.perf_counter() - t_search:.0f}s")
+    done: dict = {}  # a front row that is another row (same spec, same adaptor) is evaluated once
+    import json
+
+    import numpy as np
+
+    from pipeline.common import obj_sha
+
+    context, keep = row_context(p, world), set()
+    ROWS.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run("evaluate", p.flat(), tags={"device": world.device, "torch_threads": torch.get_num_threads()}) as run:
-        for name, spec in specs.items():
-            with run.child(name, spec.flat()) as child:
-                m, imgs = evaluate_method(ec, spec, adaptor if name == "clockwork" else None, name=name)
-                child.log_metrics(m)
-            results[name] = m
-            images[name] = imgs[:e.grid_images]  # only the grid's: a real model's images add up (SDXL: 3 MB each)
+        for name, (spec, a, extra) in rows.items():
+            key = (spec.key(), id(a))
+            if key in done:
+                results[name] = {**results[done[key]], **extra, "same_as": done[key]}
+                log(f"{name}: the same method as {done[key]}")
+                continue
+            row = obj_sha([spec.key(), _weights_sha(a), context])
+            keep |= {f"{row}.json", f"{row}.npy"}
+            if (ROWS / f"{row}.json").is_file() and (ROWS / f"{row}.npy").is_file():
+                m, imgs = json.loads((ROWS / f"{row}.json").read_text()), torch.from_numpy(np.load(ROWS / f"{row}.npy"))
+                log(f"{name}: reused (data/evaluate/rows/{row})")
+            else:
+                with run.child(name, spec.flat()) as child:
+                    m, imgs = evaluate_method(ec, spec, a, name=name)
+                    child.log_metrics(m)
+                np.save(ROWS / f"{row}.npy", imgs[:e.grid_images].numpy())  # first: a row counts once both exist
+                write_json(ROWS / f"{row}.json", m)
+            results[name], done[key] = {**m, **extra}, name
+            if not extra:
+                images[name] = imgs[:e.grid_images]  # only the grid's: a real model's images add up (SDXL: 3 MB each)
         b = results["baseline"]
         plain = [m for name, m in results.items() if name == "baseline" or name.startswith("baseline_")]
         for m in results.values():
@@ -92,11 +189,17 @@ def main() -> None:
             v = m["vs_fewer_steps"]["fid"]
             if v["delta"] is not None:
                 run.log_metrics({f"{name}.dfid_at_flops": v["delta"], f"{name}.dfid_at_flops_std": v["delta_std"]})
+        for f in ROWS.iterdir():  # rows no current method uses (made with other settings or weights)
+            if f.name not in keep:
+                f.unlink()
         write_json("metrics/evaluate.json", results)
         write_json(f"{HEADLINE_DIR}/evaluate.json", evaluate_headline(results, machine(world.precision, world.device)))
         if e.grid_images:
             save_png(GRID, sample_grid(images, ec.prompts, e.grid_images))
             run.log_artifact(GRID, "samples")
+        plot_fronts(results, FRONTS_PLOT, f"{p.sampling.sampler} {p.sampling.steps} steps, cut {p.cut}, n={e.n_samples} "
+                    f"held-out prompts; schedules chosen on {schedule['calibration']['source'] or '-'} prompts")
+        run.log_artifact(FRONTS_PLOT, "plots")
         run.log_artifact("metrics/evaluate.json")
     log(f"evaluate done in {time.perf_counter() - t0:.0f}s")
 

@@ -11,7 +11,9 @@ Each trial distills an adaptor for one point {clock (period or schedule), width,
 evaluates it with the pipeline's own ``train_and_evaluate(params, workdir)`` (``sweep.trial``), reusing the
 trajectory store of ``dvc repro trajectories``. The plain baseline (clock 1) is evaluated at every step count of
 ``sweep.front_steps`` and of the space: the fewer-steps front. Every trial is scored against it (ΔFID@FLOPs, as
-the evaluate stage scores its methods); the recommendation is the trial that beats it by the most, or none.
+the evaluate stage scores its methods); the recommendation is the trial that beats it by the most, or none. Trials
+and front are scored on ``sweep.split``: the validation split (prepare.val_prompts) by default, so the
+recommendation is chosen there, never on the held-out evaluation prompts (``heldout`` allows it, leaking the test set).
 
 Everything lands in ``sweeps/<name>/``: ``results.csv`` (one row per trial: Pareto flags, ΔFID@FLOPs),
 ``trials.jsonl``, ``summary.json`` (the plain-steps front, the answer, the recommendation, the fronts),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import build_unet
 
-from clockwork import IdentityAdaptor, ResNetAdaptor, UNetLightAdaptor, build_adaptor, load_adaptor
+from clockwork import ForecastAdaptor, IdentityAdaptor, ResNetAdaptor, UNetLightAdaptor, build_adaptor, load_adaptor
 from clockwork.adaptors import check_compatible
 from clockwork.cut import UNetCut
 
@@ -60,7 +60,7 @@ def test_load_adaptor_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_adaptor(tmp_path)
     (tmp_path / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
-    with pytest.raises(ValueError, match=r"not one of the adaptors \['IdentityAdaptor', 'ResNetAdaptor', 'UNetLightAdaptor'\]"):
+    with pytest.raises(ValueError, match=r"not one of the adaptors \['ForecastAdaptor', 'IdentityAdaptor', 'ResNetAdaptor', 'UNetLightAdaptor'\]"):
         load_adaptor(tmp_path)
 
 
@@ -126,7 +126,7 @@ def test_input_subset_errors():
             build_adaptor("resnet", SIG, inputs=bad)
     with pytest.raises(ValueError, match="identity adaptor only uses 'r_out_prev'"):
         build_adaptor("identity", SIG, inputs=("r_in",))
-    with pytest.raises(ValueError, match=r"unknown adaptor 'resnet18'; choose one of \['identity', 'resnet', 'unet-light'\]"):
+    with pytest.raises(ValueError, match=r"unknown adaptor 'resnet18'; choose one of \['forecast', 'identity', 'resnet', 'unet-light'\]"):
         build_adaptor("resnet18", SIG)
     ad = build_adaptor("resnet", SIG)
     with pytest.raises(ValueError, match="r_out"):
@@ -149,9 +149,11 @@ def test_adaptors_fit_their_cut(name):
                     with pytest.raises(ValueError, match="another UNet or cut"):
                         check_compatible(ad, UNetCut(unet, other).signature())
         check_compatible(IdentityAdaptor(), cut.signature())  # fits everything
+        check_compatible(ForecastAdaptor(order=2), cut.signature())
 
 
 def test_adaptor_classes_registered():
     from clockwork import ADAPTORS
 
-    assert ADAPTORS == {"identity": IdentityAdaptor, "resnet": ResNetAdaptor, "unet-light": UNetLightAdaptor}
+    assert ADAPTORS == {"identity": IdentityAdaptor, "forecast": ForecastAdaptor, "resnet": ResNetAdaptor,
+                        "unet-light": UNetLightAdaptor}

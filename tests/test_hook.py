@@ -356,7 +356,7 @@ def test_bad_input_raises_clear_value_errors(pixel_unet, prompts, tmp_path):
         clockwork.enable(pipe, clock=0)
     with pytest.raises(ValueError, match=r"integer >= 1.*got -1"):
         clockwork.enable(pipe, clock=-1)
-    with pytest.raises(ValueError, match=r"unknown adaptor 'resnet50'; choose one of \['identity', 'resnet', 'unet-light'\]"):
+    with pytest.raises(ValueError, match=r"unknown adaptor 'resnet50'; choose one of \['forecast', 'identity', 'resnet', 'unet-light'\]"):
         clockwork.enable(pipe, adaptor="resnet50")
     with pytest.raises(ValueError, match=r"cut=7 .*valid cuts: \[1, 2, 3\]"):
         clockwork.enable(pipe, cut=7)

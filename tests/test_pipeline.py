@@ -192,6 +192,7 @@ def test_train_and_evaluate_for_the_sweep(smoke, tmp_path: Path) -> None:
     for k in ("fid", "fid_std", "kid", "clip", "gflops", "gflops_ratio", "latency_ms", "adaptor_params"):
         assert _finite(m[k]), (k, m[k])
     assert m["steps"] == 4 and m["cut"] == 2 and 0 < m["gflops_ratio"] < 1 and m["adaptor_params"] > 0
+    assert m["split"] == "val" and m["n_samples"] == 8  # the sweep's default: the smoke config's validation split
     assert losses and losses[-1][0] == 5 and (tmp_path / "t1" / "adaptor" / "config.json").is_file()
     assert (repo / "data" / "sweep_trajectories").is_dir()  # 4 steps: unrolled once for the sweep
     base = train_and_evaluate({"clock": 1, "width": 16, "cut": 1, "steps": 4, **common}, str(tmp_path / "t2"))
@@ -215,3 +216,31 @@ def test_width_change_reruns_distill_not_trajectories(smoke) -> None:
     assert json.loads((repo / "models/adaptor/config.json").read_text())["width"] == 48
     downstream = set(json.loads(dvc(repo, "status", "--json").stdout))
     assert {"evaluate", "ablate"} <= downstream and "trajectories" not in downstream
+
+
+def test_auto_schedule_and_fronts(smoke) -> None:
+    """clock.adaptor_steps: auto - the distill stage trains on every step, chooses `budget` steps on calibration prompts
+    that are not evaluation prompts, fine-tunes - and evaluate.fronts evaluates each adaptor's best schedule per budget."""
+    repo = smoke["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["clock"].update(adaptor_steps="auto", budget=2, finetune_steps=4, calibration_prompts=4)
+    params["evaluate"].update(fronts=["distilled", "identity", "forecast"], front_budgets=[1])
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(repo, "repro", "evaluate").stdout
+    assert {"distill", "evaluate"} <= ran(out), out[-3000:]
+    sched = json.loads((repo / "metrics/schedule.json").read_text())
+    prompts = json.loads((repo / "data/prepared/prompts.json").read_text())
+    assert sched["mode"] == "auto" and len(sched["adaptor_steps"]) == 2 and 0 not in sched["adaptor_steps"]
+    assert sched["search"][0]["candidates"] == 21 and sched["search"][0]["method"] == "exhaustive"
+    assert len(sched["calibration"]["prompts"]) == 4 and not set(sched["calibration"]["prompts"]) & set(prompts["eval_prompts"])
+    assert (repo / "models/adaptor/all_steps/config.json").is_file()
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert ev["clockwork"]["clock"] == sched["adaptor_steps"]
+    for kind in ("distilled", "identity", "forecast"):
+        row = ev[f"front_{kind}_b1"]
+        assert row["front"] == kind and row["budget"] == 1 and len(row["clock"]) == 1 and 0 not in row["clock"]
+        assert _finite(row["fid"]) and row["gflops"] < ev["baseline"]["gflops"]
+    assert ev["front_forecast_b1"]["adaptor"] == "forecast" and ev["front_distilled_b1"]["all_steps_adaptor"] is True
+    head = json.loads((repo / "metrics/headline/evaluate.json").read_text())
+    assert set(head["fronts"]["b1"]["dfid_at_flops"]) == {"distilled", "identity", "forecast"}
+    assert (repo / "plots/fronts.png").stat().st_size > 10_000

@@ -118,6 +118,9 @@ def test_method_spec_keys_ignore_what_does_not_matter() -> None:
     i1 = MethodSpec(adaptor="identity", clock=2, width=128)
     i2 = MethodSpec(adaptor="identity", clock=2, width=16)
     assert i1.key() == i2.key() != MethodSpec(adaptor="identity", clock=3).key()
+    f1, f2 = MethodSpec(adaptor="forecast", clock=2, width=128), MethodSpec(adaptor="forecast", clock=2, width=16)
+    assert f1.key() == f2.key() != i1.key()  # training-free as identity, but another method
+    assert not f1.needs_training and f1.uses_r_out_prev and f1.adaptor_kwargs() == {} and f1.normalized().width == 0
     r1, r2 = MethodSpec(adaptor="resnet", clock=2, width=128), MethodSpec(adaptor="resnet", clock=2, width=64)
     assert r1.key() != r2.key()
     assert r1.describe()["clock"] == 2 and MethodSpec(adaptor="resnet", adaptor_steps=(1, 2)).describe()["clock"] == [1, 2]
@@ -150,6 +153,8 @@ def test_method_gflops_counts_unet_evaluations() -> None:
     assert common.method_gflops(cfg, MethodSpec(steps=4), sc, 16) == pytest.approx(base / 2)
     assert common.method_gflops(cfg, MethodSpec(sampler="pndm", steps=8), sc, 16) == pytest.approx(base * 9 / 8)
     ident = common.method_gflops(cfg, MethodSpec(adaptor="identity", clock=2), sc, 16)
+    # forecast's weighted sum of cached r_out is elementwise, not counted: an identity step's cost
+    assert common.method_gflops(cfg, MethodSpec(adaptor="forecast", clock=2), sc, 16) == ident
     resnet = common.method_gflops(cfg, MethodSpec(adaptor="resnet", clock=2, width=64), sc, 16)
     every = common.method_gflops(cfg, MethodSpec(adaptor="resnet", adaptor_steps=tuple(range(8)), width=64,
                                                  inputs=("r_in", "time")), sc, 16)
@@ -172,7 +177,10 @@ def test_ablation_rows_cover_the_paper() -> None:
     front = [s for a, _, s in rows if a == "front"]  # the plain-steps front every row is compared with
     assert [s.steps for s in front] == sorted(raw["ablate"]["front_steps"]) and all(s.is_baseline for s in front)
     assert 8 in raw["ablate"]["front_steps"] and len(front) >= 3
-    assert {v for a, v, _ in rows if a == "adaptor_type"} == {"baseline", "identity", "resnet", "unet-light", "resnet-wide"}
+    assert {v for a, v, _ in rows if a == "adaptor_type"} == {"baseline", "identity", "forecast", "resnet", "unet-light",
+                                                              "resnet-wide"}
+    fc = by[("adaptor_type", "forecast")]
+    assert fc.adaptor == "forecast" and not fc.needs_training and fc.key() != by[("adaptor_type", "identity")].key()
     assert by[("schedule", "late_half")].adaptor_steps == (4, 5, 6, 7)
     assert by[("schedule", "early_middle")].adaptor_steps == (2, 3, 4, 5)
     assert by[("cut", "cut2")].cut == 2

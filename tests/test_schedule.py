@@ -40,6 +40,20 @@ def test_exhaustive_finds_what_greedy_cannot() -> None:
     assert greedy.method == "greedy" and greedy.adaptor_steps == (2, 4)
 
 
+def test_budgets_not_asked_for_are_searched_only_when_greedy_needs_them() -> None:
+    calls = []
+
+    def cost(s):
+        calls.append(s)
+        return additive(s)
+
+    search_schedules(cost, 8, [2, 6])  # exhaustive: only the 21 + 7 schedules of budgets 2 and 6
+    assert sorted({len(s) for s in calls}) == [2, 6] and len(calls) == 21 + 7
+    calls.clear()
+    front = search_schedules(cost, 8, [3], exhaustive_limit=1)  # greedy grows budget 3 from the best 1 and 2
+    assert sorted({len(s) for s in calls}) == [1, 2, 3] and front[0].method == "greedy"
+
+
 def test_each_schedule_is_scored_once_and_allowed_steps_hold() -> None:
     calls = []
 

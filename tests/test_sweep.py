@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,6 +221,83 @@ def test_random_search_with_asha_stops_trials_on_the_distillation_loss(tmp_path,
         assert c.info.status == ("FINISHED" if s == "complete" else "KILLED") and c.data.tags["sweep.status"] == s
         n = len(client.get_metric_history(c.info.run_id, "distill_loss"))
         assert n == 8 if s == "complete" else 2 <= n < 8  # stopped at a rung, after >= grace_period reports
+
+
+@pytest.fixture(scope="module")
+def val_root(tmp_path_factory):
+    """A root for the default trial (pipeline.common:train_and_evaluate): configs/smoke.yaml with a validation split
+    smaller than its 16 evaluation prompts (8 prompts, 24 reference images), data/prepared made by the prepare
+    stage's own script (~20 s)."""
+    root = tmp_path_factory.mktemp("val_root")
+    p = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    for k in ("teacher", "scorer"):
+        p["world"][k] = str(ROOT / p["world"][k])
+    p["prepare"].update(val_prompts=8, val_reference_images=24)
+    assert p["prepare"]["eval_prompts"] > 8
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    env = dict(os.environ, CLOCKWORK_MLFLOW="0", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(ROOT / "pipeline" / "prepare.py")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return root
+
+
+def test_default_trial_checks_its_split_before_it_samples(val_root, tmp_path):
+    """train_and_evaluate called directly: n_samples is checked against the split it scores (val by default:
+    prepare.val_prompts; heldout: prepare.eval_prompts), and a data/prepared without a validation split is a clear
+    ValueError - all before the teacher is loaded."""
+    from pipeline.common import train_and_evaluate
+
+    common = {"root": str(val_root), "params_file": str(val_root / "params.yaml"), "clock": 2, "cut": 1, "steps": 4,
+              "adaptor": "identity", "device": "cpu"}
+    with pytest.raises(ValueError, match=r"n_samples=9 but only 8 val prompts were prepared \(prepare.val_prompts"):
+        train_and_evaluate({**common, "n_samples": 9}, str(tmp_path / "a"))  # default split: val
+    with pytest.raises(ValueError, match=r"n_samples=17 but only 16 heldout prompts .*\(prepare.eval_prompts"):
+        train_and_evaluate({**common, "n_samples": 17, "split": "heldout"}, str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="split must be 'val' or 'heldout'"):
+        train_and_evaluate({**common, "split": "test"}, str(tmp_path / "c"))
+    stale = tmp_path / "stale"  # the same prepared data, made before it had a validation split
+    shutil.copytree(val_root / "data", stale / "data")
+    (stale / "data" / "prepared" / "val_reference_stats.npz").unlink()
+    info = json.loads((stale / "data" / "prepared" / "prompts.json").read_text())
+    (stale / "data" / "prepared" / "prompts.json").write_text(json.dumps({**info, "val_prompts": []}))
+    with pytest.raises(ValueError) as e:
+        train_and_evaluate({**common, "root": str(stale), "n_samples": 4}, str(tmp_path / "d"))
+    assert "no validation split" in str(e.value) and "prepare.val_prompts and prepare.val_reference_images" in str(e.value)
+
+
+def test_default_trials_score_on_the_validation_split(val_root, tmp_path, ray_cluster, mlflow_uri):
+    """A real sweep of pipeline.common:train_and_evaluate (the embedded teacher, a distilled and a training-free
+    adaptor, the plain baseline) with the default sweep.split: every trial evaluates the validation prompts (all 8
+    of them, fewer than the 16 evaluation prompts), results.csv / MLflow / the answer say so, and the trials are
+    summarised per adaptor kind."""
+    raw = yaml.safe_load((val_root / "params.yaml").read_text())
+    raw["sweep"] = {"name": "valsplit", "space": {"clock": [2], "width": [8], "cut": [1], "steps": [4],
+                                                  "adaptor": ["resnet", "identity"]}, "front_steps": [2, 3],
+                    "resources": {"cpus_per_trial": 1}, "max_failures": 0,
+                    "overrides": {"root": str(val_root), "n_samples": 8, "distill_steps": 5, "latency_runs": 1,
+                                  "device": "cpu"}}
+    cfg = val_root / "sweep_valsplit.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    summary = driver.run_sweep(cfg, sweeps_dir=tmp_path / "sweeps", tracking_uri=mlflow_uri, num_cpus=2)
+    out = tmp_path / "sweeps" / "valsplit"
+    rows = {r["run_name"]: r for r in read_csv(out / "results.csv")}
+    assert set(rows) == {"baseline-s2", "baseline-s3", "baseline-s4", "c2-resnet-w8-k1-s4", "c2-identity-k1-s4"}, rows
+    assert all(r["status"] == "complete" and r["split"] == "val" for r in rows.values()), rows
+    for r in rows.values():
+        done = json.loads((out / "work" / r["key"] / "result.json").read_text())
+        assert done["metrics"]["split"] == "val" and done["metrics"]["n_samples"] == 8 and done["params"]["split"] == "val"
+    assert float(rows["c2-identity-k1-s4"]["adaptor_params"]) == 0 and float(rows["c2-resnet-w8-k1-s4"]["adaptor_params"]) > 0
+    assert summary["split"] == "val" and "on the validation split" in summary["fewer_steps"]["answer"]
+    groups = summary["by_adaptor"]
+    assert groups["identity"]["training_free"] is True and groups["resnet"]["training_free"] is False
+    assert groups["identity"]["trials"] == groups["resnet"]["trials"] == 1
+    assert all(g["best"] is not None for g in groups.values())  # both scored against the plain-steps front
+    client, _, parents, children = store(mlflow_uri, "valsplit")
+    assert len(parents) == 1 and len(children) == 5
+    assert parents[0].data.tags["sweep.split"] == "val" and parents[0].data.params["sweep.split"] == "val"
+    assert {c.data.params["sweep.split"] for c in children} == {"val"}
+    assert "validation split" in parents[0].data.tags["sweep.answer"]
 
 
 def _wait_for(pred, timeout, what):

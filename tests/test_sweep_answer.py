@@ -101,6 +101,69 @@ def test_the_trial_that_beats_fewer_steps_is_recommended(tmp_path):
     assert [r.trial_id for r in back] == [r.trial_id for r in recs] and back[6].beats_fewer_steps is True
 
 
+def test_the_answer_names_the_split_it_was_chosen_on(tmp_path):
+    """sweep.split (the validation split by default) is where every trial was scored: the answer, the printed
+    summary, summary.json and results.csv say so; heldout is said to be the test set."""
+    recs = records()
+    for r in recs:
+        r.params = {"sweep.split": "val"}
+    summary = analyse(recs, sweep_params(), BASE)
+    answer = summary["fewer_steps"]["answer"]
+    assert summary["split"] == "val" and summary["fewer_steps"]["split"] == "val"
+    assert answer.startswith("c2-win beats taking fewer steps") and "; chosen on the validation split" in answer
+    assert answer.endswith("; chosen on the validation split (prepare.val_prompts, against "
+                           "prepare.val_reference_images), not on the held-out evaluation prompts")
+    text = format_summary("s", recs, summary)
+    assert "Scored on the validation split" in text
+    assert "standard deviations); chosen on the validation split): c2-win" in text  # the recommendation's line
+    write_outputs(tmp_path, recs, summary)
+    assert {r["split"] for r in csv.DictReader(open(tmp_path / "results.csv"))} == {"val"}
+    assert json.loads((tmp_path / "summary.json").read_text())["split"] == "val"
+
+    held = analyse(records(with_winner=False), sweep_params(split="heldout"), BASE)
+    assert held["split"] == "heldout" and "scored on the held-out evaluation prompts" in held["fewer_steps"]["answer"]
+    assert "the test set" in held["fewer_steps"]["answer"] and "validation" not in held["fewer_steps"]["answer"]
+    # a trial's own report of its split wins over what it was given (train_and_evaluate's metrics["split"])
+    r = trial("x", 10.0, 22.0)
+    r.params, r.metrics["split"] = {"sweep.split": "val"}, "heldout"
+    assert r.split == "heldout"
+
+
+def test_trials_are_grouped_by_adaptor_kind(tmp_path):
+    """Training-free kinds (pipeline.common.methods.TRAINING_FREE: identity, forecast, ...) and distilled ones are
+    summarised apart, by the trial's own adaptor value: the printed table marks them, by_adaptor counts them."""
+    from pipeline.common.methods import TRAINING_FREE
+
+    recs = records()
+    free = []
+    for i, kind in enumerate(TRAINING_FREE):
+        r = trial(f"free{i}", 9.0 + i, 27.0 - i)  # at the cost of 4.5.. plain steps, worse than the front
+        r.point = {"clock": 2, "cut": 1, "steps": 8, "adaptor": kind}
+        r.run_name = f"c2-{kind}-k1-s8"
+        free.append(r)
+    recs += free
+    summary = analyse(recs, sweep_params(), BASE)
+    groups = summary["by_adaptor"]
+    assert list(groups) == ["resnet", *TRAINING_FREE]
+    assert groups["resnet"]["training_free"] is False and groups["resnet"]["trials"] == 3
+    assert groups["resnet"]["label"] == "resnet (distilled)" and groups["resnet"]["beats"] == ["win"]
+    assert groups["resnet"]["best"]["trial_id"] == "win"
+    for i, kind in enumerate(TRAINING_FREE):
+        g = groups[kind]
+        assert g["training_free"] is True and g["label"] == f"{kind} (training-free)" and g["trials"] == 1
+        assert g["best"]["trial_id"] == f"free{i}" and g["beats"] == []
+    text = format_summary("s", recs, summary)
+    assert "Adaptor resnet (distilled): 3 trials, 1 beats fewer steps, best c2-win" in text
+    assert all(f"Adaptor {k} (training-free): 1 trial, 0 beat fewer steps" in text for k in TRAINING_FREE)
+    table = text.splitlines()
+    assert any("c2-identity-k1-s8" in line and "identity*" in line for line in table)
+    assert "baseline-s8" in text and not groups.get("none")  # the plain UNet is the front, not a kind
+    pytest.importorskip("matplotlib")
+    from pipeline.tune.plots import plot_fronts
+
+    assert len(plot_fronts(tmp_path, recs, summary)) == 3
+
+
 def test_no_trial_beats_fewer_steps_and_the_summary_says_so():
     recs = records(with_winner=False)
     summary = analyse(recs, sweep_params(), BASE)
@@ -150,6 +213,7 @@ def test_the_analysis_reads_the_new_results(tmp_path):
         rec, rule = tables.recommend(df, None, info.rule())
         assert rec == expect, rule
         assert "fewer steps" in rule and info.caution() is None
+        assert "scored and chosen on the validation split" in info.about()  # summary.json's split
 
 
 def test_schedules_are_a_clock_dimension():

@@ -69,9 +69,12 @@ def test_trial_params_are_what_train_and_evaluate_takes():
     sp = parse({"space": SPACE, "overrides": {"distill_steps": 300, "n_samples": 100}})
     point = {"clock": 3, "width": 64, "cut": 2, "steps": 8, "adaptor": "resnet"}
     p = space.trial_params(BASE, sp, point, "/repo/params.yaml")
-    assert p == {**point, "distill_steps": 300, "n_samples": 100, "params_file": "/repo/params.yaml"}
+    # the split every trial is scored on travels with it: sweep.split, the validation split by default
+    assert p == {**point, "distill_steps": 300, "n_samples": 100, "split": "val", "params_file": "/repo/params.yaml"}
     # MLflow sees the trial in params.yaml's dotted names, on top of the file's other settings.
     flat = space.mlflow_params(BASE, p)
+    assert flat["sweep.split"] == "val" and "split" not in flat
+    assert space.trial_params(BASE, parse({"space": SPACE, "split": "heldout"}), point)["split"] == "heldout"
     assert flat["clock.period"] == 3 and flat["adaptor.width"] == 64 and flat["cut"] == 2
     assert flat["distill.steps"] == 300 and flat["evaluate.n_samples"] == 100 and flat["distill.lr"] == 1e-3
     assert flat["clock.adaptor_steps"] is None and "teacher.lr" not in flat
@@ -80,10 +83,12 @@ def test_trial_params_are_what_train_and_evaluate_takes():
     nested = space.nested_params(BASE, {"clock": 1, "adaptor": "none"})
     assert nested["adaptor"]["inputs"] == ["r_out_prev"] and nested["adaptor"]["kind"] == "identity"
     assert "sweep" not in nested and BASE["adaptor"]["kind"] == "resnet"
-    # The cache key changes with the params file's other settings, so a stale result is never reused.
+    # The cache key changes with the params file's other settings and with the split, so a stale result is never
+    # reused.
     k1 = space.point_key("m:f", p, BASE, point)
     k2 = space.point_key("m:f", p, {**BASE, "distill": {"steps": 1500, "lr": 1e-4}}, point)
-    assert k1 != k2 and k1.startswith("c3-resnet-w64-k2-s8-")
+    k3 = space.point_key("m:f", {**p, "split": "heldout"}, BASE, point)
+    assert len({k1, k2, k3}) == 3 and k1.startswith("c3-resnet-w64-k2-s8-")
 
 
 def test_random_space_distributions():
@@ -122,6 +127,9 @@ def test_random_space_distributions():
     ({"space": SPACE, "overrides": {"distill.steps": 32}}, "sweep", "not parameters of pipeline.common"),
     ({"space": SPACE, "trial": "pipeline/common.py"}, "sweep.trial", "module:function"),
     ({"space": SPACE, "baseline": "evaluate"}, "sweep", "baseline must be"),
+    ({"space": SPACE, "split": "test"}, "sweep.split", "'heldout' or 'val'"),
+    ({"space": SPACE, "trial": "tests/test_sweep_trial.py:quick_trial", "overrides": {"split": "heldout"}}, "sweep",
+     "`sweep.split`"),
     ({"space": SPACE, "name": "my sweep"}, "sweep.name", "pattern"),
 ])
 def test_errors_name_the_key(section, key, text):
@@ -164,7 +172,9 @@ def test_full_params_yaml_points_are_checked_by_the_pipeline_validator(tmp_path)
     if not (ROOT / "params.yaml").is_file():
         pytest.skip("params.yaml is not there yet")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["sweep"] = {"space": {"clock": [2], "width": [32], "cut": [2, 9]}, "baseline": "none"}
+    with_val_split(raw)  # the default sweep.split: val needs one, whether or not params.yaml has it yet
+    raw["sweep"] = {"space": {"clock": [2], "width": [32], "cut": [2, 9]}, "baseline": "none",
+                    "overrides": {"n_samples": 8}}
     cfg = tmp_path / "params.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     with pytest.raises(config_sweep.SweepConfigError) as e:
@@ -172,6 +182,114 @@ def test_full_params_yaml_points_are_checked_by_the_pipeline_validator(tmp_path)
     keys = [k for k, _ in e.value.problems]
     assert keys == ["trial c2-resnet-w32-k9-s8: cut"], e.value
     assert "valid cuts" in str(e.value)
+
+
+def with_val_split(raw: dict, val_prompts: int = 100, val_reference_images: int = 250) -> dict:
+    """params.yaml's dict with a validation split, keeping the one it has (the tests run with either)."""
+    if not raw["prepare"].get("val_prompts"):
+        raw["prepare"].update(val_prompts=val_prompts, val_reference_images=val_reference_images)
+    return raw
+
+
+def test_split_val_needs_a_validation_split_in_the_params_file(tmp_path, capsys):
+    """sweep.split: val (the default) with a prepare section that makes no validation split stops the sweep, dry
+    run included, before anything runs: one line naming sweep.split, prepare.val_prompts and
+    prepare.val_reference_images. n_samples is checked against the validation split, not the evaluation prompts;
+    heldout still runs on a file without one."""
+    if not (ROOT / "params.yaml").is_file():
+        pytest.skip("params.yaml is not there yet")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sweep"] = {"space": {"clock": [2], "width": [32], "cut": [1]}, "baseline": "none",
+                    "overrides": {"n_samples": 8}}
+    raw["prepare"].update(val_prompts=0, val_reference_images=0)
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert sweep.main(["--config", str(cfg), "--dry-run", "--sweeps-dir", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "error: invalid sweep, nothing run" and len(err) == 2, err
+    assert err[1].startswith("params.yaml: sweep.split: val scores every trial on the validation split")
+    assert "prepare.val_prompts=0" in err[1] and "prepare.val_reference_images=0" in err[1]
+    assert "sweep.split: heldout" in err[1] and not (tmp_path / "s").exists()
+
+    raw["sweep"]["split"] = "heldout"  # the evaluation prompts: allowed, without a validation split
+    cfg.write_text(yaml.safe_dump(raw))
+    assert driver.run_sweep(cfg, dry_run=True, sweeps_dir=tmp_path / "s")["points"]
+
+    raw["sweep"]["split"] = "val"
+    small = max(16, (raw.get("clock") or {}).get("calibration_prompts") or 0)  # (a validation split this small)
+    raw["sweep"]["overrides"]["n_samples"] = small + 1
+    raw["prepare"].update(val_prompts=small, val_reference_images=16)
+    cfg.write_text(yaml.safe_dump(raw))
+    with pytest.raises(config_sweep.SweepConfigError) as e:
+        driver.run_sweep(cfg, dry_run=True, sweeps_dir=tmp_path / "s")
+    assert e.value.problems == [("sweep.overrides.n_samples", f"{small + 1} > prepare.val_prompts={small}: every "
+                                 "trial evaluates n_samples validation prompts (sweep.split: val)")], e.value
+    raw["prepare"].update(val_prompts=small + 1, eval_prompts=max(small + 1, raw["prepare"]["eval_prompts"]))
+    cfg.write_text(yaml.safe_dump(raw))
+    assert driver.run_sweep(cfg, dry_run=True, sweeps_dir=tmp_path / "s")["points"]
+
+
+def test_a_training_free_adaptor_is_a_trial_without_width():
+    """identity (and any kind pipeline.common.methods.TRAINING_FREE lists) is swept once per clock and cut, with
+    no width, its inputs the r_out_prev it reuses - for the pipeline's validator and for MLflow."""
+    from pipeline.common.methods import TRAINING_FREE
+
+    sp = parse({"space": {"clock": [2], "width": [64, 128], "cut": [1], "adaptor": ["resnet", *TRAINING_FREE]}})
+    pts = space.grid_points(sp, BASE)
+    free = [p for p in pts if p["adaptor"] in TRAINING_FREE]
+    assert len(pts) == 2 + len(TRAINING_FREE) and all("width" not in p for p in free)
+    for p in free:
+        params = space.trial_params(BASE, sp, p)
+        assert space.nested_params(BASE, params)["adaptor"]["inputs"] == ["r_out_prev"]
+        flat = space.mlflow_params(BASE, params)
+        assert flat["adaptor.kind"] == p["adaptor"] and "adaptor.width" not in flat
+        assert space.run_name(p) == f"c2-{p['adaptor']}-k1-s8"
+
+
+def test_missing_validation_split_is_an_error_before_ray_starts(tmp_path):
+    """sweep.split val on a data/prepared made without a validation split: one clear line, before Ray starts."""
+    import json
+
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "prompts.json").write_text(json.dumps({"eval_prompts": ["a"], "val_prompts": []}))
+    for f in ("embeddings.safetensors", "reference_stats.npz"):
+        (prepared / f).write_text("")
+    driver.check_inputs(tmp_path, "heldout")
+    with pytest.raises(FileNotFoundError) as e:
+        driver.check_inputs(tmp_path, "val")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("sweep.split is val but") and "no validation split" in msg
+    assert "prepare.val_prompts and prepare.val_reference_images" in msg and "nothing run" in msg
+    (prepared / "prompts.json").write_text(json.dumps({"eval_prompts": ["a"], "val_prompts": ["b"]}))
+    with pytest.raises(FileNotFoundError, match="val_reference_stats.npz missing"):
+        driver.check_inputs(tmp_path, "val")
+    (prepared / "val_reference_stats.npz").write_text("")
+    driver.check_inputs(tmp_path, "val")
+
+
+def test_sweep_stops_on_prepared_data_without_a_validation_split(tmp_path, capsys):
+    """The whole command: a params file asking for a validation split (configs/smoke.yaml), a data/prepared made
+    before it had one: exit code 2, one error line, no sweep folder, no trial."""
+    import json
+
+    raw = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    assert raw["prepare"]["val_prompts"] > 0 and raw["prepare"]["val_reference_images"] > 0
+    root = tmp_path / "root"
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "prompts.json").write_text(json.dumps({"eval_prompts": ["a"] * 16}))  # no val_prompts
+    for f in ("embeddings.safetensors", "reference_stats.npz"):
+        (prepared / f).write_text("")
+    raw["sweep"] = {"name": "noval", "space": {"clock": [2], "width": [8], "cut": [1]},
+                    "overrides": {"n_samples": 4, "root": str(root)}}
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert sweep.main(["--config", str(cfg), "--sweeps-dir", str(tmp_path / "sweeps"), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: sweep.split is val but {prepared} has no validation split"), err
+    assert "prepare.val_prompts and prepare.val_reference_images > 0" in err[0] and "sweep.split: heldout" in err[0]
+    assert not (tmp_path / "sweeps").exists()
 
 
 def test_missing_prepared_data_is_an_error_before_ray_starts(tmp_path):

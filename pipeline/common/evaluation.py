@@ -15,7 +15,7 @@ import torch
 
 from clockwork.metrics import bootstrap_fid, bootstrap_indices, fid_low_rank
 from pipeline.common.io import log
-from pipeline.common.methods import MethodSpec, adaptor_params, build_adaptor_for, method_gflops
+from pipeline.common.methods import TRAINING_FREE, MethodSpec, adaptor_params, build_adaptor_for, method_gflops
 from pipeline.common.world import Prepared, World
 
 
@@ -154,7 +154,7 @@ def evaluate_method(ec: EvalContext, spec: MethodSpec, adaptor=None, name: str =
     w = ec.world
     if spec.needs_training and adaptor is None:
         raise ValueError(f"{name or spec}: a {spec.adaptor} adaptor must be distilled first")
-    if spec.adaptor == "identity" and adaptor is None:
+    if spec.adaptor in TRAINING_FREE and adaptor is None:
         adaptor = build_adaptor_for(spec, w.unet_config)
     t0 = time.perf_counter()
     images = sample_images(w, spec, adaptor, ec.ctx, ec.neg, ec.latents, ec.batch_size, ec.progress, desc=f"sample {name}",

@@ -62,9 +62,27 @@ def evaluate_headline(results: dict[str, dict], record: dict[str, str]) -> dict[
         return {k: out[k] for k in ("fid", "gflops_x", "dfid_at_flops")} if brief else out
 
     base = results["baseline"]
-    return {"clockwork": row(results["clockwork"]), "identity": row(results["clockwork_identity"], brief=True),
-            "baseline": {"fid": _r(base["fid"], 2), "fid_std": _r(base["fid_std"], 2), "clip": _r(base["clip"], 2)},
-            **record}
+    out = {"clockwork": row(results["clockwork"]), "identity": row(results["clockwork_identity"], brief=True),
+           "baseline": {"fid": _r(base["fid"], 2), "fid_std": _r(base["fid_std"], 2), "clip": _r(base["clip"], 2)}}
+    fronts = front_winners(results)
+    return {**out, **({"fronts": fronts} if fronts else {}), **record}
+
+
+def front_winners(results: dict[str, dict]) -> dict[str, Any]:
+    """Per budget of the Clockwork fronts (evaluate rows ``front_<adaptor>_b<budget>``): each adaptor's dFID@FLOPs and
+    which one wins (the highest; ``best`` is null where no row has an answer against the plain-steps front)."""
+    by_budget: dict[str, dict] = {}
+    for m in results.values():
+        if "front" not in m:
+            continue
+        v = m.get("vs_fewer_steps", {}).get("fid", {})
+        b = by_budget.setdefault(f"b{m['budget']}", {"gflops_x": _r(m["gflops"] / results["baseline"]["gflops"], 3),
+                                                     "dfid_at_flops": {}})
+        b["dfid_at_flops"][m["front"]] = _r(v.get("delta"), 2)
+    for b in by_budget.values():
+        answered = {k: d for k, d in b["dfid_at_flops"].items() if d is not None}
+        b["best"] = max(answered, key=answered.get) if answered else None
+    return dict(sorted(by_budget.items(), key=lambda kv: int(kv[0][1:])))
 
 
 def ablate_headline(rows: list[dict], record: dict[str, str]) -> dict[str, Any]:

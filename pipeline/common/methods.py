@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from pipeline.common.io import obj_sha
+from pipeline.config_sections import TRAINING_FREE
 from pipeline.common.world import make_sampler
 
 
@@ -23,6 +24,12 @@ def adaptor_loop_indices(scheduler, steps: int, clock, uses_r_out_prev: bool = T
     return loops(scheduler, steps, clock, uses_r_out_prev)
 
 
+# Adaptors without training or parameters: identity (DeepCache's cache: reuse the last r_out) and forecast
+# (clockwork.adaptors.ForecastAdaptor at its default order 1: linear extrapolation of the last two full steps' r_out).
+# The order is not part of a spec: "forecast" always means order 1.
+# TRAINING_FREE (pipeline.config_sections) names them.
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One way to sample: a plain baseline (``adaptor="none"``) or Clockwork with an adaptor."""
@@ -30,7 +37,7 @@ class MethodSpec:
     sampler: str = "dpm++"
     steps: int = 8
     guidance: float = 2.0
-    adaptor: str = "none"  # none | identity | resnet | unet-light
+    adaptor: str = "none"  # none | identity | forecast | resnet | unet-light
     clock: int = 1  # period; ignored when adaptor_steps is given
     adaptor_steps: tuple[int, ...] | None = None
     cut: int = 1
@@ -41,11 +48,16 @@ class MethodSpec:
     train: tuple[tuple[str, Any], ...] = ()  # distillation overrides of a lever row, sorted (key, value) pairs
 
     @classmethod
-    def from_params(cls, p) -> "MethodSpec":
-        """The method params.yaml describes (sampling, adaptor, clock, cut): what the distill stage trains."""
+    def from_params(cls, p, schedule=None) -> "MethodSpec":
+        """The method params.yaml describes (sampling, adaptor, clock, cut): what the distill stage trains. With
+        ``clock.adaptor_steps: auto`` its adaptor steps are ``schedule`` (what the distill stage chose:
+        pipeline.common.fronts.read_schedule), or every step 1..steps-1 while none is given (the all-steps training)."""
+        steps = p.clock.adaptor_steps
+        if steps == "auto":
+            steps = schedule if schedule is not None else range(1, p.sampling.steps)
         return cls(sampler=p.sampling.sampler, steps=p.sampling.steps, guidance=p.sampling.guidance,
                    adaptor=p.adaptor.kind, clock=p.clock.period,
-                   adaptor_steps=tuple(p.clock.adaptor_steps) if p.clock.adaptor_steps is not None else None,
+                   adaptor_steps=tuple(steps) if steps is not None else None,
                    cut=p.cut, width=p.adaptor.width, depth=p.adaptor.depth, inputs=tuple(p.adaptor.inputs))
 
     @property
@@ -58,13 +70,13 @@ class MethodSpec:
 
     @property
     def needs_training(self) -> bool:
-        return self.adaptor not in ("none", "identity")
+        return self.adaptor != "none" and self.adaptor not in TRAINING_FREE
 
     def normalized(self) -> "MethodSpec":
         """Fields that do not matter for this kind set to fixed values, so equal methods hash equal."""
         if self.is_baseline:
             return MethodSpec(self.sampler, self.steps, self.guidance, "none", 1, None, 0, 0, 0, (), "none", ())
-        if self.adaptor == "identity":
+        if self.adaptor in TRAINING_FREE:
             return dataclasses.replace(self, width=0, depth=0, inputs=("r_out_prev",), training="none", train=())
         return self
 
@@ -75,7 +87,7 @@ class MethodSpec:
 
     @property
     def uses_r_out_prev(self) -> bool:
-        return "r_out_prev" in self.inputs or self.adaptor == "identity"
+        return "r_out_prev" in self.inputs or self.adaptor in TRAINING_FREE
 
     def clock_repr(self):
         if self.is_baseline:
@@ -83,7 +95,7 @@ class MethodSpec:
         return list(self.adaptor_steps) if self.adaptor_steps is not None else self.clock
 
     def adaptor_kwargs(self) -> dict:
-        if self.adaptor in ("none", "identity"):
+        if self.adaptor == "none" or self.adaptor in TRAINING_FREE:
             return {}
         return {"width": self.width, "depth": self.depth, "inputs": tuple(self.inputs)}
 

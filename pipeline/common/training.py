@@ -86,6 +86,22 @@ def distill_adaptor(spec: MethodSpec, unet_config: dict, traj: dict, scheduler, 
     return adaptor.to("cpu").eval(), history
 
 
+def finetune_adaptor(adaptor, traj: dict, spec: MethodSpec, scheduler, distill_cfg, steps: int, device: str = "cpu",
+                     checkpoint_dir: str | os.PathLike | None = None, on_log=None, progress: bool = True):
+    """A copy of ``adaptor`` distilled ``steps`` more steps on the pairs of ``spec``'s schedule (the all-steps adaptor
+    fine-tuned on the schedule chosen for it); returns (adaptor, history)."""
+    import copy
+
+    from clockwork.distill import distill
+
+    tuned = copy.deepcopy(adaptor)
+    history = distill(tuned, pair_dataset(traj, spec, scheduler), dataclasses.replace(
+        distill_cfg, steps=steps, checkpoint_every=min(distill_cfg.checkpoint_every, steps),
+        log_every=min(distill_cfg.log_every, steps)),
+                      device=device, checkpoint_dir=checkpoint_dir, on_log=on_log, progress=progress)
+    return tuned.to("cpu").eval(), history
+
+
 def check_online(world_params, section, device: str, prepared) -> list[str] | None:
     """What ``distill.source: online`` needs that only the stage sees, before any work: the sampling precision on
     this device, and (SD world) the captions it streams. Returns those captions (None: the embedded world's prompts

@@ -6,6 +6,11 @@ steps. So the plain baseline runs at several step counts, and the recommendation
 front by the most (``clockwork.pareto.beats_fewer_steps``: ΔFID@FLOPs >= ``beat_margin`` and >=
 ``beat_sigmas`` standard deviations) - or, plainly, none. The cheapest trial within ``fid_tolerance`` of the
 baseline's FID is kept as secondary information.
+
+Every trial and the front are scored on ``sweep.split``: the validation split by default, so the recommendation is
+chosen there and the held-out evaluation prompts stay for the final numbers; the answer says which split it was.
+The trials are also summarised per adaptor kind (``by_adaptor``: the trial's own ``adaptor`` value, training-free
+kinds marked), so that a training-free adaptor's best point stands beside the distilled ones'.
 """
 
 from __future__ import annotations
@@ -16,7 +21,31 @@ from clockwork.pareto import beats_fewer_steps, operating_point, pareto_front, p
 from pipeline.config_sweep import DIMENSIONS, SweepParams
 from pipeline.tracking import is_finite
 from pipeline.tune.records import FEWER_STEPS, FRONTS, METRICS, Record
-from pipeline.tune.space import dotted_get
+from pipeline.tune.space import dotted_get, training_free
+
+# What each split is, for the answer: where the recommendation was chosen.
+SPLIT_WORDS = {
+    "val": "the validation split (prepare.val_prompts, against prepare.val_reference_images), not on the held-out "
+           "evaluation prompts",
+    "heldout": "the held-out evaluation prompts (sweep.split: heldout): the test set chose, so its scores are "
+               "optimistic",
+}
+
+
+def split_words(split: str | None) -> str:
+    return SPLIT_WORDS.get(split or "", f"the {split} split")
+
+
+def adaptor_kind(r: Record) -> str:
+    """The trial's adaptor kind as the sweep ran it (``none`` for the plain baseline)."""
+    return "none" if r.baseline else str(r.column("adaptor") or "")
+
+
+def kind_label(kind: str) -> str:
+    """``identity (training-free)``, ``resnet (distilled)``; a trial without an adaptor dimension: ``Clockwork``."""
+    if not kind:
+        return "Clockwork"
+    return f"{kind} ({'training-free' if training_free(kind) else 'distilled'})"
 
 
 def as_row(r: Record) -> dict:
@@ -69,7 +98,9 @@ def fewer_steps_answer(records: list[Record], sp: SweepParams, front: list[dict]
     summary's ``fewer_steps`` entry, whose ``answer`` says it in words."""
     rule = (f"the best ΔFID@FLOPs among trials that beat taking fewer steps (ΔFID@FLOPs >= {sp.beat_margin:g} FID "
             f"and >= {sp.beat_sigmas:g} standard deviations)")
-    out: dict[str, Any] = {"rule": rule, "margin": sp.beat_margin, "sigmas": sp.beat_sigmas, "beats": [], "best": None}
+    out: dict[str, Any] = {"rule": rule, "margin": sp.beat_margin, "sigmas": sp.beat_sigmas, "split": sp.split,
+                           "beats": [], "best": None}
+    where = split_words(sp.split)
     if not front:
         out["answer"] = ("no plain-steps front (sweep.baseline: none, or every baseline failed): no trial is scored "
                          "against taking fewer steps, nothing is recommended")
@@ -89,16 +120,40 @@ def fewer_steps_answer(records: list[Record], sp: SweepParams, front: list[dict]
         eq = rec.metrics.get("equal_cost_steps")
         out["answer"] = (f"{rec.run_name} beats taking fewer steps: {_delta(rec)} at {_g(rec.metrics.get('gflops'))} "
                          f"GFLOPs" + (f" (the cost of {eq:.1f} plain steps)" if is_finite(eq) else "")
-                         + f"; {len(beat)} of the {len(trials)} completed trials beat the plain-steps front ({steps} steps)")
+                         + f"; {len(beat)} of the {len(trials)} completed trials beat the plain-steps front ({steps} steps)"
+                         + f"; chosen on {where}")
         return rec, out
     if best is None:
         out["answer"] = (f"no trial beats taking fewer steps: none of the {len(trials)} trials costs what a plain "
-                         f"step count of the front ({steps} steps) costs, so none is scored; widen front_steps")
+                         f"step count of the front ({steps} steps) costs, so none is scored; widen front_steps; scored on {where}")
     else:
         out["answer"] = (f"no trial beats taking fewer steps (ΔFID@FLOPs >= {sp.beat_margin:g} and >= "
                          f"{sp.beat_sigmas:g} sigma): sample the plain UNet with fewer steps instead; the best of "
-                         f"{len(scored)} scored trials, {best.run_name}, has {_delta(best)}")
+                         f"{len(scored)} scored trials, {best.run_name}, has {_delta(best)}; scored on {where}")
     return None, out
+
+
+def by_adaptor(records: list[Record], fronts: dict[str, list[str]]) -> dict[str, dict]:
+    """The completed trials per adaptor kind (the trial's ``adaptor`` value, in the order met): how many, whether
+    the kind is training-free, which beat fewer steps, its best ΔFID@FLOPs, and its trials on the FID-GFLOPs front."""
+    out: dict[str, dict] = {}
+    on_front = set(fronts.get("fid_gflops", []))
+    for r in records:
+        if not r.done or r.baseline:
+            continue
+        kind = adaptor_kind(r)
+        g = out.setdefault(kind, {"training_free": training_free(kind), "label": kind_label(kind), "trials": 0,
+                                  "beats": [], "best": None, "fid_gflops_front": []})
+        g["trials"] += 1
+        if r.beats_fewer_steps:
+            g["beats"].append(r.trial_id)
+        if r.trial_id in on_front:
+            g["fid_gflops_front"].append(r.trial_id)
+        d = r.metrics.get("dfid_at_flops")
+        if is_finite(d) and (g["best"] is None or d > g["best"]["dfid_at_flops"]):
+            g["best"] = {"trial_id": r.trial_id, "run_name": r.run_name, "dfid_at_flops": d,
+                         "dfid_at_flops_std": r.metrics.get("dfid_at_flops_std"), "gflops": r.metrics.get("gflops")}
+    return out
 
 
 def analyse(records: list[Record], sp: SweepParams, base: dict) -> dict:
@@ -119,6 +174,7 @@ def analyse(records: list[Record], sp: SweepParams, base: dict) -> dict:
         "fronts": fronts,
         "plain_front": [{"trial_id": p["trial_id"], "run_name": by_id[p["trial_id"]].run_name, "steps": p["steps"],
                          **{k: p.get(k) for k in ("fid", "fid_std", "gflops", "latency_ms")}} for p in front],
+        "split": sp.split, "by_adaptor": by_adaptor(records, fronts),
         "fewer_steps": fewer, "baseline": None, "recommended": None, "within_tolerance": None,
         "fid_tolerance": sp.fid_tolerance, "fid_tolerance_relative": sp.fid_tolerance_relative,
     }
@@ -159,7 +215,8 @@ def format_summary(name: str, records: list[Record], summary: dict, wall_s: floa
     for r in records:
         m = r.metrics
         rows.append({
-            "trial": r.run_name, "status": r.status,
+            "trial": r.run_name, "adaptor": adaptor_kind(r) + ("*" if training_free(adaptor_kind(r)) else ""),
+            "status": r.status,
             "fid": m.get("fid"), "clip": m.get("clip"), "gflops": m.get("gflops"),
             "saving": m.get("gflops_saving"), "ms": m.get("latency_ms"), "loss": m.get("distill_loss"),
             "dFID@F": m.get("dfid_at_flops"), "±": m.get("dfid_at_flops_std"),
@@ -174,7 +231,17 @@ def format_summary(name: str, records: list[Record], summary: dict, wall_s: floa
     head = f"Sweep {name}: {summary['n_trials']} trials ({counts})" + (f" in {wall_s:.0f} s" if wall_s else "")
     lines = [head, df.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(df) else "(no trials)",
              "front: F = FID vs GFLOPs, C = CLIP vs GFLOPs, L = FID vs latency; dFID@F = ΔFID@FLOPs against the "
-             "plain-steps front (> 0: better than taking fewer steps)"]
+             "plain-steps front (> 0: better than taking fewer steps); adaptor* = training-free"]
+    split = summary.get("split")
+    if split:
+        lines.append(f"Scored on {split_words(split)}")
+    for kind, g in (summary.get("by_adaptor") or {}).items():
+        best = g.get("best")
+        lines.append(f"Adaptor {g['label']}: {g['trials']} trial{'s' if g['trials'] != 1 else ''}, "
+                     f"{len(g['beats'])} beat{'s' if len(g['beats']) == 1 else ''} fewer steps"
+                     + (f", best {best['run_name']} (ΔFID@FLOPs {best['dfid_at_flops']:+.2f} ± "
+                        f"{_g(best.get('dfid_at_flops_std'), '.2f')})" if best else ", none scored against the front")
+                     + f", {len(g['fid_gflops_front'])} on the FID-GFLOPs front")
     if summary.get("plain_front"):
         lines.append("Plain-steps front: " + ", ".join(f"{p['steps']} steps FID {_g(p['fid'])} at {_g(p['gflops'])} "
                                                        "GFLOPs" for p in summary["plain_front"]))
@@ -186,8 +253,10 @@ def format_summary(name: str, records: list[Record], summary: dict, wall_s: floa
     if rec:
         saving = rec.get("gflops_saving")
         dims = ", ".join(f"{d} {rec[d]}" for d in DIMENSIONS if rec.get(d) is not None)
+        chosen = {"val": "; chosen on the validation split", "heldout": "; chosen on the held-out evaluation prompts, "
+                  "the test set"}.get(split or "", f"; chosen on the {split} split" if split else "")
         lines.append(
-            f"Recommended operating point ({summary['fewer_steps']['rule']}): {rec['run_name']} = {dims}: "
+            f"Recommended operating point ({summary['fewer_steps']['rule']}{chosen}): {rec['run_name']} = {dims}: "
             f"GFLOPs {_g(rec.get('gflops'))} ({'-' if saving is None else f'{100 * saving:.1f}% saved'}), "
             f"FID {_g(rec['fid'])} ({rec['fid_delta']:+.3g} vs the baseline), {_delta(rec)}, "
             f"CLIP {_g(rec.get('clip'))}, latency {_g(rec.get('latency_ms'))} ms")

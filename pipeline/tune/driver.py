@@ -15,14 +15,14 @@ from typing import Any
 
 from pipeline.config import read_yaml
 from pipeline.config_sweep import DEFAULT_TRIAL, DIMENSIONS, SCHEDULERS, ConfigError, SweepParams, parse_sweep, \
-    validate_sweep
+    recorded_sweep, validate_sweep
 from pipeline import tracking
 from pipeline.tracking import Tracker, absolute_uri
 from pipeline.tune.answer import analyse, format_summary
 from pipeline.tune.mlflow_sync import DEFAULT_EXPERIMENT, open_parent, sync_mlflow
 from pipeline.tune.plots import plot_fronts
-from pipeline.tune.records import Record, make_record, read_records, records_from_file, records_from_results, \
-    write_outputs
+from pipeline.tune.records import Record, baseline_splits, make_record, read_records, records_from_file, \
+    records_from_results, write_outputs
 from pipeline.tune.space import REPO_ROOT, baseline_points, check_points, grid_points, param_space, run_name, \
     to_tune
 from pipeline.tune.trial import TrialContext, accepts_on_log, atomic_json, baseline_task, load_trial_function, \
@@ -100,17 +100,29 @@ def _reporter(dims: list[str]):
         max_report_frequency=15, max_progress_rows=40, sort_by_metric=False)
 
 
-def check_inputs(root: Path) -> None:
-    """Before Ray starts: the files every default trial reads (the `prepare` stage's output) must exist.
+def check_inputs(root: Path, split: str = "heldout") -> None:
+    """Before Ray starts: the files every default trial reads (the `prepare` stage's output) must exist, and with
+    ``split`` val (sweep.split) the validation split among them.
 
-    Trials would otherwise each fail (and be retried) with the same FileNotFoundError. The trajectory store may
-    be missing: the first trial that needs it unrolls it (slower; docs/SWEEP.md says to run the stage first).
+    Trials would otherwise each fail (and be retried) with the same error. The trajectory store may be missing:
+    the first trial that needs it unrolls it (slower; docs/SWEEP.md says to run the stage first).
     """
     prepared = root / "data" / "prepared"
     missing = [f for f in ("prompts.json", "embeddings.safetensors", "reference_stats.npz") if not (prepared / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{prepared} lacks {', '.join(missing)}: run `dvc repro trajectories` (or "
                                 "`python pipeline/prepare.py`) with the same params file before the sweep; nothing run")
+    if split == "val":
+        try:
+            n_val = len(json.loads((prepared / "prompts.json").read_text()).get("val_prompts") or [])
+        except (ValueError, AttributeError):
+            n_val = 0
+        if not n_val or not (prepared / "val_reference_stats.npz").is_file():
+            raise FileNotFoundError(
+                f"sweep.split is val but {prepared} has no validation split (prompts.json val_prompts: {n_val}, "
+                f"val_reference_stats.npz {'present' if (prepared / 'val_reference_stats.npz').is_file() else 'missing'}): "
+                "set prepare.val_prompts and prepare.val_reference_images > 0 and run `dvc repro prepare`, or set "
+                "sweep.split: heldout (the evaluation prompts then choose the recommendation); nothing run")
 
 
 def _open_state(sweep_dir: Path, name: str, sp: SweepParams, config: Path, resume: bool, overwrite: bool) -> dict:
@@ -122,7 +134,7 @@ def _open_state(sweep_dir: Path, name: str, sp: SweepParams, config: Path, resum
             raise SystemExit(f"error: nothing to resume: {sf} does not exist (run without --resume)")
         state = json.loads(sf.read_text())
         # (the recorded section read with today's defaults, so a key added since is not a change)
-        if _comparable(SweepParams.model_validate(state["sweep"]).model_dump()) != _comparable(sp.model_dump()):
+        if _comparable(recorded_sweep(state["sweep"]).model_dump()) != _comparable(sp.model_dump()):
             raise SystemExit(f"error: the `sweep:` section changed since {sweep_dir} started; start a new sweep "
                              "with another --name, or --overwrite this one")
     elif sf.is_file():
@@ -177,6 +189,11 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
     if sp.baseline.endswith(".json") and not baseline_file.is_file():
         raise ConfigError([("sweep.baseline", f"{sp.baseline} not found (run `dvc repro evaluate`, or use "
                             "`baseline: trial`)")], config.name)
+    if sp.baseline.endswith(".json"):
+        other = sorted(baseline_splits(baseline_file) - {sp.split})
+        if other:  # the front and the trials must be scored on the same prompts and reference
+            raise ConfigError([("sweep.baseline", f"{sp.baseline}'s baseline was evaluated on the {'/'.join(other)} "
+                                f"split, the trials on sweep.split={sp.split}; use `baseline: trial`")], config.name)
     sweep_dir = Path(sweeps_dir).resolve() / name
     state = _open_state(sweep_dir, name, sp, config, resume, overwrite)
     if dry_run:
@@ -185,8 +202,8 @@ def run_sweep(config: str | os.PathLike = "params.yaml", name: str | None = None
             print(" ", run_name(p), json.dumps(p))
         return {"points": points, "baselines": baselines}
 
-    if sp.trial == DEFAULT_TRIAL:
-        check_inputs(REPO_ROOT)
+    if sp.trial == DEFAULT_TRIAL:  # (the trials' root: overrides.root, else this checkout)
+        check_inputs(Path(sp.overrides.get("root", REPO_ROOT)), sp.split)
     tracker = None
     if use_mlflow and importlib.util.find_spec("mlflow") is None:
         print("note: mlflow is not installed here: recording to sweeps/<name>/ only; log the sweep later with "
@@ -286,7 +303,7 @@ def import_results(sweep_dir: str | os.PathLike, tracking_uri: str | None = None
     if not state_file(sweep_dir).is_file() or not (sweep_dir / "trials.jsonl").is_file():
         raise SystemExit(f"error: {sweep_dir} holds no finished sweep (sweep.json and trials.jsonl are needed)")
     state = json.loads(state_file(sweep_dir).read_text())
-    sp = SweepParams.model_validate(state["sweep"])
+    sp = recorded_sweep(state["sweep"])
     config = REPO_ROOT / state["config"]
     base = {k: v for k, v in (read_config(config) if config.is_file() else {}).items() if k != "sweep"}
     tracker = Tracker(absolute_uri(tracking_uri or tracking.tracking_uri()))

@@ -104,6 +104,7 @@ def _sync_parent(tracker: Tracker, parent_id: str, state: dict, summary: dict, a
         "sweep.recommended_run_id": run_ids.get(rec["trial_id"], "") if rec else "",
         "sweep.recommended": rec["run_name"] if rec else "none",
         "sweep.beats_fewer_steps": str(rec is not None).lower(), "sweep.answer": fewer.get("answer", ""),
+        "sweep.split": summary.get("split") or "",  # where the trials were scored, so where the recommendation was chosen
         "mlflow.note.content": NOTE.format(name=state["name"]) + f"\n\n**Answer**: {fewer.get('answer', '-')}",
         **rec_params})
     want = "FINISHED" if finished else "KILLED"

@@ -1,5 +1,7 @@
 """The front plots of a sweep (``pareto_<front>.png``): the Clockwork trials' front beside the plain-steps front
-(the baseline at each step count), the alternative every trial is scored against."""
+(the baseline at each step count), the alternative every trial is scored against. The trials are drawn per adaptor
+kind (the trial's own ``adaptor`` value; training-free kinds hollow, distilled ones filled), each kind with its own
+front when there are several, so a training-free adaptor's points stand apart from the distilled ones'."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from pathlib import Path
 
 from clockwork.pareto import pareto_front, plain_steps_front
 from pipeline.tracking import is_finite
-from pipeline.tune.answer import as_row
+from pipeline.tune.answer import adaptor_kind, as_row, kind_label
+from pipeline.tune.space import training_free
 from pipeline.tune.records import FRONTS, Record
 
+MARKERS = "osD^vP<>Xph"  # one per adaptor kind, in the order the kinds are met
+COLOURS = ["#7f7f7f", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]  # not the fronts' or ring's
 AXIS = {"gflops": "GFLOPs per image (incl. CFG)", "fid": "FID (lower is better)",
         "clip": "CLIP score (higher is better)", "latency_ms": "latency of the UNet loop (ms)"}
 
@@ -41,8 +46,18 @@ def plot_fronts(sweep_dir: Path, records: list[Record], summary: dict) -> list[P
                 ax.errorbar([p[1] for p in pts], [p[2] for p in pts], yerr=err, fmt="none", ecolor="#d0d0d0",
                             elinewidth=1, zorder=1, label=f"± {y}_std")
             trials = [as_row(r) for r, _, _ in pts if not r.baseline]
-            ax.scatter([float(t[x]) for t in trials], [float(t[y]) for t in trials], s=28, c="#b0b0b0",
-                       label="Clockwork trial", zorder=2)
+            kinds: dict[str, list[dict]] = {}
+            for (r, _, _) in pts:
+                if not r.baseline:
+                    kinds.setdefault(adaptor_kind(r), []).append(as_row(r))
+            for i, (kind, rows) in enumerate(kinds.items()):
+                colour, free = COLOURS[i % len(COLOURS)], training_free(kind)
+                ax.scatter([float(t[x]) for t in rows], [float(t[y]) for t in rows], s=30, marker=MARKERS[i % len(MARKERS)],
+                           facecolors="none" if free else colour, edgecolors=colour, linewidths=1.2,
+                           label=f"{kind_label(kind)} trials", zorder=2)
+                if len(kinds) > 1 and len(rows) > 1:  # each kind's own front, thin
+                    own = [rows[j] for j in pareto_front(rows, x, y, "min", y_mode)]
+                    _line(ax, own, x, y, ls=":", c=colour, lw=1, zorder=2)
             ours = [trials[i] for i in pareto_front(trials, x, y, "min", y_mode)]
             _line(ax, ours, x, y, ls="-", marker="o", c="#d62728", ms=6, lw=1.5, label="Clockwork front", zorder=3)
             plain = plain_steps_front([as_row(r) for r, _, _ in pts if r.baseline], y, x, y_mode,
@@ -61,14 +76,17 @@ def plot_fronts(sweep_dir: Path, records: list[Record], summary: dict) -> list[P
                                label="recommended (best ΔFID@FLOPs)", zorder=5)
         ax.set_xlabel(AXIS[x])
         ax.set_ylabel(AXIS[y])
-        ax.set_title(f"{sweep_dir.name}: {y} vs {x} ({len(pts)} points)", fontsize=10)
+        split = summary.get("split")
+        ax.set_title(f"{sweep_dir.name}: {y} vs {x} ({len(pts)} points"
+                     + (f", {'validation split' if split == 'val' else f'{split} prompts'}" if split else "") + ")",
+                     fontsize=10)
         if name == "fid_gflops" and summary.get("fewer_steps"):
             fig.text(0.01, 0.01, textwrap.fill(summary["fewer_steps"]["answer"], 130), fontsize=7)
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         p = sweep_dir / f"pareto_{name}.png"
         fig.savefig(p)
         plt.close(fig)

@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.config_sweep import DIMENSIONS, ConfigError, SweepParams
+from pipeline.config_sweep import DIMENSIONS, SPLIT_KEY, SPLIT_PARAM, ConfigError, SweepParams
 from pipeline.tune.space import from_tune, mlflow_params, normalize_point, point_key, run_name, trial_params
 from pipeline.tune.trial import TRIAL_INFO, TrialContext, atomic_json, clean_metrics
 
@@ -25,7 +25,7 @@ FEWER_STEPS = {"dfid_at_flops": "delta", "dfid_at_flops_std": "delta_std", "equa
 CSV_COLUMNS = [  # docs/CONTRACTS.md first, then extras
     "trial_id", "clock", "width", "cut", "steps", "adaptor", *METRICS, "status",
     "pareto_fid_gflops", "pareto_clip_gflops", "pareto_fid_latency",
-    "baseline", "recommended", "gflops_saving", *FEWER_STEPS, "fewer_steps_status", "beats_fewer_steps",
+    "baseline", "recommended", "gflops_saving", *FEWER_STEPS, "fewer_steps_status", "beats_fewer_steps", "split",
     "distill_loss", "heldout_mse", "attempts", "wall_s",
     "node", "gpu_ids", "started", "finished", "run_name", "key", "error",
 ]
@@ -66,6 +66,12 @@ class Record:
 
     def column(self, dim: str):
         return self.point.get(dim)
+
+    @property
+    def split(self) -> str | None:
+        """The split the trial was scored on: what it reported (train_and_evaluate's ``split``), else what it was
+        given (sweep.split, its MLflow param); None in a record made before sweep.split existed."""
+        return self.metrics.get(SPLIT_KEY) or self.params.get(SPLIT_PARAM)
 
 
 def _attempts(sweep_dir: Path, key: str) -> int:
@@ -127,6 +133,20 @@ def error_text(err: BaseException) -> str:
     return text
 
 
+def _file_baselines(data) -> dict[str, dict]:
+    """The plain-baseline entries of a metrics file: ``baseline`` and every ``baseline_<k>steps``."""
+    if not isinstance(data, dict):
+        return {}
+    return {name: b for name, b in data.items() if isinstance(b, dict) and (
+        name == "baseline" or (name.startswith("baseline_") and name.endswith("steps")))}
+
+
+def baseline_splits(path: Path) -> set[str]:
+    """The splits a metrics file's baselines were evaluated on (an entry without ``split`` predates the validation
+    split: the evaluation prompts)."""
+    return {b.get("split") or "heldout" for b in _file_baselines(json.loads(Path(path).read_text())).values()}
+
+
 def records_from_file(ctx: TrialContext, sp: SweepParams, path: Path) -> list[Record]:
     """The plain baseline of a metrics file (metrics/evaluate.json): ``baseline`` and every ``baseline_<k>steps``.
 
@@ -136,9 +156,7 @@ def records_from_file(ctx: TrialContext, sp: SweepParams, path: Path) -> list[Re
     if not isinstance(data, dict) or not isinstance(data.get("baseline"), dict):
         raise ConfigError([("sweep.baseline", f"{path} has no `baseline` entry")])
     out = []
-    for name, b in data.items():
-        if name != "baseline" and not (name.startswith("baseline_") and name.endswith("steps") and isinstance(b, dict)):
-            continue
+    for name, b in _file_baselines(data).items():
         point = {"clock": 1, "steps": b.get("steps")}
         tid = f"baseline:{sp.baseline}" + ("" if name == "baseline" else f"#{name}")
         out.append(make_record(ctx, sp, tid, point, "from_file",
@@ -155,7 +173,7 @@ def row(r: Record) -> dict:
     out.update(status=r.status, **{f"pareto_{n}": r.pareto.get(n, False) for n in FRONTS},
                baseline=r.baseline, recommended=r.recommended, gflops_saving=m.get("gflops_saving"),
                **{k: m.get(k) for k in FEWER_STEPS}, fewer_steps_status=fid.get("status"),
-               beats_fewer_steps=r.beats_fewer_steps,
+               beats_fewer_steps=r.beats_fewer_steps, split=r.split,
                distill_loss=m.get("distill_loss"), heldout_mse=m.get("heldout_mse"), attempts=r.attempts,
                wall_s=r.info.get("wall_s"), node=r.info.get("node"), gpu_ids=r.info.get("gpu_ids"),
                started=r.info.get("started"), finished=r.info.get("finished"), run_name=r.run_name, key=r.key,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config_sweep import DIMENSIONS, TRIAL_KEYS, ConfigError, SweepParams
+from pipeline.config_sweep import DIMENSIONS, SPLIT_KEY, SPLIT_PARAM, TRIAL_KEYS, ConfigError, SweepParams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # What a default trial reads of the params file; problems elsewhere (ablate, report, ...) are not the trial's.
@@ -44,6 +44,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def training_free(kind: str | None) -> bool:
+    """Whether adaptor ``kind`` needs no distillation (nor a width): the pipeline's own list
+    (``pipeline.common.methods.TRAINING_FREE``: identity, forecast, ...), so that no list of kinds is kept here."""
+    if not kind or kind == "none":
+        return False
+    from pipeline.common.methods import TRAINING_FREE
+
+    return kind in TRAINING_FREE
+
+
 def values(dim) -> list | None:
     """The values of a list or a ``choice``; ``None`` for a dimension left out or sampled from a range."""
     if dim is None or (isinstance(dim, dict) and "choice" not in dim):
@@ -61,7 +71,7 @@ def normalize_point(point: dict, base: dict | None = None) -> dict:
             p[d] = dotted_get(base, DIMENSIONS[d])
     if p.get("clock") == 1 or p.get("adaptor") == "none":  # the plain UNet, as pipeline.common.MethodSpec
         return {"clock": 1, **({"steps": p["steps"]} if "steps" in p else {}), "adaptor": "none"}
-    if p.get("adaptor") == "identity":
+    if training_free(p.get("adaptor")):  # identity, forecast, ...: nothing to distill, no width
         p.pop("width", None)
     return {d: p[d] for d in DIMENSIONS if d in p}
 
@@ -98,8 +108,8 @@ def is_full_params(base: dict) -> bool:
 
 def trial_params(base: dict, sp: SweepParams, point: dict, params_file: str | None = None) -> dict:
     """What the trial function gets: the point by short names (as train_and_evaluate takes them), the
-    overrides, and the params file whose other settings apply."""
-    p = {**sp.overrides, **point}
+    overrides, the split to score on (``split``: sweep.split) and the params file whose other settings apply."""
+    p = {**sp.overrides, **point, SPLIT_KEY: sp.split}
     if params_file and is_full_params(base):
         p.setdefault("params_file", str(params_file))
     return p
@@ -120,8 +130,9 @@ def nested_params(base: dict, params: dict) -> dict:
             n["clock"]["adaptor_steps"] = None  # the swept period decides
     if params.get("adaptor") == "none":  # the baseline: the pipeline spells it clock 1 + identity
         dotted_set(n, "adaptor.kind", "identity")
-    if params.get("adaptor") in ("identity", "none") and dotted_get(n, "adaptor.inputs") is not None:
-        n["adaptor"]["inputs"] = ["r_out_prev"]  # the only input the identity adaptor takes
+    if (params.get("adaptor") == "none" or training_free(params.get("adaptor"))) and \
+            dotted_get(n, "adaptor.inputs") is not None:
+        n["adaptor"]["inputs"] = ["r_out_prev"]  # the only input the training-free adaptors take
     return n
 
 
@@ -153,8 +164,10 @@ def mlflow_params(base: dict, params: dict) -> dict[str, Any]:
     flat = flatten({k: v for k, v in nested_params(base, params).items() if k in keep})
     flat.pop("world.data_root", None)
     for k, v in params.items():
-        if k not in DIMENSIONS and k not in TRIAL_KEYS:
+        if k not in DIMENSIONS and k not in TRIAL_KEYS and k != SPLIT_KEY:
             flat[k] = v  # a custom trial function's own keys
+    if SPLIT_KEY in params:
+        flat[SPLIT_PARAM] = params[SPLIT_KEY]  # the split the trial is scored on
     if isinstance(params.get("clock"), list):
         flat["clock.period"] = ""  # unused: the schedule decides (as pipeline.common.MethodSpec.flat)
         flat["clock.adaptor_steps"] = params["clock"]
@@ -162,7 +175,7 @@ def mlflow_params(base: dict, params: dict) -> dict[str, Any]:
         flat["adaptor.kind"] = "none"
         for k in ("adaptor.width", "adaptor.depth", "cut"):
             flat.pop(k, None)
-    elif params.get("adaptor") == "identity":
+    elif training_free(params.get("adaptor")):
         flat.pop("adaptor.width", None)
     if "params_file" in params:
         flat["params_file"] = params["params_file"]
@@ -202,16 +215,42 @@ def param_space(sp: SweepParams, points: list[dict]) -> dict:
     return space
 
 
+def split_problems(base: dict, sp: SweepParams) -> list[tuple[str, str]]:
+    """``sweep.split: val`` against a full params file: its prepare section must make a validation split that holds
+    every trial's ``n_samples`` prompts (the pipeline's validator checks them against the evaluation prompts)."""
+    if sp.split != "val" or not is_full_params(base):
+        return []
+    instead = "or set sweep.split: heldout (then the evaluation prompts choose the recommendation: the test set leaks)"
+    if dotted_get(base, "world.kind") != "embedded":
+        return [("sweep.split", f"val needs a validation split, which prepare builds for the embedded world only; {instead}")]
+    val, ref = dotted_get(base, "prepare.val_prompts") or 0, dotted_get(base, "prepare.val_reference_images") or 0
+    if not (val and ref):
+        return [("sweep.split", f"val scores every trial on the validation split, but prepare.val_prompts={val} and "
+                 f"prepare.val_reference_images={ref}: set both > 0 (then `dvc repro prepare`), {instead}")]
+    n = sp.overrides.get("n_samples", dotted_get(base, "evaluate.n_samples"))
+    if isinstance(n, int) and n > val:
+        key = "sweep.overrides.n_samples" if "n_samples" in sp.overrides else "evaluate.n_samples"
+        return [(key, f"{n} > prepare.val_prompts={val}: every trial evaluates n_samples validation prompts "
+                 "(sweep.split: val)")]
+    return []
+
+
 def check_points(raw: dict, sp: SweepParams, points: list[dict], source: str) -> None:
-    """With a full params.yaml: the file through the pipeline's validator, then every trial's params (a cut the
-    teacher cannot take, a schedule the step count cannot hold, ...), before anything runs."""
+    """With a full params.yaml: the file through the pipeline's validator, sweep.split against its prepare section,
+    then every trial's params (a cut the teacher cannot take, a schedule the step count cannot hold, ...), before
+    anything runs."""
     base = {k: v for k, v in raw.items() if k != "sweep"}
     if not is_full_params(base):
         return
     from pipeline import config as pconfig
 
     pconfig.validate(raw, root=REPO_ROOT, source=source)
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = split_problems(base, sp)
+    # Checked once on the whole file above, not a trial's: the evaluate stage's fronts and the distill stage's
+    # schedule search (a baseline spelled as the identity adaptor would fail `evaluate.fronts: distilled`); with
+    # split val, n_samples is checked against the validation split above, not against the evaluation prompts.
+    skip = {"evaluate.front_steps", "evaluate.fronts", "evaluate.front_budgets", "clock.budget",
+            "clock.calibration_prompts"} | ({"evaluate.n_samples"} if sp.split == "val" else set())
     for p in points:
         n = nested_params(base, trial_params(base, sp, p))
         cuts = dotted_get(n, "trajectories.cuts")
@@ -223,7 +262,7 @@ def check_points(raw: dict, sp: SweepParams, points: list[dict], source: str) ->
         except ConfigError as e:
             for k, m in e.problems:
                 # (cut and trajectories.cuts say the same thing; a baseline at k steps needs no front of its own)
-                if k.split(".")[0] in TRIAL_SECTIONS and k != "evaluate.front_steps" and \
+                if k.split(".")[0] in TRIAL_SECTIONS and k not in skip and \
                         not (added and k == "trajectories.cuts"):
                     problems.append((f"trial {run_name(p)}: {k}", m))
         if len(problems) > 12:

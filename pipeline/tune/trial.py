@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config_sweep import SweepParams
+from pipeline.config_sweep import SPLIT_KEY, SweepParams
 from pipeline.tracking import Tracker, is_finite
 from pipeline.tune.space import REPO_ROOT, from_tune, mlflow_params, normalize_point, point_key, run_name, \
     trial_params
@@ -98,10 +98,14 @@ def _where() -> dict:
 
 
 def clean_metrics(metrics: dict) -> dict:
-    """Numbers only (NaN -> None) and the bootstrap replicates (``fid_boot``: paired ΔFID@FLOPs std), without
-    the keys that describe the trial; final_loss -> distill_loss."""
+    """Numbers only (NaN -> None), the bootstrap replicates (``fid_boot``: paired ΔFID@FLOPs std) and the split
+    the trial reports it was scored on (``split``), without the keys that describe the trial; final_loss ->
+    distill_loss."""
     out = {}
     for k, v in metrics.items():
+        if k == SPLIT_KEY and isinstance(v, str):
+            out[k] = v
+            continue
         if k in DESCRIPTORS or isinstance(v, bool):
             continue
         if is_finite(v):
@@ -172,6 +176,10 @@ def run_point(ctx: TrialContext, point: dict, trial_id: str, report: Callable[[d
         metrics = fn(params, str(workdir), on_log=on_log) if accepts_on_log(fn) else fn(params, str(workdir))
         if not isinstance(metrics, dict):
             raise TypeError(f"{ctx.trial_spec} returned {type(metrics).__name__}, expected a dict of metrics")
+        said = metrics.get(SPLIT_KEY)
+        if isinstance(said, str) and said != params[SPLIT_KEY]:  # its scores would not be the sweep's
+            raise ValueError(f"{ctx.trial_spec} scored the trial on the {said} split, but sweep.split is "
+                             f"{params[SPLIT_KEY]} (it is given as params[{SPLIT_KEY!r}])")
     except BaseException as e:
         _append_jsonl(workdir / "attempts.jsonl", {"kind": "error", "trial_id": trial_id, "time": time.time(),
                                                   "error": f"{type(e).__name__}: {e}"})

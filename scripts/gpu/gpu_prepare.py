@@ -7,6 +7,8 @@ computes the FID reference statistics here, from the same held-out reference ima
 equals prepare.py's output. Embedded world only.
 
     python scripts/gpu/gpu_prepare.py SRC        # SRC: a data/prepared made on the CPU machine (no reference stats)
+    python scripts/gpu/gpu_prepare.py SRC --no-val-reference   # the validation split's prompts without its FID
+        statistics (a machine that carries only the held-out images; nothing may then score FID on `val`)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.config import load_params  # noqa: E402
 
 def main() -> None:
     src = Path(sys.argv[1])
+    no_val_reference = "--no-val-reference" in sys.argv[2:]
     p = load_params("prepare")
     if p.world.kind != "embedded":
         sys.exit("gpu_prepare.py: embedded world only (world.kind=sd15 runs prepare.py where its text encoder is)")
@@ -44,7 +47,10 @@ def main() -> None:
         device = pick_device(p.prepare.device)
         reference_stats(held, torch.tensor(info["reference_indices"]), device,
                         precision=p.prepare.inception_precision).save(out / "reference_stats.npz")
-        if info.get("val_reference_indices"):
+        if info.get("val_reference_indices") and no_val_reference:
+            print("gpu_prepare.py: validation reference statistics skipped (--no-val-reference): the val split's "
+                  "prompts are there, its FID is not")
+        elif info.get("val_reference_indices"):
             train = CaptionedFashion("train", root=p.world.data_root, seed=p.prepare.seed)
             reference_stats(train, torch.tensor(info["val_reference_indices"]), device, "train",
                             p.prepare.inception_precision).save(

@@ -1,0 +1,111 @@
+"""Schedules chosen on calibration prompts, and the Clockwork fronts they make.
+
+The distill stage decides the calibration prompts once (the validation split's first ``clock.calibration_prompts``,
+else the distillation prompts it held out of training - never evaluation prompts), chooses the schedule when
+``clock.adaptor_steps: auto`` and writes both to :data:`SCHEDULE_FILE`; the evaluate stage reads that file to search
+the best schedule per budget of each adaptor of ``evaluate.fronts`` (:func:`choose_schedules`,
+:func:`clockwork.schedule.search_schedules` over the sample-change score) and to draw every front on one chart
+(:func:`plot_fronts`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.common.methods import MethodSpec
+
+SCHEDULE_FILE = "metrics/schedule.json"
+ALL_STEPS_DIR = "all_steps"  # inside models/adaptor: the adaptor trained on every step, before the fine-tune (auto)
+
+
+def calibration_prompts(prepared, heldout_prompts: int, n: int) -> tuple[list[str], str]:
+    """``n`` prompts the schedule search may look at, and where they come from (``val`` | ``distill-heldout``)."""
+    if prepared.val_prompts:
+        pool, source = prepared.val_prompts, "val"
+    else:
+        pool, source = prepared.distill_prompts[len(prepared.distill_prompts) - heldout_prompts:] if heldout_prompts else [], \
+            "distill-heldout"
+    if len(pool) < n:
+        raise ValueError(f"clock.calibration_prompts={n} but only {len(pool)} calibration prompts exist (prepare.val_prompts, "
+                         "else distill.heldout_prompts): the schedule search never samples evaluation prompts")
+    return list(pool[:n]), source
+
+
+def choose_schedules(world, table, prompts: Sequence[str], spec: MethodSpec, adaptor, budgets: Sequence[int],
+                     seed: int) -> list[dict]:
+    """The best adaptor steps for each budget for ``adaptor`` with ``spec``'s sampler, steps, guidance and cut: the
+    change of the final sample against the full UNet on ``prompts`` (clockwork.schedule), lowest first."""
+    import torch
+
+    from clockwork.schedule import sample_change_scorer, search_schedules
+
+    ctx, pooled = table.lookup(list(prompts))
+    neg, neg_pooled = table.uncond(1)
+    added = None
+    if world.added_cond(pooled[:1]) is not None:  # SDXL: CFG order, negative rows first
+        added = {k: v.to(world.device, world.unet.dtype)
+                 for k, v in world.added_cond(torch.cat([neg_pooled.expand_as(pooled), pooled])).items()}
+    score = sample_change_scorer(world.unet, world.sampler(spec.sampler), ctx, neg.expand_as(ctx), adaptor=adaptor,
+                                 cut=spec.cut, steps=spec.steps, guidance=spec.guidance, seed=seed,
+                                 added_cond_kwargs=added, latent_size=world.latent_size)
+    return [{"budget": c.budget, "adaptor_steps": list(c.adaptor_steps), "score": c.score, "method": c.method,
+             "candidates": c.candidates} for c in search_schedules(score, spec.steps, list(budgets))]
+
+
+def read_schedule(path: str | Path = SCHEDULE_FILE) -> dict:
+    """What the distill stage chose (``adaptor_steps``, ``mode``: given | auto) and the calibration prompts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: run the distill stage (dvc repro distill)")
+    return json.loads(path.read_text())
+
+
+def front_rows(results: dict[str, dict]) -> dict[str, list[tuple[str, dict]]]:
+    """The evaluate rows of each front, by adaptor, cheapest first: ``front_<adaptor>_b<budget>``."""
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for name, m in results.items():
+        if name.startswith("front_"):
+            out.setdefault(m["front"], []).append((name, m))
+    return {k: sorted(v, key=lambda r: r[1]["gflops"]) for k, v in out.items()}
+
+
+def plot_fronts(results: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """FID against GFLOPs: the plain-steps front, each adaptor's Clockwork front (labelled with its adaptor steps)
+    and the configured Clockwork point, with FID's bootstrap std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = results["baseline"]["gflops"]
+    plain = sorted((m for n, m in results.items() if n == "baseline" or n.startswith("baseline_")),
+                   key=lambda m: m["gflops"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.errorbar([m["gflops"] / full for m in plain], [m["fid"] for m in plain], [m["fid_std"] for m in plain], fmt="s-",
+                color="0.35", ms=4, capsize=2, label="fewer plain steps")
+    for m in plain:
+        ax.annotate(str(m["steps"]), (m["gflops"] / full, m["fid"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    for i, (adaptor, rows) in enumerate(front_rows(results).items()):
+        xs, ys = [m["gflops"] / full for _, m in rows], [m["fid"] for _, m in rows]
+        ax.errorbar(xs, ys, [m["fid_std"] for _, m in rows], fmt="o-", color=f"C{i}", ms=4, capsize=2,
+                    label=f"Clockwork front: {adaptor}")
+        for (_, m), x, y in zip(rows, xs, ys):
+            ax.annotate("{" + ",".join(map(str, m["clock"])) + "}", (x, y), fontsize=6, color=f"C{i}", xytext=(3, 3),
+                        textcoords="offset points")
+    if "clockwork" in results:
+        c = results["clockwork"]
+        ax.errorbar([c["gflops"] / full], [c["fid"]], [c["fid_std"]], fmt="*", color="k", ms=10, capsize=2,
+                    label=f"clockwork {c['clock']}")
+    ax.set_xlabel("GFLOPs / full sampler's")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The Clockwork front's acceptance run (reports/schedule-front/RUN.md): the full configuration on one GPU machine
+# without DVC, in a persistent work directory so that a later call resumes where the last one stopped:
+#   trajectories -> distill with clock.adaptor_steps: auto (configs/full.yaml) and, beside it in ./hand, with the
+#   hand-found [2, 3, 4, 5] -> evaluate both on the same 5000 held-out prompts and noise (auto: with the distilled,
+#   identity and forecast fronts; hand: its Clockwork row) -> scripts/compare_schedules.py. Results are tarred into
+#   OUT after every step.
+#
+#   scripts/gpu/auto_schedule.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
+# PREPARED_DIR: data/prepared made on a CPU machine with
+#   CLOCKWORK_PARAMS=configs/full.yaml python pipeline/prepare.py --prompts-only DIR
+set -euo pipefail
+W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}
+END=$(( $(date +%s) + BUDGET ))
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$W" "$OUT"
+cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/dvc.yaml "$W"/
+cd "$W"
+sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_auto.yaml
+python - <<'PY'
+import yaml
+d = yaml.safe_load(open("params_auto.yaml"))
+d["clock"].update(adaptor_steps=[2, 3, 4, 5], budget=None, finetune_steps=0)   # the hand-found schedule
+d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[8])          # its Clockwork row; the front is auto's
+yaml.safe_dump(d, open("params_hand.yaml", "w"), sort_keys=False)
+PY
+export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+snapshot() {
+  tar czf "$OUT/results.tmp.tgz" --ignore-failed-read params_*.yaml metrics plots hand/metrics hand/plots \
+      models/adaptor/config.json models/adaptor/all_steps/config.json logs 2>/dev/null || true
+  mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"
+}
+step() {  # step NAME DONE_FILE PARAMS MIN_SECONDS CMD...: run CMD unless DONE_FILE exists and if MIN_SECONDS are left
+  local name=$1 done=$2 params=$3 min=$4; shift 4
+  local left=$(( END - $(date +%s) ))
+  if [ -e "$done" ]; then echo "== $name: done before"; return 0; fi
+  if [ "$left" -lt "$min" ]; then echo "== $name: ${left}s left, it needs ~${min}s: next call"; snapshot; exit 0; fi
+  echo "== $name ($(date +%T), ${left}s left)"
+  local t0=$(date +%s)
+  mkdir -p logs
+  set +e
+  CLOCKWORK_PARAMS=$params timeout "$left" "$@" 2>&1 | tee "logs/$name.log" | grep -v "it/s\]$\|batch/s\]$"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" = 0 ] || { echo "== $name stopped (rc $rc)"; snapshot; exit 0; }
+  echo "== $name took $(( $(date +%s) - t0 ))s" | tee -a logs/times.txt
+  snapshot
+}
+
+if [ ! -f data/prepared/reference_stats.npz ]; then
+  CLOCKWORK_PARAMS=params_auto.yaml python scripts/gpu/gpu_prepare.py "$PREP" --no-val-reference
+  echo "== reference statistics computed"
+fi
+step trajectories data/trajectories/.complete params_auto.yaml 60 python pipeline/trajectories.py
+touch data/trajectories/.complete
+mkdir -p hand/data hand/logs
+cp -r clockwork pipeline scripts dvc.yaml params_hand.yaml hand/
+ln -sfn "$W/data/prepared" hand/data/prepared
+ln -sfn "$W/data/trajectories" hand/data/trajectories
+# the hand-found schedule's distillation and evaluation run beside auto's (small models: the GPU has room)
+if [ ! -e hand/metrics/evaluate.json ] && [ $(( END - $(date +%s) )) -gt 300 ]; then
+  ( cd hand && CLOCKWORK_PARAMS=params_hand.yaml timeout $(( END - $(date +%s) )) bash -c \
+      'python pipeline/distill.py && python pipeline/evaluate.py' > logs/hand.log 2>&1 && echo "== hand finished" ) &
+  HAND=$!
+  echo "== hand: distill + evaluate started in the background ($(date +%T))"
+fi
+step distill_auto metrics/schedule.json params_auto.yaml 150 python pipeline/distill.py
+step evaluate_auto metrics/evaluate.json params_auto.yaml 420 python pipeline/evaluate.py
+if [ -n "${HAND:-}" ]; then
+  wait "$HAND" || true
+  cp hand/logs/hand.log logs/ 2>/dev/null || true
+  grep -v "it/s\]$\|batch/s\]$" logs/hand.log | tail -4 || true
+fi
+[ -e hand/metrics/evaluate.json ] || { echo "== hand not finished (resumes next call)"; snapshot; exit 0; }
+step compare metrics/compare_schedules.json params_auto.yaml 10 \
+  python scripts/compare_schedules.py metrics/evaluate.json hand/metrics/evaluate.json --out metrics
+cp metrics/compare_schedules.* "$OUT"/ 2>/dev/null || true
+snapshot
+echo "== done ($(date +%T))"
