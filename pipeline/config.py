@@ -299,6 +299,9 @@ def _schedule_problems(p: Params) -> list[tuple[str, str]]:
                          "= no fronts)"))
     if "distilled" in p.evaluate.fronts and p.adaptor.kind in TRAINING_FREE:
         problems.append(("evaluate.fronts", f"`distilled` needs a trained adaptor (adaptor.kind is {p.adaptor.kind})"))
+    if (auto or p.evaluate.fronts) and p.clock.schedule_score == "val_fid" and not p.prepare.val_prompts:
+        problems.append(("clock.schedule_score", "val_fid scores schedules on the validation split: set "
+                         "prepare.val_prompts and prepare.val_reference_images (or use sample_change)"))
     if auto or p.evaluate.fronts:
         pool = p.prepare.val_prompts or min(p.distill.heldout_prompts, p.prepare.distill_prompts)
         if p.clock.calibration_prompts > pool:

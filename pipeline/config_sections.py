@@ -139,6 +139,10 @@ class ClockParams(Section):
     # evaluation prompts - from noise of this seed
     calibration_prompts: PosInt = 32
     calibration_seed: NonNegInt = 7
+    # how a candidate schedule is scored: sample_change = MSE of the final sample against the full UNet's (cheap; one
+    # batch); val_fid = FID of its images of the calibration prompts against the validation split's reference images
+    # (what the evaluation measures; one sampling + Inception pass per candidate: a GPU's; needs prepare.val_*)
+    schedule_score: Literal["sample_change", "val_fid"] = "sample_change"
 
 
 class DistillOnline(Section):

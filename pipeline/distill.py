@@ -143,16 +143,17 @@ def main() -> None:
             cal_prompts, cal_source = [], None
         schedule = {"mode": "auto" if auto else "given", "adaptor_steps": None if spec.adaptor_steps is None else
                     list(spec.adaptor_steps), "period": None if spec.adaptor_steps is not None else spec.clock,
-                    "calibration": {"source": cal_source, "seed": p.clock.calibration_seed, "prompts": cal_prompts}}
+                    "calibration": {"source": cal_source, "seed": p.clock.calibration_seed,
+                                    "score": p.clock.schedule_score, "prompts": cal_prompts}}
         all_steps = None
         if auto:  # choose the schedule with the all-steps adaptor, then fine-tune on it
             world = world or load_world(p.world, device)
-            search = choose_schedules(world, prepared.table, cal_prompts, spec, adaptor, [p.clock.budget],
-                                      p.clock.calibration_seed)
+            search = choose_schedules(world, prepared, cal_prompts, spec, adaptor, [p.clock.budget],
+                                      p.clock.calibration_seed, p.clock.schedule_score)
             spec = MethodSpec.from_params(p, search[0]["adaptor_steps"])
             log(f"schedule: adaptor steps {list(spec.adaptor_steps)} of {search[0]['candidates']} {search[0]['method']} "
                 f"candidates (budget {p.clock.budget}, sample change {search[0]['score']:.3g} on {len(cal_prompts)} "
-                f"{cal_source} prompts)")
+                f"{cal_source} prompts, {p.clock.schedule_score})")
             schedule.update(adaptor_steps=list(spec.adaptor_steps), budget=p.clock.budget, search=search,
                             finetune_steps=p.clock.finetune_steps if spec.needs_training else 0)
             if spec.needs_training:

@@ -79,13 +79,13 @@ def methods(p, schedule: list[int] | None = None) -> dict:
     }
 
 
-def front_methods(p, world, prepared, clockwork_spec, adaptor, schedule: dict) -> dict[str, tuple]:
+def front_methods(p, world, prepared, clockwork_spec, adaptor, schedule: dict, context: str) -> dict[str, tuple]:
     """``front_<adaptor>_b<budget>`` -> (spec, adaptor or None, what the row records of its search)."""
     import dataclasses
-    from pathlib import Path
+    import json
 
     from clockwork.adaptors import load_adaptor
-    from pipeline.common import ADAPTOR_DIR, build_adaptor_for
+    from pipeline.common import ADAPTOR_DIR, build_adaptor_for, obj_sha, write_json
     from pipeline.common.fronts import ALL_STEPS_DIR, choose_schedules
 
     cal = schedule["calibration"]
@@ -100,10 +100,19 @@ def front_methods(p, world, prepared, clockwork_spec, adaptor, schedule: dict) -
         else:
             spec = dataclasses.replace(clockwork_spec, adaptor=kind).normalized()
             a = build_adaptor_for(spec, world.unet_config)
-        for c in choose_schedules(world, prepared.table, cal["prompts"], spec, a, p.evaluate.front_budgets, cal["seed"]):
+        # the search is kept with the rows (a killed run does not search again)
+        found = ROWS.parent / f"search_{obj_sha([kind, spec.key(), _weights_sha(a), p.evaluate.front_budgets, cal, context])}.json"
+        if found.is_file():
+            chosen = json.loads(found.read_text())
+        else:
+            chosen = choose_schedules(world, prepared, cal["prompts"], spec, a, p.evaluate.front_budgets, cal["seed"],
+                                      cal.get("score", "sample_change"))
+            write_json(found, chosen)
+        for c in chosen:
             out[f"front_{kind}_b{c['budget']}"] = (
                 dataclasses.replace(spec, adaptor_steps=tuple(c["adaptor_steps"])), a if kind == "distilled" else None,
                 {"front": kind, "budget": c["budget"], "schedule_score": c["score"], "calibration": cal["source"],
+                 "score": cal.get("score", "sample_change"),
                  **({"all_steps_adaptor": a is not adaptor} if kind == "distilled" else {})})
     return out
 
@@ -143,9 +152,11 @@ def main() -> None:
     results, images = {}, {}
     t0 = time.perf_counter()
     rows = {name: (spec, adaptor if name == "clockwork" else None, {}) for name, spec in specs.items()}
+    context = row_context(p, world)
+    ROWS.mkdir(parents=True, exist_ok=True)
     if e.fronts:
         t_search = time.perf_counter()
-        rows.update(front_methods(p, world, prepared, specs["clockwork"], adaptor, schedule))
+        rows.update(front_methods(p, world, prepared, specs["clockwork"], adaptor, schedule, context))
         log(f"front schedules searched in {time.perf_counter() - t_search:.0f}s")
     done: dict = {}  # a front row that is another row (same spec, same adaptor) is evaluated once
     import json
@@ -154,8 +165,7 @@ def main() -> None:
 
     from pipeline.common import obj_sha
 
-    context, keep = row_context(p, world), set()
-    ROWS.mkdir(parents=True, exist_ok=True)
+    keep = set()
     with tracking.stage_run("evaluate", p.flat(), tags={"device": world.device, "torch_threads": torch.get_num_threads()}) as run:
         for name, (spec, a, extra) in rows.items():
             key = (spec.key(), id(a))

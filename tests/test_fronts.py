@@ -40,6 +40,8 @@ def _params(**sections):
     ({"evaluate": {"fronts": ["identity"], "front_budgets": [2]}, "clock": {"calibration_prompts": 500}},
      "clock.calibration_prompts", "never the evaluation ones"),
     ({"evaluate": {"fronts": ["bogus"], "front_budgets": [2]}}, "evaluate.fronts", None),
+    ({"evaluate": {"fronts": ["identity"], "front_budgets": [2]}, "clock": {"schedule_score": "val_fid"},
+      "prepare": {"val_prompts": 0, "val_reference_images": 0}}, "clock.schedule_score", "validation split"),
 ])
 def test_bad_schedule_settings_name_their_key(sections, key, match) -> None:
     with pytest.raises(ConfigError) as e:

@@ -223,7 +223,7 @@ def test_auto_schedule_and_fronts(smoke) -> None:
     that are not evaluation prompts, fine-tunes - and evaluate.fronts evaluates each adaptor's best schedule per budget."""
     repo = smoke["repo"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["clock"].update(adaptor_steps="auto", budget=2, finetune_steps=4, calibration_prompts=4)
+    params["clock"].update(adaptor_steps="auto", budget=2, finetune_steps=4, calibration_prompts=4, schedule_score="val_fid")
     params["evaluate"].update(fronts=["distilled", "identity", "forecast"], front_budgets=[1])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(repo, "repro", "evaluate").stdout
@@ -231,6 +231,8 @@ def test_auto_schedule_and_fronts(smoke) -> None:
     sched = json.loads((repo / "metrics/schedule.json").read_text())
     prompts = json.loads((repo / "data/prepared/prompts.json").read_text())
     assert sched["mode"] == "auto" and len(sched["adaptor_steps"]) == 2 and 0 not in sched["adaptor_steps"]
+    assert sched["calibration"]["source"] == "val" and sched["calibration"]["score"] == "val_fid"
+    assert sched["calibration"]["prompts"] == prompts["val_prompts"][:4]
     assert sched["search"][0]["candidates"] == 21 and sched["search"][0]["method"] == "exhaustive"
     assert len(sched["calibration"]["prompts"]) == 4 and not set(sched["calibration"]["prompts"]) & set(prompts["eval_prompts"])
     assert (repo / "models/adaptor/all_steps/config.json").is_file()
@@ -241,6 +243,10 @@ def test_auto_schedule_and_fronts(smoke) -> None:
         assert row["front"] == kind and row["budget"] == 1 and len(row["clock"]) == 1 and 0 not in row["clock"]
         assert _finite(row["fid"]) and row["gflops"] < ev["baseline"]["gflops"]
     assert ev["front_forecast_b1"]["adaptor"] == "forecast" and ev["front_distilled_b1"]["all_steps_adaptor"] is True
+    assert ev["front_identity_b1"]["score"] == "val_fid" and ev["front_identity_b1"]["schedule_score"] > 0  # an FID
+    again = dvc(repo, "repro", "-f", "evaluate").stdout  # rows and searches resume from data/evaluate
+    assert "reused" in again and "front schedules searched" in again, again[-2000:]
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["front_forecast_b1"]["fid"] == ev["front_forecast_b1"]["fid"]
     head = json.loads((repo / "metrics/headline/evaluate.json").read_text())
     assert set(head["fronts"]["b1"]["dfid_at_flops"]) == {"distilled", "identity", "forecast"}
     assert (repo / "plots/fronts.png").stat().st_size > 10_000

@@ -80,6 +80,18 @@ def inception(images: torch.Tensor, device: str = "cpu", progress: bool = True, 
     return inception_features(images, batch_size=50, progress=progress, device=device, precision=precision)
 
 
+def fid_against(feats: torch.Tensor, reference) -> float:
+    """FID of Inception features ``feats`` (n, d) against reference statistics: exact by :func:`fid_low_rank` when
+    n < d (every CPU configuration), else torchmetrics' (clockwork.metrics.fid_from_features)."""
+    from clockwork.metrics import fid_from_features
+
+    feats = feats.to(torch.float64)
+    if len(feats) < feats.shape[1]:
+        return fid_low_rank(torch.as_tensor(reference.mu, dtype=torch.float64),
+                            torch.as_tensor(reference.sigma, dtype=torch.float64), feats)
+    return fid_from_features(reference, feats)
+
+
 def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer, fid_bootstrap: int = 10,
                  kid_subsets: int = 50, kid_subset_size: int = 100, seed: int = 0, device: str = "cpu",
                  progress: bool = True, features: torch.Tensor | None = None) -> dict:
@@ -89,17 +101,13 @@ def score_images(images: torch.Tensor, prompts: Sequence[str], reference, scorer
     by :func:`fid_low_rank` - the value of clockwork.metrics.fid_from_features to ~1e-9, at a fraction of
     the cost of its 2048 x 2048 general eigen-decomposition (seconds per call on a CPU).
     """
-    from clockwork.metrics import fid_from_features, kid_from_features
+    from clockwork.metrics import kid_from_features
 
     # at the reference's own Inception precision (prepare.inception_precision): one comparison, one precision
     feats = inception(images, device, progress, reference.precision) if features is None else features
     feats = feats.to(torch.float64)
     n_ref = len(reference.features)
-    if len(feats) < feats.shape[1]:
-        fid = fid_low_rank(torch.as_tensor(reference.mu, dtype=torch.float64),
-                           torch.as_tensor(reference.sigma, dtype=torch.float64), feats)
-    else:
-        fid = fid_from_features(reference, feats)
+    fid = fid_against(feats, reference)
     fid_boot = bootstrap_fid(feats, reference, fid_bootstrap, seed)
     fid_std = float(np.std(fid_boot, ddof=1)) if fid_bootstrap > 1 else 0.0
     kid, kid_std = kid_from_features(reference, feats, subsets=kid_subsets,

@@ -33,25 +33,63 @@ def calibration_prompts(prepared, heldout_prompts: int, n: int) -> tuple[list[st
     return list(pool[:n]), source
 
 
-def choose_schedules(world, table, prompts: Sequence[str], spec: MethodSpec, adaptor, budgets: Sequence[int],
-                     seed: int) -> list[dict]:
-    """The best adaptor steps for each budget for ``adaptor`` with ``spec``'s sampler, steps, guidance and cut: the
-    change of the final sample against the full UNet on ``prompts`` (clockwork.schedule), lowest first."""
+def sample_change(world, prepared, prompts: Sequence[str], spec: MethodSpec, adaptor, seed: int):
+    """``score(schedule)``: how far Clockwork's final sample moves from the full UNet's on ``prompts``
+    (clockwork.schedule.sample_change_scorer; cheap: one batch per schedule)."""
     import torch
 
-    from clockwork.schedule import sample_change_scorer, search_schedules
+    from clockwork.schedule import sample_change_scorer
 
-    ctx, pooled = table.lookup(list(prompts))
-    neg, neg_pooled = table.uncond(1)
+    ctx, pooled = prepared.table.lookup(list(prompts))
+    neg, neg_pooled = prepared.table.uncond(1)
     added = None
     if world.added_cond(pooled[:1]) is not None:  # SDXL: CFG order, negative rows first
         added = {k: v.to(world.device, world.unet.dtype)
                  for k, v in world.added_cond(torch.cat([neg_pooled.expand_as(pooled), pooled])).items()}
-    score = sample_change_scorer(world.unet, world.sampler(spec.sampler), ctx, neg.expand_as(ctx), adaptor=adaptor,
-                                 cut=spec.cut, steps=spec.steps, guidance=spec.guidance, seed=seed,
-                                 added_cond_kwargs=added, latent_size=world.latent_size)
+    return sample_change_scorer(world.unet, world.sampler(spec.sampler), ctx, neg.expand_as(ctx), adaptor=adaptor,
+                                cut=spec.cut, steps=spec.steps, guidance=spec.guidance, seed=seed,
+                                added_cond_kwargs=added, latent_size=world.latent_size)
+
+
+def validation_fid(world, prepared, prompts: Sequence[str], spec: MethodSpec, adaptor, seed: int, batch_size: int = 500):
+    """``score(schedule)``: the FID of Clockwork's images of ``prompts`` (validation prompts) against the validation
+    split's reference images - what the evaluation measures, on data it never sees (one sampling pass and one
+    Inception pass per schedule: use it on a GPU)."""
+    import dataclasses
+
+    from pipeline.common.evaluation import fid_against, inception, sample_images
+
+    reference = prepared.val_reference
+    if reference is None or list(prompts) != list(prepared.val_prompts[:len(prompts)]):
+        raise ValueError("clock.schedule_score: val_fid needs the validation split and its reference statistics "
+                         "(prepare.val_prompts, prepare.val_reference_images)")
+    ctx, pooled = prepared.table.lookup(list(prompts))
+    neg, neg_pooled = prepared.table.uncond(1)
+    latents = world.latents(len(prompts), seed)
+
+    def score(schedule: tuple[int, ...]) -> float:
+        s = dataclasses.replace(spec, adaptor_steps=tuple(schedule))
+        images = sample_images(world, s, adaptor, ctx, neg, latents, batch_size, progress=False, pooled=pooled,
+                               neg_pooled=neg_pooled)
+        return fid_against(inception(images, world.device, False, reference.precision), reference)
+
+    return score
+
+
+SCORES = {"sample_change": sample_change, "val_fid": validation_fid}  # clock.schedule_score
+
+
+def choose_schedules(world, prepared, prompts: Sequence[str], spec: MethodSpec, adaptor, budgets: Sequence[int],
+                     seed: int, score: str = "sample_change") -> list[dict]:
+    """The best adaptor steps for each budget for ``adaptor`` with ``spec``'s sampler, steps, guidance and cut, by
+    ``score`` on ``prompts`` (:data:`SCORES`; clockwork.schedule.search_schedules), lowest first."""
+    from clockwork.schedule import search_schedules
+
+    if score not in SCORES:
+        raise ValueError(f"schedule score must be one of {sorted(SCORES)}, got {score!r}")
+    fn = SCORES[score](world, prepared, prompts, spec, adaptor, seed)
     return [{"budget": c.budget, "adaptor_steps": list(c.adaptor_steps), "score": c.score, "method": c.method,
-             "candidates": c.candidates} for c in search_schedules(score, spec.steps, list(budgets))]
+             "candidates": c.candidates} for c in search_schedules(fn, spec.steps, list(budgets))]
 
 
 def read_schedule(path: str | Path = SCHEDULE_FILE) -> dict:
