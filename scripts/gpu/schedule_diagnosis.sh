@@ -15,6 +15,7 @@ sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_aut
 python - <<'PY'
 import yaml
 d = yaml.safe_load(open("params_auto.yaml"))
+d["clock"].update(schedule_score="sample_change", calibration_prompts=64)  # the choice reports/schedule-front measured
 d["evaluate"].update(fronts=["distilled"], front_budgets=[4], front_steps=[8], latency_runs=3)
 yaml.safe_dump(d, open("params_auto.yaml", "w"), sort_keys=False)
 d["clock"].update(adaptor_steps=[2, 3, 4, 5], budget=None, finetune_steps=0)
