@@ -32,35 +32,7 @@ from pipeline.config import load_params  # noqa: E402
 
 GRID = "plots/samples/evaluate.png"
 FRONTS_PLOT = "plots/fronts.png"
-ROWS = Path("data/evaluate/rows")  # finished rows (persisted): a killed run, or one that only adds rows, reuses them
-
-
-def _weights_sha(adaptor) -> str | None:
-    import hashlib
-
-    if adaptor is None:
-        return None
-    h = hashlib.sha1()
-    for k, v in sorted(adaptor.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def row_context(p, world) -> str:
-    """What every row depends on besides its method and adaptor weights: the evaluation settings (not which rows are
-    asked for), the prepared data, the teacher, the scorer and the code that computes a row."""
-    import yaml
-
-    from pipeline.common import code_sha, file_sha, obj_sha
-
-    code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["evaluate"]["deps"]
-                      if d.endswith(".py") or d == "pipeline/common"])
-    flat = p.flat()
-    keep = {k: flat[k] for k in sorted(flat) if k.startswith(("world.", "evaluate."))
-            and k not in ("evaluate.fronts", "evaluate.front_budgets", "evaluate.front_steps", "evaluate.device")}
-    return obj_sha([keep, file_sha("data/prepared"), world.teacher_id, world.precision, world.device,
-                    file_sha(p.world.scorer) if p.world.kind == "embedded" else p.world.clip_model, code])
+WORK = Path("data/evaluate")  # finished rows and front searches (persisted): a cut run resumes, an added row reuses
 
 
 def methods(p, schedule: list[int] | None = None) -> dict:
@@ -79,44 +51,6 @@ def methods(p, schedule: list[int] | None = None) -> dict:
     }
 
 
-def front_methods(p, world, prepared, clockwork_spec, adaptor, schedule: dict, context: str) -> dict[str, tuple]:
-    """``front_<adaptor>_b<budget>`` -> (spec, adaptor or None, what the row records of its search)."""
-    import dataclasses
-    import json
-
-    from clockwork.adaptors import load_adaptor
-    from pipeline.common import ADAPTOR_DIR, build_adaptor_for, obj_sha, write_json
-    from pipeline.common.fronts import ALL_STEPS_DIR, choose_schedules
-
-    cal = schedule["calibration"]
-    if not cal.get("prompts"):
-        raise SystemExit("metrics/schedule.json records no calibration prompts (too few for clock.calibration_prompts?); "
-                         "dvc repro distill")
-    out = {}
-    for kind in p.evaluate.fronts:
-        if kind == "distilled":
-            all_steps = Path(ADAPTOR_DIR) / ALL_STEPS_DIR
-            spec, a = clockwork_spec, load_adaptor(all_steps) if all_steps.is_dir() else adaptor
-        else:
-            spec = dataclasses.replace(clockwork_spec, adaptor=kind).normalized()
-            a = build_adaptor_for(spec, world.unet_config)
-        # the search is kept with the rows (a killed run does not search again)
-        found = ROWS.parent / f"search_{obj_sha([kind, spec.key(), _weights_sha(a), p.evaluate.front_budgets, cal, context])}.json"
-        if found.is_file():
-            chosen = json.loads(found.read_text())
-        else:
-            chosen = choose_schedules(world, prepared, cal["prompts"], spec, a, p.evaluate.front_budgets, cal["seed"],
-                                      cal.get("score", "sample_change"))
-            write_json(found, chosen)
-        for c in chosen:
-            out[f"front_{kind}_b{c['budget']}"] = (
-                dataclasses.replace(spec, adaptor_steps=tuple(c["adaptor_steps"])), a if kind == "distilled" else None,
-                {"front": kind, "budget": c["budget"], "schedule_score": c["score"], "calibration": cal["source"],
-                 "score": cal.get("score", "sample_change"),
-                 **({"all_steps_adaptor": a is not adaptor} if kind == "distilled" else {})})
-    return out
-
-
 def _delta(v: dict) -> str:
     return f"dFID@FLOPs {v['delta']:+.2f} ± {v['delta_std']:.2f}" if v["delta"] is not None else v["status"]
 
@@ -131,7 +65,8 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.common import (ADAPTOR_DIR, EvalContext, Prepared, evaluate_method, load_world, log, sample_grid,
                                  save_png, vs_fewer_steps, write_json)
-    from pipeline.common.fronts import plot_fronts, read_schedule
+    from pipeline.common.fronts import front_methods, plot_fronts, read_schedule
+    from pipeline.common.rows import RowCache, stage_context
     from pipeline.common.headline import HEADLINE_DIR, evaluate_headline, machine
 
     world = load_world(p.world, p.evaluate.device)
@@ -152,39 +87,34 @@ def main() -> None:
     results, images = {}, {}
     t0 = time.perf_counter()
     rows = {name: (spec, adaptor if name == "clockwork" else None, {}) for name, spec in specs.items()}
-    context = row_context(p, world)
-    ROWS.mkdir(parents=True, exist_ok=True)
+    # what a row depends on besides its method and weights (not which rows or fronts are asked for)
+    context = stage_context("evaluate", p, world, ("world", "evaluate"),
+                            ignore=("evaluate.fronts", "evaluate.front_budgets", "evaluate.front_steps", "evaluate.device"))
+    cache = RowCache(WORK / "rows", context)
     if e.fronts:
         t_search = time.perf_counter()
-        rows.update(front_methods(p, world, prepared, specs["clockwork"], adaptor, schedule, context))
+        rows.update(front_methods(e.fronts, e.front_budgets, world, prepared, specs["clockwork"], adaptor, schedule,
+                                  ADAPTOR_DIR, WORK, context))
         log(f"front schedules searched in {time.perf_counter() - t_search:.0f}s")
     done: dict = {}  # a front row that is another row (same spec, same adaptor) is evaluated once
-    import json
-
-    import numpy as np
-
-    from pipeline.common import obj_sha
-
-    keep = set()
     with tracking.stage_run("evaluate", p.flat(), tags={"device": world.device, "torch_threads": torch.get_num_threads()}) as run:
         for name, (spec, a, extra) in rows.items():
-            key = (spec.key(), id(a))
-            if key in done:
-                results[name] = {**results[done[key]], **extra, "same_as": done[key]}
-                log(f"{name}: the same method as {done[key]}")
+            same = (spec.key(), id(a))
+            if same in done:
+                results[name] = {**results[done[same]], **extra, "same_as": done[same]}
+                log(f"{name}: the same method as {done[same]}")
                 continue
-            row = obj_sha([spec.key(), _weights_sha(a), context])
-            keep |= {f"{row}.json", f"{row}.npy"}
-            if (ROWS / f"{row}.json").is_file() and (ROWS / f"{row}.npy").is_file():
-                m, imgs = json.loads((ROWS / f"{row}.json").read_text()), torch.from_numpy(np.load(ROWS / f"{row}.npy"))
-                log(f"{name}: reused (data/evaluate/rows/{row})")
+            key = cache.key(spec, a)
+            row = cache.load(key)
+            if row is not None:
+                log(f"{name}: reused ({cache.folder}/{key})")
             else:
                 with run.child(name, spec.flat()) as child:
-                    m, imgs = evaluate_method(ec, spec, a, name=name)
-                    child.log_metrics(m)
-                np.save(ROWS / f"{row}.npy", imgs[:e.grid_images].numpy())  # first: a row counts once both exist
-                write_json(ROWS / f"{row}.json", m)
-            results[name], done[key] = {**m, **extra}, name
+                    row = evaluate_method(ec, spec, a, name=name)
+                    child.log_metrics(row[0])
+                cache.save(key, row[0], row[1][:e.grid_images])
+            m, imgs = row
+            results[name], done[same] = {**m, **extra}, name
             if not extra:
                 images[name] = imgs[:e.grid_images]  # only the grid's: a real model's images add up (SDXL: 3 MB each)
         b = results["baseline"]
@@ -199,9 +129,7 @@ def main() -> None:
             v = m["vs_fewer_steps"]["fid"]
             if v["delta"] is not None:
                 run.log_metrics({f"{name}.dfid_at_flops": v["delta"], f"{name}.dfid_at_flops_std": v["delta_std"]})
-        for f in ROWS.iterdir():  # rows no current method uses (made with other settings or weights)
-            if f.name not in keep:
-                f.unlink()
+        cache.forget_others()
         write_json("metrics/evaluate.json", results)
         write_json(f"{HEADLINE_DIR}/evaluate.json", evaluate_headline(results, machine(world.precision, world.device)))
         if e.grid_images:

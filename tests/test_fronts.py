@@ -133,3 +133,29 @@ def test_compare_schedules_reads_known_answers() -> None:
     with pytest.raises(SystemExit, match="not evaluated on the same prompts"):
         cs.compare(auto, hand)
     assert "| distilled | 2 | [3, 5]" in cs.markdown(c)
+
+
+def test_row_cache_resumes_and_forgets(tmp_path) -> None:
+    import torch
+
+    from pipeline.common import MethodSpec
+    from pipeline.common.rows import RowCache, weights_sha
+
+    a = torch.nn.Linear(2, 2)
+    spec = MethodSpec(adaptor="resnet", adaptor_steps=(2, 3))
+    cache = RowCache(tmp_path / "rows", "ctx1")
+    k = cache.key(spec, a)
+    assert cache.load(k) is None
+    cache.save(k, {"fid": 1.5}, torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+    m, imgs = RowCache(tmp_path / "rows", "ctx1").load(k)
+    assert m == {"fid": 1.5} and imgs.shape == (2, 3, 4, 4) and imgs.dtype == torch.uint8
+    assert RowCache(tmp_path / "rows", "ctx2").key(spec, a) != k  # another context is another row
+    with torch.no_grad():
+        a.weight += 1
+    assert weights_sha(a) != weights_sha(torch.nn.Linear(2, 2)) and cache.key(spec, a) != k  # other weights too
+    (tmp_path / "rows" / f"{k}.json").unlink()
+    assert cache.load(k) is None  # a row counts only with both files
+    other = RowCache(tmp_path / "rows", "ctx3")
+    other.key(spec, None)
+    other.forget_others()
+    assert list((tmp_path / "rows").iterdir()) == []

@@ -92,6 +92,47 @@ def choose_schedules(world, prepared, prompts: Sequence[str], spec: MethodSpec, 
              "candidates": c.candidates} for c in search_schedules(fn, spec.steps, list(budgets))]
 
 
+def front_methods(fronts: Sequence[str], budgets: Sequence[int], world, prepared, clockwork_spec: MethodSpec, adaptor,
+                  schedule: dict, adaptor_dir: str | Path, search_dir: str | Path, context: str) -> dict[str, tuple]:
+    """The rows of the Clockwork fronts: ``front_<adaptor>_b<budget>`` -> (spec, adaptor or None, what the row
+    records of its search), for each adaptor of ``fronts`` (distilled: the all-steps adaptor in ``adaptor_dir`` when
+    ``clock.adaptor_steps: auto`` made one, else ``adaptor``) at its best schedule per budget, searched on the
+    calibration prompts of ``schedule`` (metrics/schedule.json). Searches are kept in ``search_dir`` (a cut run does
+    not search again)."""
+    import dataclasses
+
+    from clockwork.adaptors import load_adaptor
+    from pipeline.common.io import obj_sha, write_json
+    from pipeline.common.methods import build_adaptor_for
+    from pipeline.common.rows import weights_sha
+
+    cal = schedule["calibration"]
+    if not cal.get("prompts"):
+        raise SystemExit(f"{SCHEDULE_FILE} records no calibration prompts (too few for clock.calibration_prompts?); "
+                         "dvc repro distill")
+    score = cal.get("score", "sample_change")
+    out = {}
+    for kind in fronts:
+        if kind == "distilled":
+            all_steps = Path(adaptor_dir) / ALL_STEPS_DIR
+            spec, a = clockwork_spec, load_adaptor(all_steps) if all_steps.is_dir() else adaptor
+        else:
+            spec = dataclasses.replace(clockwork_spec, adaptor=kind).normalized()
+            a = build_adaptor_for(spec, world.unet_config)
+        found = Path(search_dir) / f"search_{obj_sha([kind, spec.key(), weights_sha(a), list(budgets), cal, context])}.json"
+        if found.is_file():
+            chosen = json.loads(found.read_text())
+        else:
+            chosen = choose_schedules(world, prepared, cal["prompts"], spec, a, budgets, cal["seed"], score)
+            write_json(found, chosen)
+        for c in chosen:
+            out[f"front_{kind}_b{c['budget']}"] = (
+                dataclasses.replace(spec, adaptor_steps=tuple(c["adaptor_steps"])), a if kind == "distilled" else None,
+                {"front": kind, "budget": c["budget"], "schedule_score": c["score"], "calibration": cal["source"],
+                 "score": score, **({"all_steps_adaptor": a is not adaptor} if kind == "distilled" else {})})
+    return out
+
+
 def read_schedule(path: str | Path = SCHEDULE_FILE) -> dict:
     """What the distill stage chose (``adaptor_steps``, ``mode``: given | auto) and the calibration prompts."""
     path = Path(path)
