@@ -435,8 +435,9 @@ def distill_online(
         raise ValueError("this adaptor has no trainable parameters (the identity adaptor needs no distillation)")
     model = adaptor
     if workers > 1:  # gradients averaged over the workers; rank 0's initial weights broadcast
-        model = torch.nn.parallel.DistributedDataParallel(adaptor, device_ids=[device.index] if device.type == "cuda"
-                                                          else None)
+        # "cuda" without an index (torchrun users) is the current device, as CUDA itself reads it
+        index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(adaptor, device_ids=[index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 7919)
     step, history, acc, acc_n = 0, [], 0.0, 0

@@ -24,7 +24,7 @@ LOCK = DEFAULT / "dvc.lock"  # the default run's own lock, copied beside its fil
 STAGES = ("prepare", "trajectories", "distill", "evaluate", "ablate", "edit")  # what reports/default's numbers come from
 OUTS = {"metrics/evaluate.json": "evaluate.json", "metrics/ablate.json": "ablate.json",
         "metrics/distill.json": "distill.json", "plots/distill_loss.csv": "distill_loss.csv", "metrics/edit.json": "edit.json",
-        "metrics/headline/evaluate.json": "headline/evaluate.json", "metrics/headline/ablate.json": "headline/ablate.json",
+        "metrics/schedule.json": "schedule.json", "metrics/headline/evaluate.json": "headline/evaluate.json", "metrics/headline/ablate.json": "headline/ablate.json",
         "metrics/headline/edit.json": "headline/edit.json"}
 RERUN = ("repeat the default run from a fresh clone (`./setup.sh && dvc repro`) and commit its dvc.lock (also as "
          "reports/default/dvc.lock) + reports/default (scripts/commit_default_run.sh)")

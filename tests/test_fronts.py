@@ -100,10 +100,14 @@ def _results():
 def test_headline_names_the_winner_per_budget() -> None:
     from pipeline.common.headline import front_winners
 
-    w = front_winners(_results())
-    assert list(w) == ["b2", "b4"]
-    assert w["b2"]["best"] == "distilled" and w["b2"]["dfid_at_flops"]["forecast"] == 0.2
-    assert w["b4"]["best"] == "distilled" and w["b4"]["gflops_x"] == 0.6
+    r = _results()
+    assert front_winners(r) == {"b2": {"distilled": 2.5}, "b4": {"distilled": 3.7}}
+    r["front_identity_b4"]["vs_fewer_steps"]["fid"]["delta"] = 5.0
+    r["front_distilled_b2"]["vs_fewer_steps"]["fid"]["delta"] = None  # outside the front: no answer
+    assert front_winners(r) == {"b2": {"identity": 2.0}, "b4": {"identity": 5.0}}
+    for name in ("front_distilled_b2", "front_identity_b2", "front_forecast_b2"):
+        r[name]["vs_fewer_steps"]["fid"]["delta"] = None
+    assert front_winners(r)["b2"] == {"none": None}
 
 
 def test_fronts_chart_is_drawn(tmp_path) -> None:

@@ -69,20 +69,23 @@ def evaluate_headline(results: dict[str, dict], record: dict[str, str]) -> dict[
 
 
 def front_winners(results: dict[str, dict]) -> dict[str, Any]:
-    """Per budget of the Clockwork fronts (evaluate rows ``front_<adaptor>_b<budget>``): each adaptor's dFID@FLOPs and
-    which one wins (the highest; ``best`` is null where no row has an answer against the plain-steps front)."""
-    by_budget: dict[str, dict] = {}
+    """Which Clockwork front wins at each budget (evaluate rows ``front_<adaptor>_b<budget>``), one value per budget
+    so that ``dvc metrics show`` stays narrow: ``{"b<budget>": {<winning adaptor>: its dFID@FLOPs}}`` - the highest
+    dFID@FLOPs against the plain-steps front (``{"none": null}`` where no row has an answer). Every adaptor's value is
+    in metrics/evaluate.json."""
+    by_budget: dict[int, dict[str, float]] = {}
     for m in results.values():
-        if "front" not in m:
-            continue
-        v = m.get("vs_fewer_steps", {}).get("fid", {})
-        b = by_budget.setdefault(f"b{m['budget']}", {"gflops_x": _r(m["gflops"] / results["baseline"]["gflops"], 3),
-                                                     "dfid_at_flops": {}})
-        b["dfid_at_flops"][m["front"]] = _r(v.get("delta"), 2)
-    for b in by_budget.values():
-        answered = {k: d for k, d in b["dfid_at_flops"].items() if d is not None}
-        b["best"] = max(answered, key=answered.get) if answered else None
-    return dict(sorted(by_budget.items(), key=lambda kv: int(kv[0][1:])))
+        if "front" in m:
+            d = m.get("vs_fewer_steps", {}).get("fid", {}).get("delta")
+            by_budget.setdefault(m["budget"], {})
+            if d is not None:
+                by_budget[m["budget"]][m["front"]] = _r(d, 2)
+    out = {}
+    for b in sorted(by_budget):
+        answered = by_budget[b]
+        best = max(answered, key=answered.get) if answered else None
+        out[f"b{b}"] = {best: answered[best]} if best else {"none": None}
+    return out
 
 
 def ablate_headline(rows: list[dict], record: dict[str, str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ DEFAULT_RUN_FILES = {
     "metrics/ablate.json": "ablate.json",
     "metrics/distill.json": "distill.json",
     "metrics/edit.json": "edit.json",
+    "metrics/schedule.json": "schedule.json",
     "plots/distill_loss.csv": "distill_loss.csv",
     "metrics/headline/evaluate.json": "headline/evaluate.json",
     "metrics/headline/ablate.json": "headline/ablate.json",
