@@ -13,6 +13,7 @@ The config also records the UNet signature (cut, channels) the adaptor was made 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -292,11 +293,24 @@ ADAPTORS: dict[str, type[AdaptorBase]] = {
 }
 
 
-def build_adaptor(kind: str, cut_or_dims, **kwargs) -> AdaptorBase:
-    """Build adaptor ``kind`` for a :class:`~clockwork.cut.UNetCut` (or a dict of its ``signature()``)."""
+def build_adaptor(kind: str, cut_or_dims, cut: int | None = None, **kwargs) -> AdaptorBase:
+    """Build adaptor ``kind`` for a :class:`~clockwork.cut.UNetCut`, a dict of its ``signature()``, or a diffusers
+    UNet and ``cut`` (default 1, the paper's): ``build_adaptor("resnet", pipe.unet, cut=1)``."""
     if kind not in ADAPTORS:
         raise ValueError(f"unknown adaptor {kind!r}; choose one of {sorted(ADAPTORS)}")
-    sig = cut_or_dims.signature() if hasattr(cut_or_dims, "signature") else dict(cut_or_dims)
+    if isinstance(cut_or_dims, nn.Module):  # a UNet: its cut's signature
+        from clockwork.cut import UNetCut
+
+        cut_or_dims = UNetCut(cut_or_dims, 1 if cut is None else cut)
+    elif cut is not None:
+        raise ValueError("cut= goes with a UNet; a UNetCut or a signature dict already fixes the cut")
+    if hasattr(cut_or_dims, "signature"):
+        sig = cut_or_dims.signature()
+    elif isinstance(cut_or_dims, Mapping):
+        sig = dict(cut_or_dims)
+    else:
+        raise TypeError(f"build_adaptor needs a diffusers UNet (with cut=), a clockwork.cut.UNetCut or its signature() "
+                        f"dict, got {type(cut_or_dims).__name__}")
     if kind == "identity":
         if kwargs.get("inputs") not in (None, ("r_out_prev",), ["r_out_prev"]):
             raise ValueError("the identity adaptor only uses 'r_out_prev'")

@@ -33,6 +33,7 @@ class ScheduleChoice:
     score: float
     method: str  # "exhaustive" | "greedy"
     candidates: int  # schedules scored for this budget
+    ranking: tuple[tuple[tuple[int, ...], float], ...] = ()  # every candidate of this budget and its score, best first
 
 
 def _check(num_steps: int, budgets, allowed) -> tuple[tuple[int, ...], list[int]]:
@@ -73,8 +74,9 @@ def search_schedules(score: Callable[[tuple[int, ...]], float], num_steps: int, 
             else:  # grow the best schedule one step smaller by its best next step
                 base = best_for(k - 1).adaptor_steps if k > 1 else ()
                 cands, method = [tuple(sorted(base + (s,))) for s in steps if s not in base], "greedy"
-            top = min(cands, key=lambda s: (scored(s), s))
-            best[k] = ScheduleChoice(k, top, seen[top], method, len(cands))
+            ranked = sorted(cands, key=lambda s: (scored(s), s))
+            best[k] = ScheduleChoice(k, ranked[0], seen[ranked[0]], method, len(cands),
+                                     tuple((s, seen[s]) for s in ranked))
         return best[k]
 
     return [best_for(k) for k in wanted]

@@ -134,17 +134,13 @@ def with_fewer_steps(results: list[dict]) -> None:
 
 def main() -> None:
     p = load_params("ablate")
-    import numpy as np
-    import torch
-    import yaml
-
     from clockwork.adaptors import load_adaptor
     from pipeline import tracking
-    from pipeline.common import (TRAJECTORIES_DIR, EvalContext, Prepared, atomic_dir, code_sha, distill_adaptor, distill_config,
-                                 ensure_trajectories, evaluate_method, file_sha, forward_noised_data, load_trajectories,
-                                 load_world, log, obj_sha, pick_device, rollout_finetune, sample_grid, save_png, store_matches,
-                                 write_json)
+    from pipeline.common import (TRAJECTORIES_DIR, EvalContext, Prepared, atomic_dir, distill_adaptor, distill_config,
+                                 ensure_trajectories, evaluate_method, forward_noised_data, load_trajectories, load_world, log,
+                                 pick_device, rollout_finetune, sample_grid, save_png, store_matches, write_json)
     from pipeline.common.headline import HEADLINE_DIR, ablate_headline, machine
+    from pipeline.common.rows import RowCache, stage_context
 
     a = p.ablate
     world = load_world(p.world, a.device)
@@ -152,17 +148,17 @@ def main() -> None:
     train_device = pick_device(p.distill.device)
     rows = ablation_rows(p)
     main_meta = json.loads((Path(TRAJECTORIES_DIR) / "meta.json").read_text())
-    # What every row depends on besides its own spec; a change makes old rows unusable (they are not matched).
-    # (and the code that computes them: rows made by other code are recomputed).
-    code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["ablate"]["deps"]
-                      if d.endswith(".py") or d == "pipeline/common"])
-    # (which rows are asked for - ablations, levers, front steps - is not context: adding one reuses the others)
-    context = obj_sha([p.flat().get(k) for k in sorted(p.flat())
-                       if not k.startswith(("adaptor.", "clock.", "cut", "ablate.levers", "ablate.ablations",
-                                            "ablate.front_steps"))]
-                      + [file_sha("data/prepared"), world.teacher_id, world.precision, file_sha(p.world.scorer) if p.world.kind == "embedded"
-                         else p.world.clip_model, main_meta, code])
-    (WORK / "rows").mkdir(parents=True, exist_ok=True)
+    # What every row depends on besides its own spec (rows made otherwise are not matched): the sections the rows
+    # read, minus which rows are asked for and what a row's spec already says (its sampler, steps, schedule, width,
+    # training budget overrides), and the knobs of the main distillation the rows never use (its step count, source,
+    # workers, held-out prompts, checkpointing)
+    context = stage_context("ablate", p, world, ("world", "trajectories", "distill", "ablate"), ignore=(
+        "ablate.levers", "ablate.ablations", "ablate.front_steps", "ablate.schedules", "ablate.samplers",
+        "ablate.step_counts", "ablate.training_steps", "ablate.resnet_wide_width", "ablate.unet_light_width",
+        "ablate.device", "distill.steps", "distill.source", "distill.online", "distill.workers",
+        "distill.heldout_prompts", "distill.rollout_steps", "distill.checkpoint_every", "distill.log_every",
+        "distill.memory_cap_gb"), extra=main_meta)
+    cache = RowCache(WORK / "rows", context)
     (WORK / "adaptors").mkdir(parents=True, exist_ok=True)
     ec = EvalContext(world, prepared, a.n_samples, a.seed, batch_size=a.batch_size, fid_bootstrap=a.fid_bootstrap,
                      kid_subsets=50, kid_subset_size=100, latency_runs=a.latency_runs, split=a.split)
@@ -187,14 +183,13 @@ def main() -> None:
                                 spec.steps, spec.guidance, cuts, p.trajectories.seed, p.trajectories.shard_size)
         return load_trajectories(root, spec.cut, max_prompts=n, with_latents=with_latents)
 
-    results, grids, done = [], {}, {}
+    results, grids, done, shown = [], {}, {}, {}
     t0 = time.perf_counter()
     with tracking.stage_run("ablate", p.flat(), tags={"device": world.device}) as run:
         for i, (ablation, variant, spec) in enumerate(rows):
-            key = obj_sha([spec.key(), context])
-            row_file, img_file = WORK / "rows" / f"{key}.json", WORK / "rows" / f"{key}.npy"
-            if key not in done and row_file.is_file() and img_file.is_file():
-                done[key] = json.loads(row_file.read_text())
+            key = cache.key(spec, None)  # trained inside the row: its weights follow from the key
+            if key not in done and (found := cache.load(key)) is not None:
+                done[key], grids[key] = found
                 log(f"[{i + 1}/{len(rows)}] {ablation}/{variant}: reused")
             if key not in done:
                 log(f"[{i + 1}/{len(rows)}] {ablation}/{variant}: {spec.describe()}")
@@ -227,10 +222,8 @@ def main() -> None:
                 m, imgs = evaluate_method(ec, spec, adaptor, name=f"{ablation}/{variant}")
                 m["training"] = spec.describe()["training"]
                 m["inputs"] = spec.describe()["inputs"]
-                np.save(img_file.with_suffix(".tmp.npy"), imgs[:GRID_IMAGES].numpy())
-                Path(img_file.with_suffix(".tmp.npy")).replace(img_file)
-                write_json(row_file, m)
-                done[key] = m
+                cache.save(key, m, imgs[:GRID_IMAGES])
+                done[key], grids[key] = m, imgs[:GRID_IMAGES]
             m = done[key]
             row = {"ablation": ablation, "variant": variant, "sampler": m["sampler"], "steps": m["steps"],
                    "clock": m["clock"], "cut": m["cut"], "adaptor": m["adaptor"], "inputs": m["inputs"],
@@ -239,13 +232,13 @@ def main() -> None:
                    **{k: m[k] for k in ("fid", "fid_std", "kid", "kid_std", "clip", "clip_std", "gflops", "latency_ms",
                                         "adaptor_params", "n_samples", "split", "fid_boot", "clip_boot")}}
             results.append(row)
-            grids[f"{ablation}/{variant}"] = torch.from_numpy(np.load(img_file))
+            shown[f"{ablation}/{variant}"] = grids[key]
             with run.child(f"{ablation}/{variant}", {"ablation": ablation, "variant": variant, **spec.flat()}) as child:
                 child.log_metrics({k: row[k] for k in ("fid", "fid_std", "kid", "clip", "gflops", "latency_ms", "adaptor_params")})
         # Forget rows and adaptors no current row uses (made with other settings).
-        keep = {obj_sha([s.key(), context]) for _, _, s in rows}
-        for f in list((WORK / "rows").iterdir()) + list((WORK / "adaptors").iterdir()):
-            if f.name.split(".")[0] not in keep:
+        cache.forget_others()
+        for f in (WORK / "adaptors").iterdir():
+            if f.name.split(".")[0] not in done:
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
         with_fewer_steps(results)
         for r in results:
@@ -256,7 +249,7 @@ def main() -> None:
         record = machine(world.precision, world.device)
         write_json("metrics/ablate.json", {"split": a.split, **record, "rows": results})
         write_json(f"{HEADLINE_DIR}/ablate.json", ablate_headline(results, record))
-        save_png(GRID, sample_grid(grids, ec.prompts, GRID_IMAGES))
+        save_png(GRID, sample_grid(shown, ec.prompts, GRID_IMAGES))
         run.log_artifact("metrics/ablate.json")
         run.log_artifact(GRID, "samples")
     log(f"ablate: {len(results)} rows ({len(done)} distinct) in {time.perf_counter() - t0:.0f}s")

@@ -12,6 +12,8 @@ A stage calls ``load_params("distill")`` and gets only the sections it declares 
 
 from __future__ import annotations
 
+import math
+
 import os
 import sys
 from pathlib import Path
@@ -291,6 +293,12 @@ def _schedule_problems(p: Params) -> list[tuple[str, str]]:
                          "store (online distillation needs the schedule before it unrolls)"))
     if not auto and p.clock.budget is not None:
         problems.append(("clock.budget", "only read with clock.adaptor_steps: auto; remove it or set auto"))
+    if p.clock.refine_top > 1 and not (auto and p.clock.finetune_steps):
+        problems.append(("clock.refine_top", "fine-tunes the best schedules of clock.adaptor_steps: auto: it needs auto "
+                         "and clock.finetune_steps > 0 (or set it to 1)"))
+    if auto and p.clock.budget is not None and p.clock.refine_top > math.comb(steps - 1, p.clock.budget):
+        problems.append(("clock.refine_top", f"{p.clock.refine_top} > the {math.comb(steps - 1, p.clock.budget)} "
+                         f"schedules of {p.clock.budget} adaptor steps in {steps} sampler steps"))
     bad = sorted(b for b in p.evaluate.front_budgets if not 1 <= b <= steps - 1)
     if bad:
         problems.append(("evaluate.front_budgets", f"{bad} do not fit sampling.steps={steps} (allowed 1..{steps - 1})"))

@@ -134,6 +134,9 @@ class ClockParams(Section):
     adaptor_steps: list[int] | Literal["auto"] | None = None
     budget: PosInt | None = None  # auto: how many adaptor steps (fixes the GFLOPs)
     finetune_steps: NonNegInt = 0  # auto: distillation steps on the chosen schedule after the all-steps training
+    # auto with finetune_steps: the all-steps adaptor's best `refine_top` schedules are each fine-tuned and scored again;
+    # the best fine-tuned pair is kept (the schedule and its adaptor chosen together; 1 = the all-steps choice as is)
+    refine_top: PosInt = 1
     # the schedule search (auto, evaluate.fronts) samples this many calibration prompts: the validation split's first
     # (prepare.val_prompts), else the distillation prompts held out of training (distill.heldout_prompts) - never the
     # evaluation prompts - from noise of this seed

@@ -18,9 +18,11 @@ bounded on-device buffer. data/trajectories then only serves the held-out prompt
 small validation store. Checkpoints resume by re-unrolling the buffer.
 
 `clock.adaptor_steps: auto` (the Clockwork front's schedule optimizer, store source): the adaptor is first distilled
-on every step 1..steps-1 (models/adaptor/all_steps/), then the `clock.budget` adaptor steps whose Clockwork sample
-moves least from the full UNet's on the calibration prompts are chosen (clockwork.schedule.search_schedules), then
-the adaptor is fine-tuned on them for `clock.finetune_steps` (0 = the all-steps adaptor as is). Every run writes
+on every step 1..steps-1 (models/adaptor/all_steps/), then the `clock.budget` adaptor steps that score best on the
+calibration prompts (`clock.schedule_score`: sample change against the full UNet, or validation FID) are chosen
+(clockwork.schedule.search_schedules), then the adaptor is fine-tuned on them for `clock.finetune_steps` (0 = the
+all-steps adaptor as is); with `clock.refine_top` k > 1 the k best schedules are each fine-tuned and scored again,
+and the best pair is kept. Every run writes
 metrics/schedule.json: the schedule (given or chosen), the search and the calibration prompts - validation prompts,
 never evaluation ones - that the evaluate stage's fronts use too.
 """
@@ -50,7 +52,8 @@ def main() -> None:
                                  num_prompts, obj_sha, pair_dataset, pick_device, split_trajectories, load_trajectories,
                                  write_json,
                                  write_text)
-    from pipeline.common.fronts import ALL_STEPS_DIR, SCHEDULE_FILE, calibration_prompts, choose_schedules
+    from pipeline.common.fronts import (ALL_STEPS_DIR, SCHEDULE_FILE, calibration_prompts, choose_schedules,
+                                        schedule_score)
     from pipeline.common.headline import machine
     from pipeline.common.training import finetune_adaptor
     from pipeline.config import teacher_unet_config
@@ -152,15 +155,26 @@ def main() -> None:
                                       p.clock.calibration_seed, p.clock.schedule_score)
             spec = MethodSpec.from_params(p, search[0]["adaptor_steps"])
             log(f"schedule: adaptor steps {list(spec.adaptor_steps)} of {search[0]['candidates']} {search[0]['method']} "
-                f"candidates (budget {p.clock.budget}, sample change {search[0]['score']:.3g} on {len(cal_prompts)} "
-                f"{cal_source} prompts, {p.clock.schedule_score})")
+                f"candidates (budget {p.clock.budget}, {p.clock.schedule_score} {search[0]['score']:.4g} on "
+                f"{len(cal_prompts)} {cal_source} prompts)")
             schedule.update(adaptor_steps=list(spec.adaptor_steps), budget=p.clock.budget, search=search,
                             finetune_steps=p.clock.finetune_steps if spec.needs_training else 0)
             if spec.needs_training:
                 all_steps = adaptor
-            if spec.needs_training and p.clock.finetune_steps:
-                adaptor, more = finetune_adaptor(all_steps, train, spec, scheduler, cfg, p.clock.finetune_steps, device,
-                                                 CKPT_DIR / f"finetune_{obj_sha(list(spec.adaptor_steps))[:12]}")
+            if spec.needs_training and p.clock.finetune_steps:  # the best refine_top schedules, each fine-tuned
+                tried = []
+                for steps, _ in search[0]["ranking"][:p.clock.refine_top]:
+                    s = MethodSpec.from_params(p, steps)
+                    tuned, more = finetune_adaptor(all_steps, train, s, scheduler, cfg, p.clock.finetune_steps, device,
+                                                   CKPT_DIR / f"finetune_{obj_sha(list(steps))[:12]}")
+                    again = schedule_score(world, prepared, cal_prompts, s, tuned, steps, p.clock.calibration_seed,
+                                           p.clock.schedule_score) if p.clock.refine_top > 1 else None
+                    if again is not None:
+                        log(f"schedule: {steps} fine-tuned: {p.clock.schedule_score} {again:.4g}")
+                    tried.append((again, s, tuned, more))
+                again, spec, adaptor, more = min(tried, key=lambda t: 0.0 if t[0] is None else t[0])
+                schedule.update(adaptor_steps=list(spec.adaptor_steps), refined=[
+                    {"adaptor_steps": list(t[1].adaptor_steps), "score": t[0]} for t in tried] if again is not None else [])
                 history += [{**h, "step": h["step"] + history[-1]["step"]} for h in more]
         seconds = time.perf_counter() - t0
         heldout = heldout_id = None

@@ -88,19 +88,11 @@ def summary_markdown(evaluate: dict | None, ablate: dict | None, distill: dict |
     return "\n".join(out)
 
 
-EDIT_SCORES = ("attribute_success", "clip_preference", "mask_iou", "structure_ssim")
-
-
 def edit_verdict(v: dict | None) -> str:
-    """A paired comparison of the `edit` stage (vs_pnp / vs_fewer_steps) in words: better when no score is worse by
-    2 standard errors and one is better by 2, worse when one is worse by 2, else within 2σ; with the extreme z's."""
-    if not v or "status" in v:
-        return (v or {}).get("status", "")
-    z = {k: v[k]["delta"] / v[k]["se"] if v[k]["se"] else (0.0 if v[k]["delta"] == 0 else float("inf") * v[k]["delta"])
-         for k in EDIT_SCORES if v[k]["delta"] is not None}
-    lo, hi = min(z.values()), max(z.values())
-    word = "worse" if lo <= -2 else "better" if hi >= 2 else "within 2σ"
-    return f"{word} (z {lo:+.1f} .. {hi:+.1f})"
+    """A paired comparison of the `edit` stage in words (pipeline.common.editing.verdict)."""
+    from pipeline.common.editing import verdict
+
+    return verdict(v)
 
 
 def edit_markdown(edit: dict, name: str) -> str:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.common import Prepared, load_world  # noqa: E402
-from pipeline.common.editing import EditMethod, run_method, summarize  # noqa: E402
+from pipeline.common.editing import VERDICT_SCORES, EditMethod, run_method, summarize  # noqa: E402
 from pipeline.config import read_yaml, validate  # noqa: E402
 
 PNP = [(0.8, 0.5), (0.5, 0.5), (0.3, 0.3), (0.2, 0.2), (0.1, 0.5), (0.5, 0.0), (0.0, 0.0), (0.0, 0.3), (0.0, 0.5),
@@ -74,7 +74,7 @@ def main() -> None:
             imgs, cost = run_method(world, m, adaptor, held, edits, table, e)
             s = summarize(score_edits(imgs, edits, ideal, clip), edits)
             row = {"adaptor": name, "path": named.get(name), "clock": m.clock, "gflops": cost["gflops"],
-                   **{k: s[k]["mean"] for k in ("attribute_success", "clip_preference", "mask_iou", "structure_ssim")},
+                   **{k: s[k]["mean"] for k in VERDICT_SCORES},
                    **{f"{k}_se": s[k]["se"] for k in ("attribute_success", "mask_iou", "structure_ssim")}}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -157,3 +157,21 @@ def test_adaptor_classes_registered():
 
     assert ADAPTORS == {"identity": IdentityAdaptor, "forecast": ForecastAdaptor, "resnet": ResNetAdaptor,
                         "unet-light": UNetLightAdaptor}
+
+
+def test_build_adaptor_takes_what_a_user_passes():
+    """A UNet and cut= (what a user types first), a UNetCut, or its signature dict give the same adaptor;
+    anything else fails with one error that says what to pass."""
+    unet = build_unet("embedded")
+    for c in (1, 2):
+        sig = UNetCut(unet, c).signature()
+        by_unet = build_adaptor("resnet", unet, cut=c, width=16)
+        assert {k: by_unet.config[k] for k in sig} == sig
+        assert by_unet.config == build_adaptor("resnet", sig, width=16).config
+    assert build_adaptor("resnet", unet, width=16).config == build_adaptor("resnet", UNetCut(unet, 1), width=16).config
+    with pytest.raises(ValueError, match="valid cuts"):
+        build_adaptor("resnet", unet, cut=9)
+    with pytest.raises(ValueError, match="cut= goes with a UNet"):
+        build_adaptor("resnet", UNetCut(unet, 1), cut=2)
+    with pytest.raises(TypeError, match="needs a diffusers UNet"):
+        build_adaptor("resnet", "sd15")

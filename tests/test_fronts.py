@@ -34,6 +34,10 @@ def _params(**sections):
     ({"clock": {"adaptor_steps": [2, 3], "budget": 2}}, "clock.budget", "only read with clock.adaptor_steps: auto"),
     ({"clock": {"adaptor_steps": "auto", "budget": 2}, "distill": {"source": "online"}}, "clock.adaptor_steps",
      "use distill.source: store"),
+    ({"clock": {"adaptor_steps": "auto", "budget": 2, "refine_top": 3}}, "clock.refine_top",
+     "needs auto and clock.finetune_steps > 0"),
+    ({"clock": {"adaptor_steps": "auto", "budget": 7, "finetune_steps": 5, "refine_top": 2}}, "clock.refine_top",
+     "the 1 schedules of 7 adaptor steps"),
     ({"evaluate": {"fronts": ["identity"], "front_budgets": [0]}}, "evaluate.front_budgets", None),
     ({"evaluate": {"fronts": ["identity"], "front_budgets": [9]}}, "evaluate.front_budgets", r"\[9\] do not fit"),
     ({"evaluate": {"fronts": ["identity"]}}, "evaluate.front_budgets", "go together"),
@@ -55,7 +59,8 @@ def test_bad_schedule_settings_name_their_key(sections, key, match) -> None:
 
 
 def test_good_schedule_settings_pass() -> None:
-    p = validate(_params(clock={"adaptor_steps": "auto", "budget": 3, "finetune_steps": 10, "calibration_prompts": 4},
+    p = validate(_params(clock={"adaptor_steps": "auto", "budget": 3, "finetune_steps": 10, "refine_top": 35,
+                                "calibration_prompts": 4},
                          evaluate={"fronts": ["distilled", "identity", "forecast"], "front_budgets": [1, 3]}), root=REPO)
     from pipeline.common import MethodSpec
 

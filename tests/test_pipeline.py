@@ -223,7 +223,8 @@ def test_auto_schedule_and_fronts(smoke) -> None:
     that are not evaluation prompts, fine-tunes - and evaluate.fronts evaluates each adaptor's best schedule per budget."""
     repo = smoke["repo"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["clock"].update(adaptor_steps="auto", budget=2, finetune_steps=4, calibration_prompts=4, schedule_score="val_fid")
+    params["clock"].update(adaptor_steps="auto", budget=2, finetune_steps=4, refine_top=2, calibration_prompts=4,
+                           schedule_score="val_fid")
     params["evaluate"].update(fronts=["distilled", "identity", "forecast"], front_budgets=[1])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(repo, "repro", "evaluate").stdout
@@ -234,6 +235,11 @@ def test_auto_schedule_and_fronts(smoke) -> None:
     assert sched["calibration"]["source"] == "val" and sched["calibration"]["score"] == "val_fid"
     assert sched["calibration"]["prompts"] == prompts["val_prompts"][:4]
     assert sched["search"][0]["candidates"] == 21 and sched["search"][0]["method"] == "exhaustive"
+    ranking = sched["search"][0]["ranking"]  # every candidate, best first; the best two fine-tuned and scored again
+    assert len(ranking) == 21 and [r[1] for r in ranking] == sorted(r[1] for r in ranking)
+    assert [r["adaptor_steps"] for r in sched["refined"]] == [r[0] for r in ranking[:2]]
+    best = min(sched["refined"], key=lambda r: r["score"])
+    assert sched["adaptor_steps"] == best["adaptor_steps"] and all(r["score"] > 0 for r in sched["refined"])
     assert len(sched["calibration"]["prompts"]) == 4 and not set(sched["calibration"]["prompts"]) & set(prompts["eval_prompts"])
     assert (repo / "models/adaptor/all_steps/config.json").is_file()
     ev = json.loads((repo / "metrics/evaluate.json").read_text())

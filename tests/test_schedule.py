@@ -28,6 +28,10 @@ def test_an_additive_cost_gives_the_cheapest_steps(limit) -> None:
         assert c.adaptor_steps == tuple(sorted(sorted(WEIGHTS, key=WEIGHTS.get)[:c.budget]))
         assert c.score == pytest.approx(additive(c.adaptor_steps))
         assert 0 not in c.adaptor_steps and len(c.adaptor_steps) == c.budget
+        # the ranking holds every candidate of the budget, best first, each with its own score
+        assert len(c.ranking) == c.candidates and c.ranking[0] == (c.adaptor_steps, c.score)
+        assert all(v == pytest.approx(additive(s)) for s, v in c.ranking)
+        assert [v for _, v in c.ranking] == sorted(v for _, v in c.ranking)
     assert [c.method for c in front] == ["exhaustive" if math.comb(7, c.budget) <= limit else "greedy" for c in front]
 
 

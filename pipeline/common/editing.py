@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.io import atomic_dir, code_sha, log, obj_sha
+from pipeline.common.io import atomic_dir, log, obj_sha
 
 WORK = Path("data/edit")  # the edit-distilled adaptor's trajectories and the adaptor, cached by what makes them
 
 SCORES = ("attribute_success", "clip_preference", "clip_margin", "mask_iou", "structure_ssim")
 HIGHER_IS_BETTER = dict.fromkeys(SCORES, True)
+VERDICT_SCORES = tuple(k for k in SCORES if k != "clip_margin")  # clip_margin is clip_preference's margin, not a verdict
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,11 @@ def edit_adaptor(p, world, prepared, device: str):
                       inputs=tuple(a.inputs))
     prompts = prepared.distill_prompts[:e.distill_prompts]
     cfg = distill_config(p.distill, e.distill_steps)
-    code = code_sha("clockwork/trajectories.py", "clockwork/distill.py", "clockwork/adaptors.py", "clockwork/cut.py",
-                    "pipeline/common/training.py")  # an adaptor made by other code is made again
-    key = obj_sha([spec.key(), prompts, world.teacher_id, world.precision, repr(cfg), p.trajectories.seed, code])
+    from pipeline.common.rows import stage_code_sha
+
+    # an adaptor made by other code (the edit stage's deps in dvc.yaml) is made again
+    key = obj_sha([spec.key(), prompts, world.teacher_id, world.precision, repr(cfg), p.trajectories.seed,
+                   stage_code_sha("edit")])
     adir = WORK / "adaptors" / key
     if (adir / "config.json").is_file():
         log(f"edit-distilled adaptor: reused {adir}")
@@ -180,12 +183,24 @@ def summarize(scores: dict[str, torch.Tensor], edits) -> dict:
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """a - b over the edits both score: mean, standard error, z and whether a is within 2 sigma of b (or better)."""
+    """a - b over the edits both score: mean, standard error and z (:func:`verdict` reads a comparison's scores)."""
     m, se, n = _mean_se(a - b)
     if m is None:
-        return {"delta": None, "se": None, "n": 0, "z": None, "within_2sigma": None}
-    z = m / se if se else None
-    return {"delta": m, "se": se, "n": n, "z": z, "within_2sigma": bool(se is None or m >= -2 * se)}
+        return {"delta": None, "se": None, "n": 0, "z": None}
+    return {"delta": m, "se": se, "n": n, "z": m / se if se else None}
+
+
+def verdict(v: dict | None) -> str:
+    """A paired comparison (vs_pnp / vs_fewer_steps: :func:`paired` per score) in words: better when no score of
+    :data:`VERDICT_SCORES` is worse by 2 standard errors and one is better by 2, worse when one is worse by 2, else
+    within 2σ; with the extreme z's."""
+    if not v or "status" in v:
+        return (v or {}).get("status", "")
+    z = {k: v[k]["delta"] / v[k]["se"] if v[k]["se"] else (0.0 if v[k]["delta"] == 0 else float("inf") * v[k]["delta"])
+         for k in VERDICT_SCORES if v[k]["delta"] is not None}
+    lo, hi = min(z.values()), max(z.values())
+    word = "worse" if lo <= -2 else "better" if hi >= 2 else "within 2σ"
+    return f"{word} (z {lo:+.1f} .. {hi:+.1f})"
 
 
 def versus_plain(name: str, gflops: dict[str, float], scores: dict[str, dict], plain: list[str]) -> dict:

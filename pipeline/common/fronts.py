@@ -89,7 +89,14 @@ def choose_schedules(world, prepared, prompts: Sequence[str], spec: MethodSpec, 
         raise ValueError(f"schedule score must be one of {sorted(SCORES)}, got {score!r}")
     fn = SCORES[score](world, prepared, prompts, spec, adaptor, seed)
     return [{"budget": c.budget, "adaptor_steps": list(c.adaptor_steps), "score": c.score, "method": c.method,
-             "candidates": c.candidates} for c in search_schedules(fn, spec.steps, list(budgets))]
+             "candidates": c.candidates, "ranking": [[list(s), v] for s, v in c.ranking]}
+            for c in search_schedules(fn, spec.steps, list(budgets))]
+
+
+def schedule_score(world, prepared, prompts: Sequence[str], spec: MethodSpec, adaptor, schedule: Sequence[int],
+                   seed: int, score: str = "sample_change") -> float:
+    """One schedule's ``score`` (:data:`SCORES`) for ``adaptor`` on ``prompts``, as :func:`choose_schedules` scores it."""
+    return SCORES[score](world, prepared, prompts, spec, adaptor, seed)(tuple(schedule))
 
 
 def front_methods(fronts: Sequence[str], budgets: Sequence[int], world, prepared, clockwork_spec: MethodSpec, adaptor,

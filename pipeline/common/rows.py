@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.io import code_sha, file_sha, obj_sha, write_json
+from pipeline.common.io import REPO_ROOT, code_sha, file_sha, obj_sha, write_json
 
 
 def weights_sha(adaptor) -> str | None:
@@ -28,18 +28,25 @@ def weights_sha(adaptor) -> str | None:
     return h.hexdigest()[:16]
 
 
-def stage_context(stage: str, p, world, sections: tuple[str, ...], ignore: tuple[str, ...] = ()) -> str:
-    """What every row of ``stage`` depends on besides its method and weights: the params ``sections`` (minus the
-    dotted keys in ``ignore``: which rows are asked for, the device choice), the prepared data, the teacher, its
-    precision and device, the scorer, and the stage's code (its Python deps in dvc.yaml)."""
+def stage_code_sha(stage: str) -> str:
+    """A hash of ``stage``'s code: its Python deps in the repository's dvc.yaml (wherever the stage runs from)."""
     import yaml
 
-    code = code_sha(*[d for d in yaml.safe_load(Path("dvc.yaml").read_text())["stages"][stage]["deps"]
-                      if d.endswith(".py") or d == "pipeline/common"])
+    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    return code_sha(*[d for d in deps if d.endswith(".py") or d == "pipeline/common"])
+
+
+def stage_context(stage: str, p, world, sections: tuple[str, ...], ignore: tuple[str, ...] = (), extra=None) -> str:
+    """What every row of ``stage`` depends on besides its method and weights: the params ``sections`` (minus the
+    keys in ``ignore`` and everything under them: which rows are asked for, what a row's own method already says,
+    the device choice), the prepared data, the teacher, its precision and device, the scorer, the stage's code and
+    ``extra`` (e.g. the trajectories' meta)."""
     flat = p.flat()
-    keep = {k: flat[k] for k in sorted(flat) if k.startswith(tuple(f"{s}." for s in sections)) and k not in ignore}
+    keep = {k: flat[k] for k in sorted(flat) if k.startswith(tuple(f"{s}." for s in sections))
+            and not any(k == i or k.startswith(f"{i}.") for i in ignore)}
     return obj_sha([keep, file_sha("data/prepared"), world.teacher_id, world.precision, world.device,
-                    file_sha(p.world.scorer) if p.world.kind == "embedded" else p.world.clip_model, code])
+                    file_sha(p.world.scorer) if p.world.kind == "embedded" else p.world.clip_model, stage_code_sha(stage),
+                    *([extra] if extra is not None else [])])
 
 
 class RowCache:
