@@ -100,14 +100,15 @@ def fid_vs_flops(pts: pd.DataFrame, main_steps: dict[str, int]):
                 ax.annotate(f"{int(r['steps'])}", (r["gflops"] / scale, r[metric]), textcoords="offset points",
                             xytext=(-4, 6), ha="right", fontsize=7, color="black")
             for (series, source), s in d[d["kind"] != "baseline"].groupby(["series", "source"], sort=False):
-                s = s.sort_values("steps")
+                s = s.sort_values(["steps", "gflops"])  # a Clockwork front: one step count, its budgets by cost
                 color = colors[series]
                 label = series if source == src else f"{series} ({SOURCE_NAMES.get(source, source)})"
                 ax.errorbar(s["gflops"] / scale, s[metric], yerr=_err(s.get(f"{metric}_std")), marker="o" if source == src
                             else "s", capsize=3, color=color, label=label, zorder=5, ls="-" if len(s) > 1 else "none")
                 for _, r in s.iterrows():
                     v = vs_fewer(r, metric)
-                    txt = f"{int(r['steps'])}"
+                    txt = f"{int(r['steps'])}" if is_missing(r.get("front")) else \
+                        "{" + ",".join(map(str, r["clock"])) + "}"  # a front point: its adaptor steps
                     if metric == "fid" and v is not None and v.get("delta") is not None:
                         txt += f": Δ{v['delta']:+.1f}"
                     ax.annotate(txt, (r["gflops"] / scale, r[metric]), textcoords="offset points", xytext=(5, -10),

@@ -459,7 +459,7 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
     (clockwork.pareto.plain_steps_front) of its panel, drawn from one results file only (``front_source``:
     evaluate.json where the panel has its points, else ablate.json)."""
     cols = ["teacher", "kind", "adaptor", "steps", "fid", "fid_std", "gflops", "clip", "clip_std", "latency_ms",
-            "n_samples", "split", "vs_fewer_steps", "ablation", "variant", "source"]
+            "n_samples", "split", "vs_fewer_steps", "ablation", "variant", "source", "front", "budget", "clock"]
     e = ev.assign(source="evaluate", ablation=None)
     pts = e[[c for c in cols if c in e]]
     if ab is not None and len(ab[ab["ablation"].isin(["steps", "front", "levers"])]):
@@ -471,7 +471,7 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
         s["teacher"] = s["teacher"].fillna(ev["teacher"].iloc[0]) if "teacher" in s else ev["teacher"].iloc[0]
         s["source"] = "ablate"
         pts = pd.concat([pts, s[[c for c in cols if c in s]]], ignore_index=True)
-    for c in ("clip_std", "split", "vs_fewer_steps"):
+    for c in ("clip_std", "split", "vs_fewer_steps", "front", "budget", "clock"):
         if c not in pts:
             pts[c] = None
     pts = pts.dropna(subset=["fid", "gflops"])
@@ -480,10 +480,13 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
     if "variant" in pts:  # every lever is its own Clockwork variant
         lev = pts["ablation"] == "levers"
         pts.loc[lev, "series"] = "lever " + pts.loc[lev, "variant"].astype(str)
+    fr = pts["front"].notna()  # evaluate.fronts: each adaptor's best schedule per budget, one line per adaptor
+    pts.loc[fr, "series"] = "Clockwork front: " + pts.loc[fr, "front"].astype(str)
+    pts["budget_"] = pts["budget"].map(lambda b: "-" if is_missing(b) else str(int(b)))
     # evaluate.json wins over an ablation run of the same configuration on the same split with as many images
     pts["images"] = pts["n_samples"].map(lambda n: "?" if is_missing(n) else str(int(n)))
     pts["split_"] = pts["split"].map(lambda v: "?" if is_missing(v) else str(v))
-    pts = pts.drop_duplicates(subset=["teacher", "series", "steps", "images", "split_"], keep="first")
+    pts = pts.drop_duplicates(subset=["teacher", "series", "steps", "budget_", "images", "split_"], keep="first")
     groups = pts.groupby("teacher")[["images", "split_"]].nunique()
     pts["panel"] = [_panel(t, sp, n, groups.loc[t]) for t, sp, n in zip(pts["teacher"], pts["split_"], pts["images"])]
     pts["pareto"] = False
@@ -501,8 +504,8 @@ def fig4_points(ev: pd.DataFrame, ab: pd.DataFrame | None) -> pd.DataFrame:
         pts.loc[g.index, "front_source"] = src
     order = {"evaluate": 0, "ablate": 1}
     pts["_o"] = pts["source"].map(order)
-    return (pts.sort_values(["teacher", "_o", "split_", "images", "series", "steps"]).drop(columns=["_o", "split_"])
-            .reset_index(drop=True))
+    return (pts.sort_values(["teacher", "_o", "split_", "images", "series", "steps", "gflops"])
+            .drop(columns=["_o", "split_", "budget_"]).reset_index(drop=True))
 
 
 def _panel(teacher, split, images, g) -> str:
@@ -522,7 +525,9 @@ def fig4_table(pts: pd.DataFrame) -> Table:
     has_split = pts["split"].notna().any()
     if has_split:
         df["split"] = pts["split"].map(lambda v: "-" if is_missing(v) else str(v))
-    df = df.assign(**{"images": pts["images"], "method": pts["series"], "steps": pts["steps"].astype(int),
+    method = [f"{sr} {{{','.join(map(str, c))}}}" if not is_missing(f) else sr
+              for sr, f, c in zip(pts["series"], pts["front"], pts["clock"])]  # a front point names its schedule
+    df = df.assign(**{"images": pts["images"], "method": method, "steps": pts["steps"].astype(int),
                       "FID ↓": [pm(a, b) for a, b in zip(pts["fid"], pts["fid_std"])],
                       f"{unit}/image": [sig(g / scale) for g in pts["gflops"]]})
     if any(vs_fewer(r) is not None for _, r in pts.iterrows()):

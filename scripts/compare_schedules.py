@@ -12,7 +12,9 @@ DIR/compare_schedules.json and .md:
 - every front row (adaptor, budget, schedule, GFLOPs, dFID@FLOPs +- std) and the GFLOPs range over which each front
   beats the plain-steps front by >= +1.0 and >= 2 sigma;
 - the all-steps adaptor at the chosen schedule (no fine-tune: the `distilled` front row of the same budget) vs the
-  fine-tuned one: which of the two ways to train for a chosen schedule worked.
+  fine-tuned one: which of the two ways to train for a chosen schedule worked;
+- with --trained LABEL=JSON ...: the trained adaptor's front (auto's row plus runs distilled for the schedules the
+  search chose at other budgets); with --other LABEL=JSON ...: further rows on the same prompts (diagnostics).
 """
 
 from __future__ import annotations
@@ -48,13 +50,31 @@ def _beats(v: dict) -> bool:
     return v["dfid_at_flops"] is not None and v["dfid_at_flops"] >= MARGIN and v["dfid_at_flops"] >= SIGMAS * (v["std"] or 0)
 
 
-def compare(auto: dict, hand: dict) -> dict:
+def _same_prompts(auto: dict, other: dict, name: str) -> None:
+    if not math.isclose(other["baseline"]["fid"], auto["baseline"]["fid"], abs_tol=1e-3):  # two GPU processes: ~1e-5
+        raise SystemExit(f"{name}'s baseline differs from auto's (FID {other['baseline']['fid']:.4f} vs "
+                         f"{auto['baseline']['fid']:.4f}): they were not evaluated on the same prompts and noise")
+
+
+def _point(m: dict, full: float, plain: list[dict], label: str) -> dict:
+    """A Clockwork row of another run (same prompts and noise) against AUTO's plain-steps rows."""
+    from pipeline.common import vs_fewer_steps
+
+    m = dict(m, vs_fewer_steps=vs_fewer_steps(m, plain))
+    return {"run": label, "budget": len(m["clock"]), "adaptor_steps": m["clock"], "gflops_x": round(m["gflops"] / full, 3),
+            "fid": round(m["fid"], 3), "fid_std": round(m["fid_std"], 3), **_vs(m)}
+
+
+def compare(auto: dict, hand: dict, trained: dict[str, dict] | None = None, other: dict[str, dict] | None = None) -> dict:
+    """``trained``: runs whose adaptor was distilled for a schedule the search chose at another budget (label ->
+    evaluate.json); with auto's own row they make the trained adaptor's front. ``other``: further Clockwork rows on
+    the same prompts (diagnostics), listed with their dFID@FLOPs."""
     from pipeline.common import vs_fewer_steps
 
     full = auto["baseline"]["gflops"]
-    if not math.isclose(hand["baseline"]["fid"], auto["baseline"]["fid"], abs_tol=1e-3):  # two GPU processes: ~1e-5
-        raise SystemExit(f"the two runs' baselines differ (FID {auto['baseline']['fid']:.4f} vs "
-                         f"{hand['baseline']['fid']:.4f}): they were not evaluated on the same prompts and noise")
+    _same_prompts(auto, hand, "HAND")
+    for label, run in {**(trained or {}), **(other or {})}.items():
+        _same_prompts(auto, run, label)
     plain = [m for n, m in auto.items() if n == "baseline" or n.startswith("baseline_")]
     h = dict(hand["clockwork"], vs_fewer_steps=vs_fewer_steps(hand["clockwork"], plain))
     a = auto["clockwork"]
@@ -67,6 +87,9 @@ def compare(auto: dict, hand: dict) -> dict:
                 "row": name, "budget": m["budget"], "adaptor_steps": m["clock"], "gflops_x": round(m["gflops"] / full, 3),
                 "fid": round(m["fid"], 3), "fid_std": round(m["fid_std"], 3), "schedule_score": m["schedule_score"],
                 **_vs(m)})
+    if trained is not None:
+        fronts["trained"] = [{**_point(a, full, plain, "auto"), "row": "clockwork"}] + \
+            [{**_point(r["clockwork"], full, plain, label), "row": f"{label}:clockwork"} for label, r in trained.items()]
     ranges = {}
     for kind, rows in fronts.items():
         rows.sort(key=lambda r: r["budget"])
@@ -86,6 +109,7 @@ def compare(auto: dict, hand: dict) -> dict:
         "auto_minus_hand": {**d, "verdict": verdict, "rule": f"auto's FID lower, or higher by <= {SIGMAS:g} paired sigma"},
         "finetune_vs_all_steps": finetune, "fronts": fronts, "fronts_beat_plain": ranges,
         "rule": f"a front point beats the plain-steps front when dFID@FLOPs >= +{MARGIN} and >= {SIGMAS:g} sigma",
+        "others": [_point(r["clockwork"], full, plain, label) for label, r in (other or {}).items()],
         "n_samples": a["n_samples"], "split": a.get("split"),
     }
 
@@ -112,6 +136,15 @@ def markdown(c: dict) -> str:
             lines.append(f"| {kind} | {r['budget']} | {r['adaptor_steps']} | {r['gflops_x']:.3f}x | {r['fid']:.2f} ± "
                          f"{r['fid_std']:.2f} | {vs(r)} | {'yes' if _beats(r) else 'no'} |")
     lines += ["", c["rule"] + "."]
+    if "trained" in c["fronts"]:
+        lines += ["", "`trained`: each budget's schedule chosen by the all-steps adaptor on validation prompts, with an "
+                  "adaptor trained for it (auto: fine-tuned from the all-steps adaptor; the others: distilled on that "
+                  "schedule alone, as the hand-found one is)."]
+    if c.get("others"):
+        lines += ["", "Other runs on the same prompts and noise:", "", "| run | adaptor steps | GFLOPs | FID | dFID@FLOPs |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['run']} | {r['adaptor_steps']} | {r['gflops_x']:.3f}x | {r['fid']:.2f} ± {r['fid_std']:.2f} | "
+                  f"{vs(r)} |" for r in c["others"]]
     return "\n".join(lines) + "\n"
 
 
@@ -120,8 +153,22 @@ def main() -> None:
     ap.add_argument("auto")
     ap.add_argument("hand")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--trained", nargs="*", default=None, metavar="LABEL=EVALUATE_JSON",
+                    help="runs with an adaptor distilled for the schedule the search chose at another budget")
+    ap.add_argument("--other", nargs="*", default=None, metavar="LABEL=EVALUATE_JSON",
+                    help="further Clockwork runs on the same prompts and noise (listed with their dFID@FLOPs)")
     args = ap.parse_args()
-    c = compare(json.loads(Path(args.auto).read_text()), json.loads(Path(args.hand).read_text()))
+
+    def runs(items):
+        if items is None:
+            return None
+        bad = [i for i in items if "=" not in i]
+        if bad:
+            ap.error(f"--trained/--other take LABEL=EVALUATE_JSON, got {bad}")
+        return {k: json.loads(Path(v).read_text()) for k, v in (i.split("=", 1) for i in items)}
+
+    c = compare(json.loads(Path(args.auto).read_text()), json.loads(Path(args.hand).read_text()), runs(args.trained),
+                runs(args.other))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_schedules.json").write_text(json.dumps(c, indent=1) + "\n")

@@ -624,3 +624,23 @@ def test_reruns_are_byte_identical(full_run, full_results, tmp_path):
     files = sorted(p.name for p in again.iterdir())
     assert "fig4_fid_vs_flops.svg" in files and "fig_levers.png" in files and "fig2_sensitivity.svg" in files
     assert [f for f in files if (again / f).read_bytes() != (reports / f).read_bytes()] == []
+
+
+def test_fig4_draws_each_clockwork_front_as_its_own_line(tmp_path) -> None:
+    """evaluate.fronts rows (front_<adaptor>_b<budget>, all at the full step count) are one series per adaptor with a
+    point per budget - not deduplicated into one point - and the table names each point's schedule."""
+    from analysis.loader import load_evaluate
+    from analysis.plots import fid_vs_flops
+    from analysis.tables import fig4_points, fig4_table
+
+    ev = load_evaluate(REPO / "reports/schedule-front/val-fid/evaluate_auto.json", "embedded")
+    pts = fig4_points(ev, None)
+    fronts = pts[pts["series"].str.startswith("Clockwork front: ")]
+    assert sorted(fronts["series"].unique()) == ["Clockwork front: distilled", "Clockwork front: forecast",
+                                                 "Clockwork front: identity"]
+    assert fronts.groupby("series")["budget"].apply(sorted).map(list).tolist() == [[2, 4, 6]] * 3
+    assert (pts["series"] == "Clockwork (resnet)").sum() == 1  # the configured Clockwork row stays its own point
+    methods = set(fig4_table(pts).df["method"])
+    assert {"Clockwork front: identity {3,5}", "Clockwork front: distilled {1,3,4,5}"} <= methods
+    fid_vs_flops(pts, {"embedded": 8}).savefig(tmp_path / "fig4.svg")
+    assert (tmp_path / "fig4.svg").read_text().count("{1,2,3,4,6,7}") >= 2  # schedules label the front points

@@ -136,6 +136,16 @@ def test_compare_schedules_reads_known_answers() -> None:
     assert c["fronts_beat_plain"]["identity"]["budgets"] == [2] and c["fronts_beat_plain"]["forecast"]["budgets"] == []
     assert c["finetune_vs_all_steps"]["all_steps_row"] == "front_distilled_b4"
     assert c["finetune_vs_all_steps"]["fid_diff"] == -0.3
+    # runs distilled for the schedules chosen at other budgets join auto's row as the trained adaptor's front; others
+    # are listed; both against auto's plain rows, interpolated at their GFLOPs
+    tr = cs.compare(auto, hand, trained={"b2": {"baseline": auto["baseline"], "clockwork": _row(21.0, 80.0, clock=[3, 5])}},
+                    other={"x": {"baseline": auto["baseline"], "clockwork": _row(25.0, 60.0, clock=[1, 3, 4, 5])}})
+    pts = {r["run"]: r for r in tr["fronts"]["trained"]}
+    assert pts["b2"]["dfid_at_flops"] == pytest.approx(23.2 - 21.0) and pts["auto"]["dfid_at_flops"] == pytest.approx(5.6)
+    assert [r["budget"] for r in tr["fronts"]["trained"]] == [2, 4] and tr["fronts_beat_plain"]["trained"]["budgets"] == [2, 4]
+    assert tr["others"][0]["dfid_at_flops"] == pytest.approx(2.6) and "| x | [1, 3, 4, 5]" in cs.markdown(tr)
+    with pytest.raises(SystemExit, match="x's baseline differs"):
+        cs.compare(auto, hand, other={"x": {"baseline": _row(20.5, 100.0), "clockwork": _row(25.0, 60.0)}})
     hand["clockwork"] = _row(19.0, 60.0, clock=[2, 3, 4, 5])
     assert cs.compare(auto, hand)["auto_minus_hand"]["verdict"] == "worse"
     hand["baseline"] = _row(20.5, 100.0)
