@@ -11,7 +11,7 @@ reported as "(within noise)".
 
 Fig. 4's claim - Clockwork beats simply taking fewer steps at equal FLOPs - is read from the stages' own answer
 (``vs_fewer_steps`` of evaluate.json: the plain-steps front interpolated at Clockwork's GFLOPs, clockwork.pareto) with
-the verdict of :func:`analysis.tables.fewer_steps_verdict` (ΔFID@FLOPs >= +1.0 and >= 2σ); the paper states it with a
+the verdict of :func:`analysis.fronts.fewer_steps_verdict` (ΔFID@FLOPs >= +1.0 and >= 2σ); the paper states it with a
 plot and no numbers in the notes, so its side reads "stated".
 """
 
@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis import paper
+from analysis.ablation_tables import reference_baseline, sampler_pairs
+from analysis.formatting import Table, flops_unit, params, sig
+from analysis.fronts import VS_MARGIN, VS_SIGMAS, fewer_steps_verdict, fmt_front, fmt_steps, fmt_vs, verdict_kind
 from analysis.loader import ablate_frame, is_missing, vs_fewer
-from analysis.tables import (VS_MARGIN, VS_SIGMAS, Table, fewer_steps_verdict, flops_unit, fmt_front, fmt_steps, fmt_vs,
-                             main_steps, params, reference_baseline, sampler_pairs, sig, verdict_kind)
+from analysis.main_tables import main_steps
 
 FID_REL_TOL = 0.05
 CLIP_REL_TOL = 0.03
@@ -229,7 +231,7 @@ def _largest(fr):
 
 
 def _baseline(ablation):
-    """The ablation's baseline row, else one run the same way elsewhere (tables.reference_baseline: another
+    """The ablation's baseline row, else one run the same way elsewhere (ablation_tables.reference_baseline: another
     ablation's baseline at the same steps, sampler and image count, then evaluate.json's)."""
     def get(fr):
         rows = _ab(fr, ablation)

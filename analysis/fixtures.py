@@ -2,7 +2,7 @@
 
 Every number here is made up (seeded random around plausible values). The files are written only
 into a scratch directory, which gets a ``SYNTHETIC`` marker file and ``"_synthetic": true`` in
-each JSON; :class:`analysis.loader.Results` refuses to write reports from such a root into the
+each JSON; :class:`analysis.results.Results` refuses to write reports from such a root into the
 repository's ``reports/``.
 
     python -m analysis.fixtures /tmp/fx [--no-mlflow] [--minimal] [--old]
@@ -222,7 +222,7 @@ def sweep(rng, n: int = 14, fid_tolerance: float = 1.0) -> pd.DataFrame:
                          adaptor_params=width * 6000, status="complete", baseline=False))
     rows[-1].update(status="error", fid=np.nan, kid=np.nan, clip=np.nan)
     df = pd.DataFrame(rows)
-    from analysis.tables import pareto_mask  # the sweep writes its own flags; reuse ours for the fixture
+    from analysis.fronts import pareto_mask  # the sweep writes its own flags; reuse ours for the fixture
 
     ok = df["status"] == "complete"
     for col, metric, hib, cost in (("pareto_fid_gflops", "fid", False, "gflops"),

@@ -11,9 +11,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.loader import SPLIT_LABELS, clock_label, completed, is_missing, is_sweep_baseline, pareto, vs_fewer
-from analysis.tables import (SENS_MODES, VS_MARGIN, VS_SIGMAS, _cut_words, flops_unit, pareto_mask, sens_variant,
-                             sensitivity_about, verdict_kind)
+from analysis.formatting import flops_unit
+from analysis.fronts import VS_MARGIN, VS_SIGMAS, pareto_mask, verdict_kind
+from analysis.loader import SPLIT_LABELS, clock_label, is_missing, pareto, vs_fewer
+from analysis.sensitivity_tables import SENS_MODES, _cut_words, sens_variant, sensitivity_about
+from analysis.sweep_loader import completed, is_sweep_baseline
 
 matplotlib.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8,
                             "svg.hashsalt": "clockwork"})
@@ -258,7 +260,7 @@ def sweep_fronts(trials: pd.DataFrame, name: str, recommended: str | None, basel
     Clockwork trials' front (points labelled) beside the plain-steps front of the sweep's baseline trials (blue,
     labelled with their steps: what taking fewer steps gives), recommended trial (gold star) and baseline (black
     star, dotted line) marked. ``info``: the
-    sweep's :class:`analysis.loader.SweepInfo` (how it ran: in the title); ``other``: the results its FIDs are not
+    sweep's :class:`analysis.sweep_loader.SweepInfo` (how it ran: in the title); ``other``: the results its FIDs are not
     comparable with (a sweep is its own run, with its own image count)."""
     from matplotlib.lines import Line2D
 

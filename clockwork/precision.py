@@ -43,6 +43,15 @@ def no_autocast(device: str | torch.device = "cpu") -> torch.autocast:
     return torch.autocast(torch.device(device).type, enabled=False)
 
 
+def stack_recorded(records: dict[str, list[torch.Tensor]], device: str | torch.device = "cpu", dim: int = 0,
+                   cat: bool = False) -> dict[str, torch.Tensor]:
+    """Each list of recorded tensors (float16 on the CPU, as the trajectory recorders keep them) stacked along a new
+    ``dim`` (``cat``: concatenated along ``dim``), outside any autocast of the caller (:func:`no_autocast`)."""
+    op = torch.cat if cat else torch.stack
+    with no_autocast(device):
+        return {k: op(v, dim=dim) for k, v in records.items()}
+
+
 def autocast(precision: str = "fp32", device: str | torch.device = "cpu") -> torch.autocast:
     """``torch.autocast`` to bfloat16 when ``precision`` resolves to bf16 on ``device``, else a disabled one."""
     dev = torch.device(device)

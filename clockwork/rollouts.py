@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from clockwork.adaptors import check_compatible
 from clockwork.clock import Clock, loop_to_step, num_sampler_steps, scheduler_loop_index
 from clockwork.cut import UNetCut
-from clockwork.precision import no_autocast
+from clockwork.precision import stack_recorded
 from clockwork.trajectories import _time_embedding
 
 PER_STEP = ("r_in", "r_out", "r_out_used")  # (S, rows, ...) records
@@ -126,8 +126,7 @@ def unroll_clockwork_batch(
     finally:
         adaptor.train(was_training)
     rec["latents"].append(keep(latents))
-    with no_autocast(dev):
-        res = {k: torch.stack(v) for k, v in rec.items() if k != "full"}
+    res = stack_recorded({k: v for k, v in rec.items() if k != "full"}, dev)
     res["full"] = torch.tensor(rec["full"], dtype=torch.bool)
     res["temb"] = res["temb"][:, 0]
     res["text"] = keep(ctx.mean(dim=1))
@@ -166,10 +165,8 @@ def unroll_clockwork(
                                             steps, guidance, gen))
         base = torch.arange(i * batch_size, min((i + 1) * batch_size, n))
         prompt += [base, base]
-    with no_autocast(prompt_embeds.device):
-        out = {k: torch.cat([p[k] for p in parts], dim=1) for k in (*PER_STEP, "latents")}
-        out["text"] = torch.cat([p["text"] for p in parts], dim=0)
-        out["prompt"] = torch.cat(prompt)
+    out = stack_recorded({k: [p[k] for p in parts] for k in (*PER_STEP, "latents")}, prompt_embeds.device, dim=1, cat=True)
+    out.update(stack_recorded({"text": [p["text"] for p in parts], "prompt": prompt}, prompt_embeds.device, cat=True))
     for k in ("temb", "timesteps", "full"):
         out[k] = parts[0][k]
     return out

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from clockwork.cut import UNetCut
-from clockwork.precision import no_autocast
+from clockwork.precision import stack_recorded
 from clockwork.shards import ShardRows, entry_bytes, map_tensors, read_header
 
 
@@ -112,8 +112,7 @@ def unroll_batch(
         u, c_ = out.chunk(2)
         latents = scheduler.step(u + guidance * (c_ - u), t, latents, return_dict=False)[0]
     rec["latents"].append(latents.half().cpu())
-    with no_autocast(dev):
-        res = {k: torch.stack(v) for k, v in rec.items()}
+    res = stack_recorded(rec, dev)
     if res["temb"].shape[1] == 1:  # one embedding per step, shared by every row
         res["temb"] = res["temb"][:, 0]
     res["text"] = text.half().cpu()
@@ -347,6 +346,6 @@ def forward_noised_shard(unet, scheduler, cut: int, images: torch.Tensor, prompt
         r_in.append(ri.half().cpu())
         r_out.append(ro.half().cpu())
         temb.append(_time_embedding(unet, x, t)[:1].half().cpu())
-    with no_autocast(dev):
-        return {f"r_in.c{cut}": torch.stack(r_in), f"r_out.c{cut}": torch.stack(r_out), "temb": torch.stack(temb)[:, 0],
-                "text": ctx.mean(dim=1).half().cpu(), "timesteps": scheduler.timesteps.detach().cpu().to(torch.float32)}
+    res = stack_recorded({f"r_in.c{cut}": r_in, f"r_out.c{cut}": r_out, "temb": temb}, dev)
+    return {**res, "temb": res["temb"][:, 0], "text": ctx.mean(dim=1).half().cpu(),
+            "timesteps": scheduler.timesteps.detach().cpu().to(torch.float32)}

@@ -90,8 +90,22 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
 
 
 # ------------------------------------------------------------------------------------------ checking
-def _strip(cfg: dict) -> dict:
+def public_config(cfg) -> dict:
+    """A diffusers config without its private keys (``_class_name``, ``_diffusers_version``, ...)."""
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def resolve_path(path: str | os.PathLike, root: str | os.PathLike = ".") -> Path:
+    """A params path as the stages read it: absolute as is, else relative to ``root`` (the repository)."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p
+
+
+def model_source(model: str, root: str | os.PathLike = ".") -> str:
+    """What diffusers loads for ``world.model``: the local folder where it exists (relative to ``root``), else the
+    hub id (from the Hugging Face cache when offline)."""
+    local = resolve_path(model, root)
+    return str(local) if local.exists() else model
 
 
 def sd_model(world: SDWorld, root: Path) -> tuple[str, dict, int]:
@@ -101,13 +115,13 @@ def sd_model(world: SDWorld, root: Path) -> tuple[str, dict, int]:
 
     from pipeline.common.world import sd_pipeline_class
 
-    local = _resolve(world.model, root)
+    local = resolve_path(world.model, root)
     if _looks_local(world.model) and not (local / "model_index.json").is_file():
         raise ConfigError([("world.model", f"{local} is not a diffusers pipeline folder (model_index.json missing)")])
-    model = str(local) if local.exists() else world.model
+    model = model_source(world.model, root)
     try:
         cls = sd_pipeline_class(model, world.pipeline)
-        unet = _strip(UNet2DConditionModel.load_config(model, subfolder="unet"))
+        unet = public_config(UNet2DConditionModel.load_config(model, subfolder="unet"))
         vae = AutoencoderKL.load_config(model, subfolder="vae")
     except Exception as e:  # noqa: BLE001 - any failure to find or read the model is this key's problem
         offline = " (HF_HUB_OFFLINE=1: a hub id must be in the local cache)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
@@ -125,9 +139,9 @@ def teacher_unet_config(world: EmbeddedWorld | SDWorld, root: Path) -> dict:
     import json
 
     if isinstance(world, EmbeddedWorld):
-        cfg_file = _resolve(world.teacher, root) / "config.json"
+        cfg_file = resolve_path(world.teacher, root) / "config.json"
         if cfg_file.is_file():
-            return _strip(json.loads(cfg_file.read_text()))
+            return public_config(json.loads(cfg_file.read_text()))
         from clockwork.embedded.teacher import TEACHER_CONFIG
 
         return dict(TEACHER_CONFIG)
@@ -147,11 +161,6 @@ def valid_teacher_cuts(world, root: Path) -> list[int]:
         except ValueError:
             pass
     return ok
-
-
-def _resolve(path: str, root: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else root / p
 
 
 def _looks_local(path: str) -> bool:
@@ -425,7 +434,7 @@ def file_problems(p: Params, keys: tuple[str, ...], root: Path) -> list[tuple[st
         value = getattr(w, field)
         if value is None:
             continue
-        path = _resolve(value, root)
+        path = resolve_path(value, root)
         if field == "data_root":
             missing = [f for f in FASHION_FILES if not (path / f).is_file()]
             if missing:

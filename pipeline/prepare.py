@@ -24,15 +24,12 @@ from pipeline.config import load_params  # noqa: E402
 def reference_stats(held, index, device: str, split: str = "heldout", precision: str = "auto"):
     """FID reference statistics of the images ``index`` of a CaptionedFashion split (held-out by default), at the
     Inception ``precision`` (prepare.inception_precision) every method's features then follow."""
-    from clockwork.metrics import ReferenceStats, inception_features
+    from clockwork.metrics import compute_reference_stats
     from clockwork.precision import resolve_precision
     from pipeline.common import log
 
-    precision = resolve_precision(precision, device)
-    log(f"Inception statistics of {len(index)} {split} reference images ({precision})")
-    feats = inception_features(held.images_uint8(index), device=device, precision=precision)
-    meta = {"split": split, "n": len(index), "extractor": "tf-fid-inception-2015-12-05", "precision": precision}
-    return ReferenceStats.from_features(feats, meta)
+    log(f"Inception statistics of {len(index)} {split} reference images ({resolve_precision(precision, device)})")
+    return compute_reference_stats(held.images_uint8(index), device=device, precision=precision, meta={"split": split})
 
 
 def split_indices(p, n_train: int, n_held: int):

@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis import claims, loader, tables  # noqa: E402
+from analysis import ablation_tables, claims, fronts, loader, main_tables, sweep_loader, sweep_tables  # noqa: E402
+from analysis.results import Results  # noqa: E402
 from analysis.fixtures import write_fixtures  # noqa: E402
 
 # every report the notebooks write from complete inputs (+ a sensitivity file): stem -> extensions
@@ -152,7 +153,7 @@ def test_table1_numbers_come_from_evaluate_json(full_run, full_results):
 
 def test_acceptance_checks_are_computed(tmp_path):
     ev = loader.load_evaluate(write_fixtures(tmp_path, minimal=True) / "metrics" / "evaluate.json")
-    ok = tables.acceptance_table(ev).df.set_index("check")["result"]
+    ok = main_tables.acceptance_table(ev).df.set_index("check")["result"]
     assert len(ok) == 6 and set(ok) <= {"pass", "pass (within noise)"}, ok
     worse = ev.copy()
     cw = worse["method"] == "clockwork"
@@ -161,7 +162,7 @@ def test_acceptance_checks_are_computed(tmp_path):
     # the stages' answer for that point: far above the front (what versus_fewer_steps would write)
     worse.at[i, "vs_fewer_steps"] = {"fid": {"delta": -9.3, "delta_std": 0.3, "front": 20.7, "front_std": 0.2,
                                              "status": "inside", "steps": 6.9}, "clip": None}
-    bad = tables.acceptance_table(worse).df
+    bad = main_tables.acceptance_table(worse).df
     # FLOPs, FID, CLIP, identity, the 7-step baseline (6 steps is now cheaper), ΔFID@FLOPs
     assert bad["result"].str.startswith("FAIL").sum() == 6, bad
     assert "7 steps" in bad["check"].iloc[4] and bad["result"].iloc[-1] == "FAIL"
@@ -169,7 +170,7 @@ def test_acceptance_checks_are_computed(tmp_path):
     dearer.loc[cw, "gflops"] = 100.0  # costs more than any baseline with fewer steps
     dearer.at[i, "vs_fewer_steps"] = {"fid": {"delta": None, "delta_std": None, "front": None, "front_std": None,
                                               "status": "costlier_than_front", "steps": None}}
-    res = tables.acceptance_table(dearer).df["result"]
+    res = main_tables.acceptance_table(dearer).df["result"]
     assert res.iloc[-2] == "not measured" and res.iloc[-1] == "not measured"
 
 
@@ -179,13 +180,13 @@ def test_flat_results_folder_reads_like_the_pipeline_layout(tmp_path):
     flat.mkdir()
     (flat / "evaluate.json").write_text((nested / "metrics" / "evaluate.json").read_text())
     (flat / "distill_loss.csv").write_text("step,loss\n1,0.5\n2,0.25\n")
-    a = loader.Results(root=nested, reports=tmp_path / "r1")
-    b = loader.Results(root=flat, reports=tmp_path / "r2")
+    a = Results(root=nested, reports=tmp_path / "r1")
+    b = Results(root=flat, reports=tmp_path / "r2")
     pd.testing.assert_frame_equal(a.evaluate(), b.evaluate())
     assert a.source("evaluate.json") == "metrics/evaluate.json"
     assert b.source("evaluate.json") == str(flat / "evaluate.json")
     assert b.distill()[1]["loss"].tolist() == [0.5, 0.25] and b.ablate() is None
-    table = b.write_table(tables.table1(b.evaluate()), "table1_main")
+    table = b.write_table(main_tables.table1(b.evaluate()), "table1_main")
     assert table.source == str(flat / "evaluate.json")
 
 
@@ -238,7 +239,7 @@ def test_committed_default_reports_are_up_to_date(tmp_path):
         "reports/default/analysis is stale: run `dvc repro report_default` and commit it"
 
 
-def _committed_sweeps(monkeypatch, tmp_path, folder: Path) -> "loader.Results":
+def _committed_sweeps(monkeypatch, tmp_path, folder: Path) -> "Results":
     """Results reading reports/full and the committed sweep records, as `dvc repro report_full` does."""
     if not folder.is_dir():
         pytest.skip(f"no committed sweep record {folder.name}")
@@ -246,7 +247,7 @@ def _committed_sweeps(monkeypatch, tmp_path, folder: Path) -> "loader.Results":
     monkeypatch.setenv("CLOCKWORK_REPORTS", str(tmp_path))
     monkeypatch.setenv("CLOCKWORK_SWEEPS", str(folder.parent))
     monkeypatch.setenv("CLOCKWORK_MLFLOW_URI", "none")
-    return loader.Results.from_env()
+    return Results.from_env()
 
 
 def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
@@ -259,29 +260,30 @@ def test_committed_sweep_is_read_from_its_folder(monkeypatch, tmp_path):
     trials = csvs["clock-width-cut"]
     summary = json.loads((COMMITTED_SWEEP / "summary.json").read_text())
     assert len(trials) == summary["n_trials"] == 19 and set(trials["status"]) == {"complete"}
-    assert loader.is_sweep_baseline(trials).sum() == 1
+    assert sweep_loader.is_sweep_baseline(trials).sum() == 1
 
     info = res.sweep_info("clock-width-cut", trials)
     assert info.source == "reports/sweeps/clock-width-cut/results.csv"
     assert info.device() == "CPU trials on node vm" and info.n_samples == 100 and info.date() == "2026-11-26"
     assert "the default params.yaml" in info.about() and "400 distillation steps" in info.about()
 
-    base = tables.sweep_baseline(res.evaluate(), trials)
+    base = sweep_tables.sweep_baseline(res.evaluate(), trials)
     assert base["trial_id"] == summary["baseline"]["trial_id"]  # the sweep's own baseline, not evaluate.json's
-    rec, rule = tables.recommend(trials, base["fid"], info.rule())
+    rec, rule = sweep_tables.recommend(trials, base["fid"], info.rule())
     assert rec == summary["recommended"]["trial_id"] and rule.startswith("recorded by the sweep: ")
     # the analysis's fronts (pareto_mask) are the sweep's own (summary.json, results.csv flags)
-    flags = tables._front_flags(loader.completed(trials))
+    flags = sweep_tables._front_flags(sweep_loader.completed(trials))
     for col, front in (("front_fid", "fid_gflops"), ("front_clip", "clip_gflops")):
         assert set(flags[flags[col]]["trial_id"]) == set(summary["fronts"][front])
         assert flags[col].tolist() == flags[f"pareto_{front}"].tolist()
 
-    table = tables.sweep_front_table(trials, "clock-width-cut", rec, base, info, rule, "reports/full/evaluate.json")
+    table = sweep_tables.sweep_front_table(trials, "clock-width-cut", rec, base, info, rule,
+                                           "reports/full/evaluate.json")
     rows = table.df.set_index("trial")
     assert rows.loc[summary["recommended"]["run_name"], "recommended"] == "★"
     assert "CPU trials" in table.caption and "100 images per trial" in table.notes
     assert "not with reports/full/evaluate.json" in table.notes
-    every = tables.sweep_trials_table(trials, "clock-width-cut", rec, base, info, rule)
+    every = sweep_tables.sweep_trials_table(trials, "clock-width-cut", rec, base, info, rule)
     assert len(every.df) == 19 and every.df["trial"].iloc[0] == "baseline-s8"
     assert "ΔFID@FLOPs ↑" not in every.df  # recorded before trials were scored against fewer steps
 
@@ -293,14 +295,15 @@ def test_committed_gpu_sweep_answers_fewer_steps(monkeypatch, tmp_path):
     res = _committed_sweeps(monkeypatch, tmp_path, folder)
     trials = res.sweep_csvs()["schedule-width-cut-steps"]
     summary = json.loads((folder / "summary.json").read_text())
-    assert loader.is_sweep_baseline(trials).sum() == 6 and set(trials["status"]) == {"complete"}
+    assert sweep_loader.is_sweep_baseline(trials).sum() == 6 and set(trials["status"]) == {"complete"}
     info = res.sweep_info("schedule-width-cut-steps", trials)
     assert info.device() == "GPU trials on node vm" and "resumed" in info.about()  # three calls; wall_s of the last
-    base = tables.sweep_baseline(res.evaluate(), trials)
+    base = sweep_tables.sweep_baseline(res.evaluate(), trials)
     assert base["trial_id"] == summary["baseline"]["trial_id"] == "baseline-s8"  # steps {6, 8}: the 8-step one
-    rec, rule = tables.recommend(trials, base["fid"], info.rule())
+    rec, rule = sweep_tables.recommend(trials, base["fid"], info.rule())
     assert rec == summary["recommended"]["trial_id"]
-    every = tables.sweep_trials_table(trials, "schedule-width-cut-steps", rec, base, info, rule).df.set_index("trial")
+    every = sweep_tables.sweep_trials_table(trials, "schedule-width-cut-steps", rec, base, info,
+                                            rule).df.set_index("trial")
     beats = every[every["beats fewer steps"] == "yes"].index
     assert set(beats) == set(trials[trials["beats_fewer_steps"].astype(str) == "True"]["run_name"])
     want = summary["recommended"]
@@ -362,16 +365,17 @@ def test_within_noise_is_flagged():
 def test_pareto_mask_hand_worked():
     cost = [1, 2, 3, 4, 2, math.nan]
     fid = [5, 4, 4, 1, 6, 0]
-    assert tables.pareto_mask(cost, fid).tolist() == [True, True, False, True, False, False]
+    assert fronts.pareto_mask(cost, fid).tolist() == [True, True, False, True, False, False]
     clip = [0.1, 0.3, 0.2, 0.3, 0.0, 1.0]
-    assert tables.pareto_mask(cost, clip, higher_is_better=True).tolist() == [True, True, False, False, False, False]
+    assert fronts.pareto_mask(cost, clip, higher_is_better=True).tolist() == [True, True, False, False, False, False]
 
 
 def test_recommendation_is_cheapest_within_tolerance():
     trials = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "fid": [25.0, 20.8, 20.1, 19.0],
                            "gflops": [5.0, 7.0, 9.0, 12.0], "status": ["ok", "ok", "ok", "failed"]})
-    assert tables.recommend(trials, 20.0)[0] == "b"  # a is > 5% worse, d failed
-    assert tables.recommend(trials.assign(recommended=[False, False, True, False]), 20.0) == ("c", "recorded by the sweep")
+    assert sweep_tables.recommend(trials, 20.0)[0] == "b"  # a is > 5% worse, d failed
+    assert sweep_tables.recommend(trials.assign(recommended=[False, False, True, False]), 20.0) == \
+        ("c", "recorded by the sweep")
 
 
 def test_mlflow_children_of_other_stages_are_not_sweep_trials():
@@ -385,7 +389,7 @@ def test_mlflow_children_of_other_stages_are_not_sweep_trials():
         {"run_id": "c2", "experiment_name": "clockwork-ablate", "tags.mlflow.runName": "cut 2",
          "tags.mlflow.parentRunId": "p2", "metrics.fid": 21.0, "metrics.gflops": 11.0},
     ]).assign(status="FINISHED")
-    t = loader.sweep_trials_from_mlflow(runs)
+    t = sweep_loader.sweep_trials_from_mlflow(runs)
     assert t["trial_id"].tolist() == ["t000"] and t["sweep"].tolist() == ["smoke"]
     assert t["width"].tolist() == [64] and t["fid"].tolist() == [20.0]
 
@@ -407,10 +411,10 @@ def test_synthetic_results_never_write_into_repo_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOCKWORK_RESULTS", str(root))
     monkeypatch.delenv("CLOCKWORK_REPORTS", raising=False)
     with pytest.raises(loader.ResultsError, match="SYNTHETIC"):
-        loader.Results.from_env()
+        Results.from_env()
     monkeypatch.setenv("CLOCKWORK_REPORTS", str(REPO / "reports" / "analysis"))
     with pytest.raises(loader.ResultsError, match="SYNTHETIC"):
-        loader.Results.from_env()
+        Results.from_env()
 
 
 def test_committed_notebooks_have_no_outputs():
@@ -462,8 +466,8 @@ def _v(delta, std=0.1, status="inside"):
     (None, "n/a"),                                           # a file written before vs_fewer_steps
 ])
 def test_fewer_steps_verdict(v, verdict):
-    assert tables.fewer_steps_verdict(v) == verdict
-    assert tables.verdict_kind(verdict) in {"beats", "ties", "loses", "outside", "n/a"}
+    assert fronts.fewer_steps_verdict(v) == verdict
+    assert fronts.verdict_kind(verdict) in {"beats", "ties", "loses", "outside", "n/a"}
     if v is not None and v.get("delta") is not None:  # "beats" is clockwork.pareto.beats_fewer_steps, nothing else
         assert (verdict == "beats fewer steps") == loader.pareto().beats_fewer_steps(v, 1.0, 2.0)
 
@@ -494,7 +498,7 @@ def test_fewer_steps_table_answers_first(full_run, full_results):
     for r, key in zip(rows, ("clockwork", "clockwork_identity")):
         v = ev[key]["vs_fewer_steps"]["fid"]
         assert r[7] == f"{v['delta']:+.2f} ± {v['delta_std']:.2f}" and r[5] == f"{v['steps']:.1f}"
-        assert r[-1] == tables.fewer_steps_verdict(v)
+        assert r[-1] == fronts.fewer_steps_verdict(v)
     assert "yes - Clockwork (resnet adaptor, clock 2) beats fewer steps" in text.splitlines()[0]
     verdict = next(r for r in md_rows(reports / "paper_vs_ours.md") if r[0] == "F4-fewer-steps")
     assert verdict[-1] == "holds" and "ΔFID@FLOPs" in verdict[4]
@@ -509,8 +513,8 @@ def test_levers_table_has_a_row_per_lever(full_run, full_results):
     assert [r[0] for r in rows] == [r["variant"] for r in levers] + [f"plain {r['steps']} steps" for r in front]
     for r, lv in zip(rows, levers):
         assert r[2] == f"{lv['fid']:.2f} ± {lv['fid_std']:.2f}"
-        assert r[-1] == tables.fewer_steps_verdict(lv["vs_fewer_steps"]["fid"])
-    kinds = {tables.verdict_kind(r[-1]) for r in rows[:len(levers)]}
+        assert r[-1] == fronts.fewer_steps_verdict(lv["vs_fewer_steps"]["fid"])
+    kinds = {fronts.verdict_kind(r[-1]) for r in rows[:len(levers)]}
     assert kinds == {"beats", "ties", "loses", "outside"}  # the fixtures exercise every verdict
     what = {r[0]: r[1] for r in rows}
     assert "20000 distillation steps" in what["long"] and what["early_middle"] == "adaptor at {3,4,5,6}"
@@ -533,11 +537,11 @@ def test_fig4_draws_the_plain_steps_front(full_results, full_run):
     matplotlib.use("Agg")
     from analysis import plots
 
-    res = loader.Results(root=full_results, reports=full_results / "unused")
+    res = Results(root=full_results, reports=full_results / "unused")
     ev, ab = res.evaluate(), res.ablate()
-    pts = tables.fig4_points(ev, ab)
+    pts = main_tables.fig4_points(ev, ab)
     assert pts.groupby("panel")["split"].nunique().max() == 1 and pts["panel"].nunique() == 2
-    fig = plots.fid_vs_flops(pts, {t: tables.main_steps(ev, t) for t in ev["teacher"].unique()})
+    fig = plots.fid_vs_flops(pts, {t: main_tables.main_steps(ev, t) for t in ev["teacher"].unique()})
     lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
     assert {"plain-steps-front-fid-0", "plain-steps-front-fid-1", "plain-steps-front-clip-0"} <= set(lines)
     plain = [r for r in ev[ev["kind"] == "baseline"][["steps", "gflops", "fid"]].to_dict("records")]
@@ -555,12 +559,12 @@ def test_fig4_draws_the_plain_steps_front(full_results, full_run):
 
 
 def test_ablation_baseline_is_never_borrowed_across_splits(full_results):
-    res = loader.Results(root=full_results, reports=full_results / "unused")
+    res = Results(root=full_results, reports=full_results / "unused")
     ev, ab = res.evaluate(), res.ablate()
     rows = ab[(ab["ablation"] == "adaptor_type") & ~ab["is_baseline"]]
-    base = tables.reference_baseline(rows, ev, ab[~((ab["ablation"] == "adaptor_type") & ab["is_baseline"])])
+    base = ablation_tables.reference_baseline(rows, ev, ab[~((ab["ablation"] == "adaptor_type") & ab["is_baseline"])])
     assert base is not None and base["split"] == "val" and base["steps"] == 8  # the ablation run's own, not evaluate's
-    assert tables.reference_baseline(rows, ev, None) is None  # evaluate.json is on the held-out split
+    assert ablation_tables.reference_baseline(rows, ev, None) is None  # evaluate.json is on the held-out split
 
 
 def test_old_format_files_give_tables_with_na(tmp_path):
@@ -630,8 +634,8 @@ def test_fig4_draws_each_clockwork_front_as_its_own_line(tmp_path) -> None:
     """evaluate.fronts rows (front_<adaptor>_b<budget>, all at the full step count) are one series per adaptor with a
     point per budget - not deduplicated into one point - and the table names each point's schedule."""
     from analysis.loader import load_evaluate
+    from analysis.main_tables import fig4_points, fig4_table
     from analysis.plots import fid_vs_flops
-    from analysis.tables import fig4_points, fig4_table
 
     ev = load_evaluate(REPO / "reports/schedule-front/val-fid/evaluate_auto.json", "embedded")
     pts = fig4_points(ev, None)

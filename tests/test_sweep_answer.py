@@ -200,7 +200,7 @@ def test_the_plot_draws_both_fronts(tmp_path):
 def test_the_analysis_reads_the_new_results(tmp_path):
     """analysis/ loads a sweep of this format: the recorded recommendation, its rule, and no invented one."""
     pytest.importorskip("pandas")
-    from analysis import loader, tables
+    from analysis import sweep_loader, sweep_tables
 
     for winner, expect in ((True, "win"), (False, None)):
         folder = tmp_path / str(winner)
@@ -208,9 +208,9 @@ def test_the_analysis_reads_the_new_results(tmp_path):
         recs = records(with_winner=winner)
         summary = analyse(recs, sweep_params(), BASE)
         write_outputs(folder, recs, summary)
-        df = loader.load_sweep_csv(folder / "results.csv")
-        info = loader.SweepInfo(name="s", source="x", summary=summary, trials=df)
-        rec, rule = tables.recommend(df, None, info.rule())
+        df = sweep_loader.load_sweep_csv(folder / "results.csv")
+        info = sweep_loader.SweepInfo(name="s", source="x", summary=summary, trials=df)
+        rec, rule = sweep_tables.recommend(df, None, info.rule())
         assert rec == expect, rule
         assert "fewer steps" in rule and info.caution() is None
         assert "scored and chosen on the validation split" in info.about()  # summary.json's split

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pipeline.common.io import PREPARED_DIR, file_sha, obj_sha, pick_device
+from pipeline.config import model_source, public_config, resolve_path
 
 
 def make_sampler(name: str, config) -> Any:
@@ -98,14 +99,10 @@ def scheduler_config_of(world_params, root: str | os.PathLike = ".") -> dict:
     """The teacher's noise schedule without loading the teacher: the embedded one's, or an SD-family model's
     ``scheduler/scheduler_config.json`` (local folder or hub cache)."""
     if world_params.kind == "embedded":
-        q = Path(world_params.teacher)
-        return teacher_scheduler_config(q if q.is_absolute() else Path(root) / q)
+        return teacher_scheduler_config(resolve_path(world_params.teacher, root))
     from diffusers import DDPMScheduler  # any scheduler class reads a scheduler config
 
-    q = Path(world_params.model)
-    q = q if q.is_absolute() else Path(root) / q
-    cfg = DDPMScheduler.load_config(str(q) if q.exists() else world_params.model, subfolder="scheduler")
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return public_config(DDPMScheduler.load_config(model_source(world_params.model, root), subfolder="scheduler"))
 
 
 class World:
@@ -137,7 +134,7 @@ class World:
             dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[world_params.dtype]
             if device == "cpu":
                 dtype = torch.float32
-            model = str(self._path(world_params.model)) if self._path(world_params.model).exists() else world_params.model
+            model = model_source(world_params.model, self.root)
             cls_name = sd_pipeline_class(model, world_params.pipeline)
             self.is_xl = cls_name == "StableDiffusionXLPipeline"
             extra = {} if self.is_xl else {"safety_checker": None, "requires_safety_checker": False}
@@ -153,14 +150,12 @@ class World:
         self.unet.requires_grad_(False)
 
     def _path(self, p: str) -> Path:
-        q = Path(p)
-        return q if q.is_absolute() else self.root / q
+        return resolve_path(p, self.root)
 
     @property
     def unet_config(self) -> dict:
         """The UNet's config at the size it samples (``sample_size`` = the latent size of ``world.resolution``)."""
-        cfg = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
-        return {**cfg, "sample_size": self.latent_size}
+        return {**public_config(self.unet.config), "sample_size": self.latent_size}
 
     def added_cond(self, pooled: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The UNet's added conditioning for prompts with pooled embeddings ``pooled`` (B, D): SDXL's ``text_embeds``
