@@ -16,8 +16,9 @@ set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}
 END=$(( $(date +%s) + BUDGET ))
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$W" "$OUT"
-cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/dvc.yaml "$W"/
+mkdir -p "$OUT"
+. "$SRC/scripts/gpu/lib.sh"
+gpu_workdir "$SRC" "$W"
 cd "$W"
 sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_auto.yaml
 python - <<'PY'
@@ -29,28 +30,7 @@ yaml.safe_dump(d, open("params_hand.yaml", "w"), sort_keys=False)
 PY
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
-snapshot() {
-  tar czf "$OUT/results.tmp.tgz" --ignore-failed-read params_*.yaml metrics plots hand/metrics hand/plots \
-      models/adaptor/config.json models/adaptor/all_steps/config.json logs 2>/dev/null || true
-  mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"
-}
-step() {  # step NAME DONE_FILE PARAMS MIN_SECONDS CMD...: run CMD unless DONE_FILE exists and if MIN_SECONDS are left
-  local name=$1 done=$2 params=$3 min=$4; shift 4
-  local left=$(( END - $(date +%s) ))
-  if [ -e "$done" ]; then echo "== $name: done before"; return 0; fi
-  if [ "$left" -lt "$min" ]; then echo "== $name: ${left}s left, it needs ~${min}s: next call"; snapshot; exit 0; fi
-  echo "== $name ($(date +%T), ${left}s left)"
-  local t0=$(date +%s)
-  mkdir -p logs
-  set +e
-  CLOCKWORK_PARAMS=$params timeout "$left" "$@" 2>&1 | tee "logs/$name.log" | grep -v "it/s\]$\|batch/s\]$"
-  local rc=${PIPESTATUS[0]}
-  set -e
-  [ "$rc" = 0 ] || { echo "== $name stopped (rc $rc)"; snapshot; exit 0; }
-  echo "== $name took $(( $(date +%s) - t0 ))s" | tee -a logs/times.txt
-  snapshot
-}
-
+SNAPSHOT="params_*.yaml metrics plots hand/metrics hand/plots models/adaptor/config.json models/adaptor/all_steps/config.json logs"
 if [ ! -f data/prepared/reference_stats.npz ]; then
   CLOCKWORK_PARAMS=params_auto.yaml python scripts/gpu/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"

@@ -13,8 +13,9 @@ set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}
 END=$(( $(date +%s) + BUDGET ))
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$W" "$OUT"
-cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/dvc.yaml "$W"/
+mkdir -p "$OUT"
+. "$SRC/scripts/gpu/lib.sh"
+gpu_workdir "$SRC" "$W"
 cd "$W"
 for m in store online; do
   sed "s#^  data_root: .*#  data_root: $FM#" "${PARAMS_DIR:-$SRC/reports/online-vs-store}/params_$m.yaml" > "params_$m.yaml"
@@ -22,33 +23,13 @@ done
 cp params_store.yaml params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
-snapshot() {
-  tar czf "$OUT/results.tmp.tgz" --ignore-failed-read params_*.yaml metrics plots models/adaptor_store models/adaptor_online \
-      data/trajectories/meta.json logs 2>/dev/null || true
-  mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"
-}
-step() {  # step NAME DONE_FILE PARAMS CMD...: run CMD unless DONE_FILE exists, within the time left
-  local name=$1 done=$2 params=$3; shift 3
-  local left=$(( END - $(date +%s) ))
-  if [ -e "$done" ]; then echo "== $name: done before"; return 0; fi
-  if [ "$left" -lt 20 ]; then echo "== $name: no time left"; snapshot; exit 0; fi
-  echo "== $name ($(date +%T), ${left}s left)"
-  local t0=$(date +%s)
-  mkdir -p logs
-  set +e
-  CLOCKWORK_PARAMS=$params timeout "$left" "$@" 2>&1 | tee "logs/$name.log" | grep -v "it/s\]$"
-  local rc=${PIPESTATUS[0]}
-  set -e
-  [ "$rc" = 0 ] || { echo "== $name stopped (rc $rc)"; snapshot; exit 0; }
-  echo "== $name took $(( $(date +%s) - t0 ))s" | tee -a logs/times.txt
-  snapshot
-}
+SNAPSHOT="params_*.yaml metrics plots models/adaptor_store models/adaptor_online data/trajectories/meta.json logs"
 
 if [ ! -f data/prepared/reference_stats.npz ]; then
   CLOCKWORK_PARAMS=params_store.yaml python scripts/gpu/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"
 fi
-step trajectories data/trajectories/.complete params_store.yaml python pipeline/trajectories.py
+step trajectories data/trajectories/.complete params_store.yaml 20 python pipeline/trajectories.py
 touch data/trajectories/.complete
 # the two distillations run side by side (each a small model on the GPU): online in its own directory ($W/online,
 # the same code, prepared data and store through links), the store's here
@@ -64,7 +45,7 @@ if [ ! -e models/adaptor_online/config.json ]; then
   ONLINE=$!
   echo "== distill_online started in the background ($(date +%T))"
 fi
-step distill_store models/adaptor_store/config.json params_store.yaml \
+step distill_store models/adaptor_store/config.json params_store.yaml 20 \
   bash -c 'python pipeline/distill.py && rm -rf models/adaptor_store && cp -r models/adaptor models/adaptor_store && cp metrics/distill.json metrics/distill_store.json && cp plots/distill_loss.csv plots/distill_loss_store.csv'
 if [ -n "${ONLINE:-}" ]; then
   t0=$(date +%s)
@@ -75,9 +56,9 @@ if [ -n "${ONLINE:-}" ]; then
   echo "== distill_online finished $(( $(date +%s) - t0 ))s after the store's" | tee -a logs/times.txt
   snapshot
 fi
-step evaluate metrics/evaluate.json params_store.yaml \
+step evaluate metrics/evaluate.json params_store.yaml 20 \
   bash -c 'rm -rf models/adaptor && cp -r models/adaptor_store models/adaptor && python pipeline/evaluate.py'
-step compare metrics/online_vs_store.json params_store.yaml \
+step compare metrics/online_vs_store.json params_store.yaml 20 \
   bash -c "python scripts/online_vs_store.py --online models/adaptor_online --distill metrics/distill_store.json metrics/distill_online.json --out metrics && cp metrics/online_vs_store.* '$OUT'/"
 cp logs/times.txt "$OUT"/ 2>/dev/null || true
 echo "== done ($(date +%T))"

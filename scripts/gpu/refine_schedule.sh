@@ -7,8 +7,9 @@
 set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4")
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$W" "$OUT"
-cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/dvc.yaml "$W"/
+mkdir -p "$OUT"
+. "$SRC/scripts/gpu/lib.sh"
+gpu_workdir "$SRC" "$W"
 cd "$W"
 sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_refine.yaml
 python - <<'PY'
@@ -18,12 +19,11 @@ d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[8], latency_runs=
 yaml.safe_dump(d, open("params_refine.yaml", "w"), sort_keys=False)
 PY
 export CLOCKWORK_MLFLOW=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 CLOCKWORK_PARAMS=params_refine.yaml
-snap() { tar czf "$OUT/refine.tgz" --ignore-failed-read params_refine.yaml metrics logs 2>/dev/null || true; }
-q() { grep -v "it/s\]$\|batch/s\]$\|warn"; }
+SNAPSHOT="params_refine.yaml metrics logs" SNAPSHOT_NAME=refine.tgz
 mkdir -p logs
 [ -f data/prepared/reference_stats.npz ] || python scripts/gpu/gpu_prepare.py "$PREP" 2>&1 | tail -1
-[ -f data/trajectories/meta.json ] || python pipeline/trajectories.py 2>&1 | tee logs/trajectories.log | q | tail -1
-[ -f metrics/schedule.json ] || python pipeline/distill.py 2>&1 | tee logs/distill.log | q | grep -v "^$" | tail -8
-snap
-python pipeline/evaluate.py 2>&1 | tee logs/evaluate.log | q | grep "FID" | tail -3
-snap
+[ -f data/trajectories/meta.json ] || python pipeline/trajectories.py 2>&1 | tee logs/trajectories.log | quiet | tail -1
+[ -f metrics/schedule.json ] || python pipeline/distill.py 2>&1 | tee logs/distill.log | quiet | grep -v "^$" | tail -8
+snapshot
+python pipeline/evaluate.py 2>&1 | tee logs/evaluate.log | quiet | grep "FID" | tail -3
+snapshot

@@ -8,8 +8,9 @@
 set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4")
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$W" "$OUT"
-cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/dvc.yaml "$W"/
+mkdir -p "$OUT"
+. "$SRC/scripts/gpu/lib.sh"
+gpu_workdir "$SRC" "$W"
 cd "$W"
 sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_auto.yaml
 python - <<'PY'
@@ -23,13 +24,12 @@ d["evaluate"].update(fronts=[], front_budgets=[])
 yaml.safe_dump(d, open("params_hand2.yaml", "w"), sort_keys=False)
 PY
 export CLOCKWORK_MLFLOW=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 CLOCKWORK_PARAMS=params_auto.yaml
-snap() { tar czf "$OUT/results.tgz" --ignore-failed-read params_*.yaml metrics plots hand2/metrics logs 2>/dev/null || true; }
+SNAPSHOT="params_*.yaml metrics plots hand2/metrics logs"
 mkdir -p logs
-q() { grep -v "it/s\]$\|batch/s\]$\|warn"; }
 python scripts/gpu/gpu_prepare.py "$PREP" --no-val-reference 2>&1 | tail -1
-python pipeline/trajectories.py 2>&1 | tee logs/trajectories.log | q | tail -2
-python pipeline/distill.py 2>&1 | tee logs/distill.log | q | tail -3; snap
-python pipeline/evaluate.py 2>&1 | tee logs/evaluate.log | q | grep "FID\|searched\|reused\|done"; snap
+python pipeline/trajectories.py 2>&1 | tee logs/trajectories.log | quiet | tail -2
+python pipeline/distill.py 2>&1 | tee logs/distill.log | quiet | tail -3; snapshot
+python pipeline/evaluate.py 2>&1 | tee logs/evaluate.log | quiet | grep "FID\|searched\|reused\|done"; snapshot
 mkdir -p hand2/data hand2/models hand2/metrics
 cp -r clockwork pipeline scripts dvc.yaml params_hand2.yaml hand2/
 ln -sfn "$W/data/prepared" hand2/data/prepared; ln -sfn "$W/data/evaluate" hand2/data/evaluate
@@ -40,6 +40,6 @@ s = json.load(open("metrics/schedule.json"))
 s.update(mode="given", adaptor_steps=[2, 3, 4, 5])
 json.dump(s, open("hand2/metrics/schedule.json", "w"))
 PY
-(cd hand2 && CLOCKWORK_PARAMS=params_hand2.yaml python pipeline/evaluate.py 2>&1 | tee ../logs/evaluate_hand2.log | q | grep "FID\|reused\|done")
-snap
+(cd hand2 && CLOCKWORK_PARAMS=params_hand2.yaml python pipeline/evaluate.py 2>&1 | tee ../logs/evaluate_hand2.log | quiet | grep "FID\|reused\|done")
+snapshot
 echo "== done $(date +%T)"
