@@ -148,6 +148,39 @@ def expected_steps(name: str, steps: int) -> list[int]:
     return list(range(steps))
 
 
+def reference_cfg_loop(unet, name: str, prompts, cfg_mode: str, state: dict, before_step, seed: int = 0,
+                       steps: int = 6, guidance: float = 3.0) -> torch.Tensor:
+    """A hand-written classifier-free-guidance sampling loop with plain UNet calls, for tests whose hooks on the UNet
+    stand in for Clockwork: ``before_step(step, sub)`` runs before every model evaluation (``step``: its sampler
+    step, :func:`expected_steps`; ``sub``: which evaluation of that step, Heun's second = 1); ``state["slot"]`` says
+    which CFG call runs (``cfg_mode`` "batch": one call, slot 0; "two_calls": the negative prompts' call 0, the
+    positive's 1). Returns the final sample, clamped to [-1, 1]."""
+    sched = make_sampler(name)
+    pos, neg = prompts
+    step_of = expected_steps(name, steps)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn((pos.shape[0], unet.config.in_channels, unet.config.sample_size, unet.config.sample_size),
+                        generator=gen)
+        sched.set_timesteps(steps)
+        x = x * sched.init_noise_sigma
+        negb = neg.expand_as(pos)
+        for i, t in enumerate(sched.timesteps):
+            before_step(step_of[i], step_of[:i].count(step_of[i]))
+            if cfg_mode == "batch":
+                xi = sched.scale_model_input(torch.cat([x, x]), t)
+                state["slot"] = 0
+                u, c = unet(xi, t, encoder_hidden_states=torch.cat([negb, pos])).sample.chunk(2)
+            else:
+                xi = sched.scale_model_input(x, t)
+                state["slot"] = 0
+                u = unet(xi, t, encoder_hidden_states=negb).sample
+                state["slot"] = 1
+                c = unet(xi, t, encoder_hidden_states=pos).sample
+            x = sched.step(u + guidance * (c - u), t, x, return_dict=False)[0]
+    return x.float().clamp(-1, 1)
+
+
 
 # ---- a tiny StableDiffusionPipeline, fully offline ---------------------------------------------------
 

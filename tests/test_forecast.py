@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_unet, expected_steps, make_sampler
+from conftest import build_unet, expected_steps, make_sampler, reference_cfg_loop
 
 import clockwork
 from clockwork import Clock, ForecastAdaptor, IdentityAdaptor, build_adaptor, get_hook, load_adaptor
@@ -107,7 +107,6 @@ def reference_forecast(unet, name, prompts, clock, order, cfg_mode, cut=1, seed=
     (r_out after the upsampler) on full steps and, on adaptor steps, replaces it by the polynomial through the last
     order + 1 recorded ones at the step index - weights from numpy's least squares polyfit, exact here - per CFG
     call and per evaluation of the sampler step (Heun's two, PNDM's first step's two)."""
-    sched = make_sampler(name)
     boundary = unet.up_blocks[len(unet.up_blocks) - 1 - cut].upsamplers[0]
     hist: dict = {}
     state = {}
@@ -128,33 +127,11 @@ def reference_forecast(unet, name, prompts, clock, order, cfg_mode, cut=1, seed=
         return None
 
     handle = boundary.register_forward_hook(post)
-    pos, neg = prompts
-    step_of = expected_steps(name, steps)
     try:
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(seed)
-            x = torch.randn((pos.shape[0], unet.config.in_channels, unet.config.sample_size, unet.config.sample_size),
-                            generator=gen)
-            sched.set_timesteps(steps)
-            x = x * sched.init_noise_sigma
-            negb = neg.expand_as(pos)
-            for i, t in enumerate(sched.timesteps):
-                step = step_of[i]
-                state.update(step=step, sub=step_of[:i].count(step), adaptor=step > 0 and not clock.is_full(step))
-                if cfg_mode == "batch":
-                    xi = sched.scale_model_input(torch.cat([x, x]), t)
-                    state["slot"] = 0
-                    u, c = unet(xi, t, encoder_hidden_states=torch.cat([negb, pos])).sample.chunk(2)
-                else:
-                    xi = sched.scale_model_input(x, t)
-                    state["slot"] = 0
-                    u = unet(xi, t, encoder_hidden_states=negb).sample
-                    state["slot"] = 1
-                    c = unet(xi, t, encoder_hidden_states=pos).sample
-                x = sched.step(u + guidance * (c - u), t, x, return_dict=False)[0]
+        return reference_cfg_loop(unet, name, prompts, cfg_mode, state, lambda step, sub: state.update(
+            step=step, sub=sub, adaptor=step > 0 and not clock.is_full(step)), seed, steps, guidance)
     finally:
         handle.remove()
-    return x.float().clamp(-1, 1)
 
 
 @pytest.mark.parametrize("name,cfg_mode,clock,order,cut", [

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLER_NAMES, build_unet, expected_steps, has_c_compiler, make_sampler, tiny_sd_components
+from conftest import (SAMPLER_NAMES, build_unet, expected_steps, has_c_compiler, make_sampler, reference_cfg_loop,
+                      tiny_sd_components)
 
 import clockwork
 from clockwork import Clock, build_adaptor, get_hook
@@ -107,7 +108,6 @@ def test_make_scheduler_builds_dpm():
 def reference_identity(unet, name, prompts, period, cfg_mode, cut=1, seed=0, steps=STEPS, guidance=3.0):
     """A hand-written sampling loop: plain UNet calls; on adaptor steps a forward pre-hook replaces the
     input of the boundary upsampler (= r_out) by the one cached at the previous full step of the same call."""
-    sched = make_sampler(name)
     boundary = unet.up_blocks[len(unet.up_blocks) - 1 - cut].upsamplers[0]
     cache, state = {}, {"adaptor": False, "slot": 0}
 
@@ -118,32 +118,11 @@ def reference_identity(unet, name, prompts, period, cfg_mode, cut=1, seed=0, ste
         return None
 
     handle = boundary.register_forward_pre_hook(pre)
-    pos, neg = prompts
     try:
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(seed)
-            x = torch.randn((pos.shape[0], unet.config.in_channels, unet.config.sample_size, unet.config.sample_size),
-                            generator=gen)
-            sched.set_timesteps(steps)
-            x = x * sched.init_noise_sigma
-            negb = neg.expand_as(pos)
-            for i, t in enumerate(sched.timesteps):
-                step = expected_steps(name, steps)[i]
-                state["adaptor"] = step % period != 0
-                if cfg_mode == "batch":
-                    xi = sched.scale_model_input(torch.cat([x, x]), t)
-                    state["slot"] = 0
-                    u, c = unet(xi, t, encoder_hidden_states=torch.cat([negb, pos])).sample.chunk(2)
-                else:
-                    xi = sched.scale_model_input(x, t)
-                    state["slot"] = 0
-                    u = unet(xi, t, encoder_hidden_states=negb).sample
-                    state["slot"] = 1
-                    c = unet(xi, t, encoder_hidden_states=pos).sample
-                x = sched.step(u + guidance * (c - u), t, x, return_dict=False)[0]
+        return reference_cfg_loop(unet, name, prompts, cfg_mode, state,
+                                  lambda step, sub: state.update(adaptor=step % period != 0), seed, steps, guidance)
     finally:
         handle.remove()
-    return x.float().clamp(-1, 1)
 
 
 @pytest.mark.parametrize("name,cfg_mode,period,cut", [
