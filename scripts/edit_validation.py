@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import types
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.common import Prepared, load_world  # noqa: E402
 from pipeline.common.editing import VERDICT_SCORES, EditMethod, run_method, summarize  # noqa: E402
 from pipeline.config import read_yaml, validate  # noqa: E402
+from scripts.provenance import git_commit  # noqa: E402
 
 PNP = [(0.8, 0.5), (0.5, 0.5), (0.3, 0.3), (0.2, 0.2), (0.1, 0.5), (0.5, 0.0), (0.0, 0.0), (0.0, 0.3), (0.0, 0.5),
        (0.0, 0.8), (0.0, 1.0)]
@@ -89,8 +89,7 @@ def main() -> None:
                **{k: s[k]["mean"] for k in ("clip_preference", "mask_iou", "structure_ssim")}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = git_commit(short=True)
     out = {"split": f"training images {int(idx[0])}..{int(idx[-1])} (not the held-out split the edit stage reports)",
            "steps": args.steps, "guidance": 2.0, "device": world.device, "commit": commit,
            "command": " ".join(["python", *sys.argv]), "wall_s": round(time.time() - t0), "rows": rows}

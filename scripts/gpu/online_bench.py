@@ -50,7 +50,6 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -64,6 +63,7 @@ sys.path.insert(0, str(SRC))
 
 from clockwork.bench.models import SD_SCHEDULER  # noqa: E402
 from clockwork.bench.timing import make_loop, time_loop  # noqa: E402
+from scripts.provenance import git_commit  # noqa: E402
 
 T0 = time.time()
 EPOCH_PROMPTS = 50_000  # the paper's distillation caption set
@@ -532,14 +532,6 @@ def ratios(r: dict) -> dict:
             out["goal"] = 0.70
             out["meets_goal"] = best / plain >= 0.70
     return out
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=SRC, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def fmt(v) -> str:
