@@ -116,7 +116,8 @@ def _schedule(args) -> int:
     for c in front:
         f = clockwork_flops(config, steps=args.steps, clock=Clock(adaptor_steps=c.adaptor_steps), cut=args.cut)
         rows.append({"budget": c.budget, "adaptor_steps": list(c.adaptor_steps), "score": c.score,
-                     "gflops_ratio": f["ratio"], "method": c.method, "candidates": c.candidates})
+                     "gflops_ratio": f["ratio"], "method": c.method, "candidates": c.candidates,
+                     "ranking": [[list(s), v] for s, v in c.ranking]})  # every candidate, best first: near-ties show
     res = {"meta": {"source": args.unet_config or str(args.teacher or "embedded teacher"), "adaptor": str(args.adaptor),
                     "cut": args.cut, "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                     "n": args.n, "seed": args.seed, "score": "MSE of the final latents against the full UNet's",
@@ -128,8 +129,10 @@ def _schedule(args) -> int:
     (out / "schedule.json").write_text(json.dumps(res, indent=1) + "\n")
     plot_front(res, out / "schedule.png")
     for r in rows:
+        runners = "; ".join(f"{s} {v:.4g}" for s, v in r["ranking"][1:3])
         print(f"budget {r['budget']}: adaptor steps {r['adaptor_steps']}  score {r['score']:.4g}  "
-              f"{r['gflops_ratio']:.3f}x GFLOPs  ({r['method']}, {r['candidates']} candidates)")
+              f"{r['gflops_ratio']:.3f}x GFLOPs  ({r['method']}, {r['candidates']} candidates"
+              + (f"; next: {runners})" if runners else ")"))
     print(f"wrote {out / 'schedule.json'} and {out / 'schedule.png'}")
     return 0
 

@@ -119,3 +119,6 @@ def test_clockwork_schedule_command(tmp_path, config, capsys) -> None:
     ratios = [r["gflops_ratio"] for r in front]
     assert ratios == sorted(ratios, reverse=True) and ratios[0] < 1  # more adaptor steps, fewer FLOPs
     assert "budget 3: adaptor steps [1, 2, 3]" in capsys.readouterr().out
+    for r in front:  # the whole ranking of each budget, best first, the chosen schedule on top
+        assert r["ranking"][0] == [r["adaptor_steps"], r["score"]] and len(r["ranking"]) == r["candidates"]
+        assert [v for _, v in r["ranking"]] == sorted(v for _, v in r["ranking"])
