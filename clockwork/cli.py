@@ -53,25 +53,26 @@ def _edit(args) -> int:
 
 
 def _inputs(args, phrasing: str = "heldout"):
-    """(device, clockwork.sensitivity's inputs) of ``_sampling_args``: a config's shapes or the embedded teacher with
+    """(device, clockwork.cli_inputs' inputs) of ``_sampling_args``: a config's shapes or the embedded teacher with
     prompts in ``phrasing``."""
     import torch
 
-    from clockwork import sensitivity as sens
+    from clockwork import cli_inputs
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.unet_config:
-        return device, sens.config_inputs(args.unet_config, args.sampler, args.n, args.seed, args.sample_size, device)
-    return device, sens.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device, phrasing=phrasing)
+        return device, cli_inputs.config_inputs(args.unet_config, args.sampler, args.n, args.seed, args.sample_size, device)
+    return device, cli_inputs.embedded_inputs(args.teacher, args.sampler, args.n, args.seed, device, phrasing=phrasing)
 
 
 def _sensitivity(args) -> int:
+    from clockwork import cli_inputs
     from clockwork import sensitivity as sens
 
     device, (unet, sched, cond, uncond, kw, _) = _inputs(args)
     out = Path(args.out)
     cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "clockwork" / "sensitivity_fid_ref.npz"
-    score = sens.embedded_fid(cache, device=device) if args.fid and not args.unet_config else None
+    score = cli_inputs.embedded_fid(cache, device=device) if args.fid and not args.unet_config else None
     res = sens.sensitivity(unet, sched, cond, uncond, steps=args.steps, guidance=args.guidance, seed=args.seed,
                            modes=args.modes.split(","), alphas=[float(a) for a in args.alphas.split(",")],
                            start_steps=[int(s) for s in args.start_steps.split(",")] if args.start_steps else None,

@@ -221,6 +221,30 @@ def _atomic_save(adaptor, optimizer, step: int, history: list, ckpt_dir: Path, g
         shutil.rmtree(old)
 
 
+def _resumable(ckpt: Path | None, files: tuple[str, ...]) -> bool:
+    """Whether ``ckpt`` holds a whole checkpoint to resume from (warns and starts over where files are missing)."""
+    if not (ckpt and (ckpt / "trainer_state.json").is_file()):
+        return False
+    missing = [f for f in files if not (ckpt / f).is_file()]
+    if missing:  # checkpoints are written atomically, so only a copy that dropped files gets here
+        warnings.warn(f"checkpoint {ckpt} lacks {missing}; distilling from step 0")
+    return not missing
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: float) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+
+
+def _window_ends(step: int, cfg: DistillConfig, ckpt: Path | None) -> tuple[bool, bool]:
+    """(log, checkpoint) after ``step``: every ``log_every`` / ``checkpoint_every`` steps and at the last one."""
+    last = step == cfg.steps
+    return step % cfg.log_every == 0 or last, bool(ckpt) and (step % cfg.checkpoint_every == 0 or last)
+
+
 def distill(
     adaptor: torch.nn.Module,
     data: PairDataset,
@@ -254,11 +278,7 @@ def distill(
     acc, acc_n = 0.0, 0
     acc_mse = acc_out = 0.0  # the two terms' sums when output_weight > 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    resume = bool(ckpt and (ckpt / "trainer_state.json").is_file())
-    missing = [f for f in ("diffusion_pytorch_model.safetensors", "optimizer.pt") if resume and not (ckpt / f).is_file()]
-    if missing:  # checkpoints are written atomically, so only a copy that dropped files gets here
-        warnings.warn(f"checkpoint {ckpt} lacks {missing}; distilling from step 0")
-        resume = False
+    resume = _resumable(ckpt, ("diffusion_pytorch_model.safetensors", "optimizer.pt"))
     if resume:
         from safetensors.torch import load_file
 
@@ -320,16 +340,11 @@ def distill(
                 checked = True
             out_mse = F.mse_loss(out.float(), ref.float())
             loss = mse + w * out_mse
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, params, cfg.grad_clip)
         step += 1
         window.append(torch.stack([loss.detach(), mse.detach(), out_mse.detach()]) if w > 0 else loss.detach()[None])
         pbar.update(1)
-        logs = step % cfg.log_every == 0 or step == cfg.steps
-        saves = ckpt and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
+        logs, saves = _window_ends(step, cfg, ckpt)
         if logs or saves:
             drain()
         if logs:

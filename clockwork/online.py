@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clockwork.cut import UNetCut
-from clockwork.distill import DistillConfig, _atomic_save
+from clockwork.distill import DistillConfig, _atomic_save, _optimizer_step, _resumable, _window_ends
 from clockwork.trajectories import cfg_added, step_records
 
 
@@ -442,12 +441,7 @@ def distill_online(
     gen = torch.Generator().manual_seed(cfg.seed * 7919)
     step, history, acc, acc_n = 0, [], 0.0, 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    resume = bool(ckpt and (ckpt / "trainer_state.json").is_file())
-    missing = [f for f in ("diffusion_pytorch_model.safetensors", "optimizer.pt", "rng_state.pt")
-               if resume and not (ckpt / f).is_file()]
-    if missing:  # checkpoints are written atomically, so only a copy that dropped files gets here
-        warnings.warn(f"checkpoint {ckpt} lacks {missing}; distilling from step 0")
-        resume = False
+    resume = _resumable(ckpt, ("diffusion_pytorch_model.safetensors", "optimizer.pt", "rng_state.pt"))
     refreshes = online.refreshes_to_fill()
     if resume:
         from safetensors.torch import load_file
@@ -505,16 +499,11 @@ def distill_online(
             b = buffer.batch(local, device)
             pred = model(r_in=b["r_in"], r_out_prev=b["r_out_prev"], temb=b["temb"], text=b["text"])
             loss = F.mse_loss(pred.float(), b["target"]) * weight
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, params, cfg.grad_clip)
         step += 1
         window.append(loss.detach())
         pbar.update(1)
-        logs = step % cfg.log_every == 0 or step == cfg.steps
-        saves = ckpt and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
+        logs, saves = _window_ends(step, cfg, ckpt)
         if logs or saves:
             drain()
         if logs:

@@ -20,6 +20,9 @@ SAMPLERS = {
     "euler": (EulerDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
 }
+# Stable Diffusion's noise schedule (SD 1.x/2.x/XL): what a random-weight UNet at real shapes samples with
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    prediction_type="epsilon")
 
 
 def make_scheduler(name: str, config):

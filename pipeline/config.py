@@ -13,7 +13,6 @@ A stage calls ``load_params("distill")`` and gets only the sections it declares 
 from __future__ import annotations
 
 import math
-
 import os
 import sys
 from pathlib import Path

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clockwork.schedulers import SD_SCHEDULER
+
 
 # A 4-level UNet in SD 1.5's layout with tiny widths (for the test suite and CPU smoke runs).
 TINY = dict(
@@ -14,8 +16,6 @@ TINY = dict(
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 )
-SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    prediction_type="epsilon")
 # ResNet adaptor width per model: 384 x depth 2 is 13.8 M parameters on SD 1.5 (the paper's ~14 M).
 RESNET_WIDTH = {"sd15": 384, "teacher": 128, "tiny": 16}
 METHODS = ("baseline", "identity", "authors", "resnet")

@@ -1,58 +1,116 @@
 #!/usr/bin/env bash
 # The `full` configuration on a GPU machine that has neither DVC nor MLflow (this project's device machine):
-# the same stage scripts `dvc repro` runs, in dvc.yaml's order, inside a persistent work directory so that a
-# second call resumes where a time-limited first one stopped (trajectories resume by shard, distill from its
-# checkpoint, ablate by row). Results are tarred into OUT after every stage, so a killed call still returns them.
+# the same stage scripts `dvc repro` runs, inside a persistent work directory so that a later call resumes where a
+# time-limited one stopped (trajectories by shard, distill from its checkpoint, evaluate and ablate by row).
 #
 #   scripts/gpu/gpu_full.sh WORKDIR FMNIST_DIR PREPARED_DIR OUT [SECONDS]
-#   CONFIG=configs/full.yaml STAGES="trajectories distill evaluate ablate" (the defaults) choose the params file and
-#   the stages (e.g. STAGES="trajectories ablate" measures the levers before distill/evaluate use the chosen default;
-#   STAGES="trajectories distill edit" needs no FID statistics, so no FID Inception has to travel).
+#   CONFIG=configs/full.yaml     the params file
+#   STAGES="trajectories distill evaluate ablate edit"   (the default) which stages run: trajectories and distill one
+#                                after the other, then evaluate, edit and ablate side by side (they read only
+#                                distill's outputs). ablate runs as ABLATE_GROUPS processes, each with one group of
+#                                `ablate.ablations` (separated by `;`) in a folder of its own; a last ablate in the work
+#                                directory, with the whole list, reuses their rows and writes metrics/ablate.json.
+#   ABLATE_GROUPS="adaptor_type schedule cut inputs;training sampler steps;levers"   (the default)
 #
+# The processes share the GPU and the CPU cores (torch threads split evenly: two evaluations with 16 threads each
+# oversubscribed 16 cores ~7x). Results are tarred into OUT/results.tgz after every step, so a killed call still
+# returns them (rows included, for a resume on a fresh machine: unpack the tarball into WORKDIR first).
 # PREPARED_DIR holds data/prepared's prompts.json and embeddings.safetensors made on a CPU machine with
-# `python pipeline/prepare.py --prompts-only DIR` under configs/full.yaml (the MiniLM encoder does not travel); the FID reference
-# statistics are computed here by scripts/gpu/gpu_prepare.py from the same reference indices (CLOCKWORK_FID_INCEPTION may name an fp16 copy
-# of the FID Inception). With DVC at hand, use `cp configs/full.yaml params.yaml && dvc repro` instead.
+# `CLOCKWORK_PARAMS=configs/full.yaml python pipeline/prepare.py --prompts-only DIR` (the MiniLM encoder does not
+# travel); the FID reference statistics are computed here by scripts/gpu/gpu_prepare.py (CLOCKWORK_FID_INCEPTION may
+# name an fp16 copy of the FID Inception). With DVC at hand: `cp configs/full.yaml params.yaml && dvc repro`.
 set -euo pipefail
-W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}  # cd W below
+W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}
 END=$(( $(date +%s) + BUDGET ))
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$(realpath -m "${CONFIG:-$SRC/configs/full.yaml}")
-mkdir -p "$W" "$OUT"
-cp -r "$SRC"/clockwork "$SRC"/pipeline "$SRC"/scripts "$SRC"/configs "$SRC"/dvc.yaml "$W"/   # code refreshed, data kept
+STAGES=${STAGES:-trajectories distill evaluate ablate edit}
+ABLATE_GROUPS=${ABLATE_GROUPS:-adaptor_type schedule cut inputs;training sampler steps;levers}
+mkdir -p "$OUT"
+. "$SRC/scripts/gpu/lib.sh"
+gpu_workdir "$SRC" "$W"   # code refreshed, data kept
 cd "$W"
-sed "s#^  data_root: .*#  data_root: $FM#" "$CONFIG" > params.yaml.tmp && mv params.yaml.tmp params.yaml
+sed "s#^  data_root: .*#  data_root: $FM#" "$CONFIG" > params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+SNAPSHOT="params*.yaml metrics plots logs models/adaptor data/trajectories/meta.json data/evaluate data/ablate/rows
+          ablate_*/data/ablate/rows ablate_*/logs ablate_*/params.yaml"
+has() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-snapshot() {
-  tar czf "$OUT/results.tmp.tgz" --ignore-failed-read params.yaml metrics plots models/adaptor data/trajectories/meta.json \
-      data/ablate/rows 2>/dev/null || true
-  mv "$OUT/results.tmp.tgz" "$OUT/results.tgz"
-}
-stage() {  # stage NAME DONE_FILE: run pipeline/NAME.py unless DONE_FILE exists, within the time left
-  local left=$(( END - $(date +%s) ))
-  if [ -e "$2" ]; then echo "== $1: done before"; return 0; fi
-  if [ "$left" -lt 20 ]; then echo "== $1: no time left"; exit 0; fi
-  echo "== $1 ($(date +%T), ${left}s left)"
-  local t0=$(date +%s)
-  timeout "$left" python pipeline/"$1".py || { rc=$?; snapshot; echo "== $1 stopped rc=$rc"; exit 0; }
-  echo "== $1 took $(( $(date +%s) - t0 ))s"
-  snapshot
-}
-
-STAGES=${STAGES:-trajectories distill evaluate ablate}
-case " $STAGES " in *" evaluate "*|*" ablate "*) FID=1 ;; *) FID=0 ;; esac   # only these two need FID statistics
-if [ "$FID" = 1 ] && [ ! -f data/prepared/reference_stats.npz ]; then
+if { has evaluate || has ablate; } && [ ! -f data/prepared/reference_stats.npz ]; then
   python scripts/gpu/gpu_prepare.py "$PREP"
   echo "== reference statistics computed"
 elif [ ! -f data/prepared/prompts.json ]; then
   mkdir -p data/prepared && cp "$PREP"/prompts.json "$PREP"/embeddings.safetensors data/prepared/
   echo "== prompts and embeddings copied (no stage of '$STAGES' needs FID statistics)"
 fi
-for s in $STAGES; do
-  case $s in
-    trajectories) stage trajectories data/trajectories/.complete; touch data/trajectories/.complete ;;
-    *) stage "$s" "metrics/$s.json" ;;
-  esac
-done
+if has trajectories; then
+  step trajectories data/trajectories/.complete params.yaml 30 python pipeline/trajectories.py
+  touch data/trajectories/.complete
+fi
+has distill && step distill metrics/distill.json params.yaml 60 python pipeline/distill.py
+
+# ---- side by side: evaluate, edit, and one ablate process per group ----
+ablate_dir() {  # ablate_dir N GROUP: a folder sharing the work directory's data, ablating GROUP only
+  local d=ablate_$1
+  mkdir -p "$d/data" "$d/metrics"
+  cp -r clockwork pipeline scripts dvc.yaml "$d"/
+  ln -sfn "$W/data/prepared" "$d/data/prepared"
+  ln -sfn "$W/data/trajectories" "$d/data/trajectories"
+  cp metrics/schedule.json "$d/metrics/" 2>/dev/null || true
+  python - "$d/params.yaml" "$2" <<'PY'
+import sys, yaml
+d = yaml.safe_load(open("params.yaml"))
+d["ablate"]["ablations"] = sys.argv[2].split()
+yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
+PY
+}
+jobs_=()
+has evaluate && [ ! -e metrics/evaluate.json ] && jobs_+=("evaluate")
+has edit && [ ! -e metrics/edit.json ] && jobs_+=("edit")
+if has ablate && [ ! -e metrics/ablate.json ]; then
+  python - "$ABLATE_GROUPS" <<'PY'   # the groups must cover ablate.ablations: the last ablate would compute the rest alone
+import sys, yaml
+want = yaml.safe_load(open("params.yaml"))["ablate"]["ablations"]
+have = sys.argv[1].replace(";", " ").split()
+if sorted(want) != sorted(have):
+    sys.exit(f"ABLATE_GROUPS={sys.argv[1]!r} does not split ablate.ablations={want} (each name once)")
+PY
+  IFS=';' read -ra groups <<< "$ABLATE_GROUPS"
+  for i in "${!groups[@]}"; do
+    [ -e "ablate_$i/metrics/ablate.json" ] || { ablate_dir "$i" "${groups[$i]}"; jobs_+=("ablate_$i"); }
+  done
+fi
+if [ "${#jobs_[@]}" -gt 0 ]; then
+  left=$(( END - $(date +%s) ))
+  [ "$left" -gt 60 ] || { echo "== ${left}s left: ${jobs_[*]} next call"; snapshot; exit 0; }
+  threads=$(( $(nproc) / ${#jobs_[@]} )); [ "$threads" -ge 1 ] || threads=1
+  echo "== side by side ($(date +%T), ${left}s left, $threads threads each): ${jobs_[*]}"
+  mkdir -p logs
+  pids=()
+  for j in "${jobs_[@]}"; do
+    case $j in
+      ablate_*) ( cd "$j" && mkdir -p logs && OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml timeout "$left" \
+                  python pipeline/ablate.py > "logs/ablate.log" 2>&1 ) & ;;
+      *) ( OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml timeout "$left" python pipeline/"$j".py \
+             > "logs/$j.log" 2>&1 ) & ;;
+    esac
+    pids+=($!)
+  done
+  while kill -0 "${pids[@]}" 2>/dev/null; do sleep 30; snapshot; done   # partial rows come back if the call is cut
+  for k in "${!pids[@]}"; do
+    rc=0; wait "${pids[$k]}" || rc=$?
+    echo "== ${jobs_[$k]}: rc $rc ($(date +%T))"
+  done
+  snapshot
+fi
+if has ablate && [ ! -e metrics/ablate.json ]; then
+  for d in ablate_*/data/ablate; do   # every group's rows and adaptors into the work directory's row cache
+    [ -d "$d" ] || continue
+    [ -e "${d%/data/ablate}/metrics/ablate.json" ] || { echo "== ${d%%/*} not finished: ablate merges next call"; exit 0; }
+    mkdir -p data/ablate/rows data/ablate/adaptors
+    cp -rn "$d"/rows/. data/ablate/rows/
+    cp -rn "$d"/adaptors/. data/ablate/adaptors/ 2>/dev/null || true
+  done
+  step ablate metrics/ablate.json params.yaml 30 python pipeline/ablate.py
+fi
 echo "== stages done: $STAGES ($(date +%T))"
