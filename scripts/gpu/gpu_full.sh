@@ -11,6 +11,9 @@
 #                                `ablate.ablations` (separated by `;`) in a folder of its own; a last ablate in the work
 #                                directory, with the whole list, reuses their rows and writes metrics/ablate.json.
 #   ABLATE_GROUPS="adaptor_type schedule cut inputs;training sampler steps;levers"   (the default)
+#   HAND="2 3 4 5"               also distil an adaptor for these adaptor steps in ./hand and evaluate its Clockwork
+#                                row on the same held-out prompts and noise (scripts/compare_schedules.py's HAND file:
+#                                an automatically chosen schedule against a hand-found one, on one card)
 #
 # The processes share the GPU and the CPU cores (torch threads split evenly: two evaluations with 16 threads each
 # oversubscribed 16 cores ~7x). Results are tarred into OUT/results.tgz after every step, so a killed call still
@@ -33,7 +36,7 @@ cd "$W"
 sed "s#^  data_root: .*#  data_root: $FM#" "$CONFIG" > params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 SNAPSHOT="params*.yaml metrics plots logs models/adaptor data/trajectories/meta.json data/evaluate data/ablate/rows
-          ablate_*/data/ablate/rows ablate_*/logs ablate_*/params.yaml"
+          ablate_*/data/ablate/rows ablate_*/logs ablate_*/params.yaml hand/metrics hand/logs hand/params.yaml"
 has() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if { has evaluate || has ablate; } && [ ! -f data/prepared/reference_stats.npz ]; then
@@ -64,7 +67,21 @@ d["ablate"]["ablations"] = sys.argv[2].split()
 yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
 PY
 }
+hand_dir() {  # ./hand: the schedule $HAND distilled (clock.adaptor_steps set) and evaluated (baseline + Clockwork row)
+  mkdir -p hand/data hand/metrics
+  cp -r clockwork pipeline scripts dvc.yaml hand/
+  ln -sfn "$W/data/prepared" hand/data/prepared
+  ln -sfn "$W/data/trajectories" hand/data/trajectories
+  python - hand/params.yaml "$HAND" <<'PY'
+import sys, yaml
+d = yaml.safe_load(open("params.yaml"))
+d["clock"].update(adaptor_steps=[int(s) for s in sys.argv[2].split()], budget=None, finetune_steps=0)
+d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[d["sampling"]["steps"]])
+yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
+PY
+}
 jobs_=()
+if [ -n "${HAND:-}" ] && [ ! -e hand/metrics/evaluate.json ]; then hand_dir; jobs_+=("hand"); fi
 has evaluate && [ ! -e metrics/evaluate.json ] && jobs_+=("evaluate")
 has edit && [ ! -e metrics/edit.json ] && jobs_+=("edit")
 if has ablate && [ ! -e metrics/ablate.json ]; then
@@ -91,6 +108,9 @@ if [ "${#jobs_[@]}" -gt 0 ]; then
     case $j in
       ablate_*) ( cd "$j" && mkdir -p logs && OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml timeout "$left" \
                   python pipeline/ablate.py > "logs/ablate.log" 2>&1 ) & ;;
+      hand) ( cd hand && mkdir -p logs && export OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml \
+              && { [ -e metrics/distill.json ] || timeout "$left" python pipeline/distill.py > logs/distill.log 2>&1; } \
+              && timeout $(( END - $(date +%s) )) python pipeline/evaluate.py > logs/evaluate.log 2>&1 ) & ;;
       *) ( OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml timeout "$left" python pipeline/"$j".py \
              > "logs/$j.log" 2>&1 ) & ;;
     esac
