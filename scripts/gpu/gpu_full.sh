@@ -75,7 +75,7 @@ hand_dir() {  # ./hand: the schedule $HAND distilled (clock.adaptor_steps set) a
   python - hand/params.yaml "$HAND" <<'PY'
 import sys, yaml
 d = yaml.safe_load(open("params.yaml"))
-d["clock"].update(adaptor_steps=[int(s) for s in sys.argv[2].split()], budget=None, finetune_steps=0)
+d["clock"].update(adaptor_steps=[int(s) for s in sys.argv[2].split()], budget=None, finetune_steps=0, refine_top=1)
 d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[d["sampling"]["steps"]])
 yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
 PY
