@@ -35,8 +35,11 @@ gpu_workdir "$SRC" "$W"   # code refreshed, data kept
 cd "$W"
 sed "s#^  data_root: .*#  data_root: $FM#" "$CONFIG" > params.yaml
 export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-SNAPSHOT="params*.yaml metrics plots logs models/adaptor data/trajectories/meta.json data/evaluate data/ablate/rows
-          ablate_*/data/ablate/rows ablate_*/logs ablate_*/params.yaml hand/metrics hand/logs hand/params.yaml"
+SNAPSHOT="params*.yaml metrics plots logs data/trajectories/meta.json data/evaluate data/ablate/rows
+          ablate_*/data/ablate/rows ablate_*/logs ablate_*/params.yaml hand/metrics hand/logs hand/params.yaml hand/data/evaluate"
+models() {  # the distilled adaptors in a tarball of their own (each file that comes back is at most 16 MiB)
+  SNAPSHOT="models/adaptor hand/models/adaptor" SNAPSHOT_NAME=models.tgz snapshot
+}
 has() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if { has evaluate || has ablate; } && [ ! -f data/prepared/reference_stats.npz ]; then
@@ -50,7 +53,7 @@ if has trajectories; then
   step trajectories data/trajectories/.complete params.yaml 30 python pipeline/trajectories.py
   touch data/trajectories/.complete
 fi
-has distill && step distill metrics/distill.json params.yaml 60 python pipeline/distill.py
+if has distill; then step distill metrics/distill.json params.yaml 60 python pipeline/distill.py; models; fi
 
 # ---- side by side: evaluate, edit, and one ablate process per group ----
 ablate_dir() {  # ablate_dir N GROUP: a folder sharing the work directory's data, ablating GROUP only
@@ -122,6 +125,7 @@ if [ "${#jobs_[@]}" -gt 0 ]; then
     echo "== ${jobs_[$k]}: rc $rc ($(date +%T))"
   done
   snapshot
+  models
 fi
 if has ablate && [ ! -e metrics/ablate.json ]; then
   for d in ablate_*/data/ablate; do   # every group's rows and adaptors into the work directory's row cache
