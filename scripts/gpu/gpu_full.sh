@@ -53,6 +53,27 @@ if has trajectories; then
   step trajectories data/trajectories/.complete params.yaml 30 python pipeline/trajectories.py
   touch data/trajectories/.complete
 fi
+hand_dir() {  # ./hand: the schedule $HAND distilled (clock.adaptor_steps set) and evaluated (baseline + Clockwork row)
+  mkdir -p hand/data hand/metrics
+  cp -r clockwork pipeline scripts dvc.yaml hand/
+  ln -sfn "$W/data/prepared" hand/data/prepared
+  ln -sfn "$W/data/trajectories" hand/data/trajectories
+  python - hand/params.yaml "$HAND" <<'PY'
+import sys, yaml
+d = yaml.safe_load(open("params.yaml"))
+d["clock"].update(adaptor_steps=[int(s) for s in sys.argv[2].split()], budget=None, finetune_steps=0, refine_top=1)
+d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[d["sampling"]["steps"]])
+yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
+PY
+}
+alive() { local p; for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+if [ -n "${HAND:-}" ] && [ ! -e hand/metrics/evaluate.json ]; then   # beside everything from here on (small models)
+  hand_dir
+  ( cd hand && mkdir -p logs && export OMP_NUM_THREADS=4 CLOCKWORK_PARAMS=params.yaml \
+    && { [ -e metrics/distill.json ] || timeout $(( END - $(date +%s) )) python pipeline/distill.py > logs/distill.log 2>&1; } \
+    && timeout $(( END - $(date +%s) )) python pipeline/evaluate.py > logs/evaluate.log 2>&1 ) &
+  HAND_PID=$!
+fi
 if has distill; then step distill metrics/distill.json params.yaml 60 python pipeline/distill.py; models; fi
 
 # ---- side by side: evaluate, edit, and one ablate process per group ----
@@ -70,21 +91,7 @@ d["ablate"]["ablations"] = sys.argv[2].split()
 yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
 PY
 }
-hand_dir() {  # ./hand: the schedule $HAND distilled (clock.adaptor_steps set) and evaluated (baseline + Clockwork row)
-  mkdir -p hand/data hand/metrics
-  cp -r clockwork pipeline scripts dvc.yaml hand/
-  ln -sfn "$W/data/prepared" hand/data/prepared
-  ln -sfn "$W/data/trajectories" hand/data/trajectories
-  python - hand/params.yaml "$HAND" <<'PY'
-import sys, yaml
-d = yaml.safe_load(open("params.yaml"))
-d["clock"].update(adaptor_steps=[int(s) for s in sys.argv[2].split()], budget=None, finetune_steps=0, refine_top=1)
-d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[d["sampling"]["steps"]])
-yaml.safe_dump(d, open(sys.argv[1], "w"), sort_keys=False)
-PY
-}
 jobs_=()
-if [ -n "${HAND:-}" ] && [ ! -e hand/metrics/evaluate.json ]; then hand_dir; jobs_+=("hand"); fi
 has evaluate && [ ! -e metrics/evaluate.json ] && jobs_+=("evaluate")
 has edit && [ ! -e metrics/edit.json ] && jobs_+=("edit")
 if has ablate && [ ! -e metrics/ablate.json ]; then
@@ -111,21 +118,22 @@ if [ "${#jobs_[@]}" -gt 0 ]; then
     case $j in
       ablate_*) ( cd "$j" && mkdir -p logs && OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml timeout "$left" \
                   python pipeline/ablate.py > "logs/ablate.log" 2>&1 ) & ;;
-      hand) ( cd hand && mkdir -p logs && export OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml \
-              && { [ -e metrics/distill.json ] || timeout "$left" python pipeline/distill.py > logs/distill.log 2>&1; } \
-              && timeout $(( END - $(date +%s) )) python pipeline/evaluate.py > logs/evaluate.log 2>&1 ) & ;;
       *) ( OMP_NUM_THREADS=$threads CLOCKWORK_PARAMS=params.yaml timeout "$left" python pipeline/"$j".py \
              > "logs/$j.log" 2>&1 ) & ;;
     esac
     pids+=($!)
   done
-  while kill -0 "${pids[@]}" 2>/dev/null; do sleep 30; snapshot; done   # partial rows come back if the call is cut
+  while alive "${pids[@]}" ${HAND_PID:-}; do sleep 30; snapshot; done   # partial rows come back if the call is cut
   for k in "${!pids[@]}"; do
     rc=0; wait "${pids[$k]}" || rc=$?
     echo "== ${jobs_[$k]}: rc $rc ($(date +%T))"
   done
   snapshot
   models
+fi
+if [ -n "${HAND_PID:-}" ]; then
+  rc=0; wait "$HAND_PID" || rc=$?
+  echo "== hand: rc $rc ($(date +%T))"; snapshot; models
 fi
 if has ablate && [ ! -e metrics/ablate.json ]; then
   for d in ablate_*/data/ablate; do   # every group's rows and adaptors into the work directory's row cache
