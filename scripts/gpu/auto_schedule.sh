@@ -16,11 +16,9 @@ set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}
 END=$(( $(date +%s) + BUDGET ))
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$OUT"
 . "$SRC/scripts/gpu/lib.sh"
-gpu_workdir "$SRC" "$W"
-cd "$W"
-sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_auto.yaml
+gpu_enter "$SRC" "$W" "$OUT"
+with_data_root "$SRC/configs/full.yaml" "$FM" > params_auto.yaml
 python - <<'PY'
 import yaml
 d = yaml.safe_load(open("params_auto.yaml"))
@@ -28,13 +26,9 @@ d["clock"].update(adaptor_steps=[2, 3, 4, 5], budget=None, finetune_steps=0)   #
 d["evaluate"].update(fronts=[], front_budgets=[], front_steps=[8])          # its Clockwork row; the front is auto's
 yaml.safe_dump(d, open("params_hand.yaml", "w"), sort_keys=False)
 PY
-export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 SNAPSHOT="params_*.yaml metrics plots hand/metrics hand/plots models/adaptor/config.json models/adaptor/all_steps/config.json logs"
-if [ ! -f data/prepared/reference_stats.npz ]; then
-  CLOCKWORK_PARAMS=params_auto.yaml python scripts/gpu/gpu_prepare.py "$PREP"
-  echo "== reference statistics computed"
-fi
+reference_stats params_auto.yaml "$PREP"
 step trajectories data/trajectories/.complete params_auto.yaml 60 python pipeline/trajectories.py
 touch data/trajectories/.complete
 mkdir -p hand/data hand/logs

@@ -29,12 +29,9 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 CONFIG=$(realpath -m "${CONFIG:-$SRC/configs/full.yaml}")
 STAGES=${STAGES:-trajectories distill evaluate ablate edit}
 ABLATE_GROUPS=${ABLATE_GROUPS:-adaptor_type schedule cut inputs;training sampler steps;levers}
-mkdir -p "$OUT"
 . "$SRC/scripts/gpu/lib.sh"
-gpu_workdir "$SRC" "$W"   # code refreshed, data kept
-cd "$W"
-sed "s#^  data_root: .*#  data_root: $FM#" "$CONFIG" > params.yaml
-export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+gpu_enter "$SRC" "$W" "$OUT"   # code refreshed, data kept
+with_data_root "$CONFIG" "$FM" > params.yaml
 SNAPSHOT="params*.yaml metrics plots logs data/trajectories/meta.json data/evaluate data/ablate/rows
           ablate_*/data/ablate/rows ablate_*/logs ablate_*/params.yaml hand/metrics hand/logs hand/params.yaml hand/data/evaluate"
 models() {  # the distilled adaptors in a tarball of their own (each file that comes back is at most 16 MiB)
@@ -42,9 +39,8 @@ models() {  # the distilled adaptors in a tarball of their own (each file that c
 }
 has() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-if { has evaluate || has ablate; } && [ ! -f data/prepared/reference_stats.npz ]; then
-  python scripts/gpu/gpu_prepare.py "$PREP"
-  echo "== reference statistics computed"
+if has evaluate || has ablate; then
+  reference_stats params.yaml "$PREP"
 elif [ ! -f data/prepared/prompts.json ]; then
   mkdir -p data/prepared && cp "$PREP"/prompts.json "$PREP"/embeddings.safetensors data/prepared/
   echo "== prompts and embeddings copied (no stage of '$STAGES' needs FID statistics)"
@@ -145,4 +141,5 @@ if has ablate && [ ! -e metrics/ablate.json ]; then
   done
   step ablate metrics/ablate.json params.yaml 30 python pipeline/ablate.py
 fi
+snapshot; models
 echo "== stages done: $STAGES ($(date +%T))"

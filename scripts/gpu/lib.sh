@@ -1,5 +1,5 @@
-# Shared by the resumable GPU run scripts (auto_schedule.sh, online_vs_store.sh, schedule_diagnosis.sh,
-# refine_schedule.sh): source it after setting
+# Shared by the resumable GPU run scripts (gpu_full.sh, auto_schedule.sh, online_vs_store.sh, schedule_diagnosis.sh):
+# source it after setting
 #   OUT       the folder whose results.tgz comes back from the device call
 #   END       the epoch second the call must stop by (steps that do not fit are left for the next call)
 #   SNAPSHOT  the paths (globs allowed) tarred into $OUT/$SNAPSHOT_NAME after every step (default results.tgz)
@@ -7,6 +7,23 @@
 gpu_workdir() {  # gpu_workdir SRC W: a work directory with the repository's code and dvc.yaml (stages hash their code)
   mkdir -p "$2"
   cp -r "$1"/clockwork "$1"/pipeline "$1"/scripts "$1"/dvc.yaml "$2"/
+}
+
+gpu_enter() {  # gpu_enter SRC W OUT: OUT made; W holding the repository's code, entered; the run's environment set
+  mkdir -p "$3"
+  gpu_workdir "$1" "$2"
+  cd "$2"
+  export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+}
+
+with_data_root() {  # with_data_root PARAMS FMNIST_DIR: print PARAMS with world.data_root set to FMNIST_DIR
+  sed "s#^  data_root: .*#  data_root: $2#" "$1"
+}
+
+reference_stats() {  # reference_stats PARAMS PREPARED_DIR [ARGS...]: the FID reference statistics, computed here once
+  [ -f data/prepared/reference_stats.npz ] && return 0
+  CLOCKWORK_PARAMS=$1 python scripts/gpu/gpu_prepare.py "$2" "${@:3}"
+  echo "== reference statistics computed"
 }
 
 quiet() {  # drop progress bars and warnings from a stage's output

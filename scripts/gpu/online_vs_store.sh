@@ -13,22 +13,16 @@ set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4") BUDGET=${5:-570}
 END=$(( $(date +%s) + BUDGET ))
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$OUT"
 . "$SRC/scripts/gpu/lib.sh"
-gpu_workdir "$SRC" "$W"
-cd "$W"
+gpu_enter "$SRC" "$W" "$OUT"
 for m in store online; do
-  sed "s#^  data_root: .*#  data_root: $FM#" "${PARAMS_DIR:-$SRC/reports/online-vs-store}/params_$m.yaml" > "params_$m.yaml"
+  with_data_root "${PARAMS_DIR:-$SRC/reports/online-vs-store}/params_$m.yaml" "$FM" > "params_$m.yaml"
 done
 cp params_store.yaml params.yaml
-export CLOCKWORK_MLFLOW=${CLOCKWORK_MLFLOW:-0} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 SNAPSHOT="params_*.yaml metrics plots models/adaptor_store models/adaptor_online data/trajectories/meta.json logs"
 
-if [ ! -f data/prepared/reference_stats.npz ]; then
-  CLOCKWORK_PARAMS=params_store.yaml python scripts/gpu/gpu_prepare.py "$PREP"
-  echo "== reference statistics computed"
-fi
+reference_stats params_store.yaml "$PREP"
 step trajectories data/trajectories/.complete params_store.yaml 20 python pipeline/trajectories.py
 touch data/trajectories/.complete
 # the two distillations run side by side (each a small model on the GPU): online in its own directory ($W/online,

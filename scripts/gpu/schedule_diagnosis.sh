@@ -8,11 +8,9 @@
 set -euo pipefail
 W=$(realpath -m "$1") FM=$(realpath -m "$2") PREP=$(realpath -m "$3") OUT=$(realpath -m "$4")
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-mkdir -p "$OUT"
 . "$SRC/scripts/gpu/lib.sh"
-gpu_workdir "$SRC" "$W"
-cd "$W"
-sed "s#^  data_root: .*#  data_root: $FM#" "$SRC/configs/full.yaml" > params_auto.yaml
+gpu_enter "$SRC" "$W" "$OUT"
+with_data_root "$SRC/configs/full.yaml" "$FM" > params_auto.yaml
 python - <<'PY'
 import yaml
 d = yaml.safe_load(open("params_auto.yaml"))
@@ -23,10 +21,10 @@ d["clock"].update(adaptor_steps=[2, 3, 4, 5], budget=None, finetune_steps=0)
 d["evaluate"].update(fronts=[], front_budgets=[])
 yaml.safe_dump(d, open("params_hand2.yaml", "w"), sort_keys=False)
 PY
-export CLOCKWORK_MLFLOW=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 CLOCKWORK_PARAMS=params_auto.yaml
+export CLOCKWORK_PARAMS=params_auto.yaml
 SNAPSHOT="params_*.yaml metrics plots hand2/metrics logs"
 mkdir -p logs
-python scripts/gpu/gpu_prepare.py "$PREP" --no-val-reference 2>&1 | tail -1
+reference_stats params_auto.yaml "$PREP" --no-val-reference 2>&1 | tail -1
 python pipeline/trajectories.py 2>&1 | tee logs/trajectories.log | quiet | tail -2
 python pipeline/distill.py 2>&1 | tee logs/distill.log | quiet | tail -3; snapshot
 python pipeline/evaluate.py 2>&1 | tee logs/evaluate.log | quiet | grep "FID\|searched\|reused\|done"; snapshot
