@@ -31,10 +31,8 @@ SNAPSHOT="params_*.yaml metrics plots hand/metrics hand/plots models/adaptor/con
 reference_stats params_auto.yaml "$PREP"
 step trajectories data/trajectories/.complete params_auto.yaml 60 python pipeline/trajectories.py
 touch data/trajectories/.complete
-mkdir -p hand/data hand/logs
-cp -r clockwork pipeline scripts dvc.yaml params_hand.yaml hand/
-ln -sfn "$W/data/prepared" hand/data/prepared
-ln -sfn "$W/data/trajectories" hand/data/trajectories
+side_dir hand
+cp params_hand.yaml hand/
 # the hand-found schedule's distillation runs beside auto's (small models: the GPU has room); the evaluations do not
 if [ ! -e hand/models/adaptor/config.json ] && [ $(( END - $(date +%s) )) -gt 120 ]; then
   ( cd hand && CLOCKWORK_PARAMS=params_hand.yaml timeout $(( END - $(date +%s) )) python pipeline/distill.py \

@@ -50,10 +50,7 @@ if has trajectories; then
   touch data/trajectories/.complete
 fi
 hand_dir() {  # ./hand: the schedule $HAND distilled (clock.adaptor_steps set) and evaluated (baseline + Clockwork row)
-  mkdir -p hand/data hand/metrics
-  cp -r clockwork pipeline scripts dvc.yaml hand/
-  ln -sfn "$W/data/prepared" hand/data/prepared
-  ln -sfn "$W/data/trajectories" hand/data/trajectories
+  side_dir hand
   python - hand/params.yaml "$HAND" <<'PY'
 import sys, yaml
 d = yaml.safe_load(open("params.yaml"))
@@ -75,10 +72,7 @@ if has distill; then step distill metrics/distill.json params.yaml 60 python pip
 # ---- side by side: evaluate, edit, and one ablate process per group ----
 ablate_dir() {  # ablate_dir N GROUP: a folder sharing the work directory's data, ablating GROUP only
   local d=ablate_$1
-  mkdir -p "$d/data" "$d/metrics"
-  cp -r clockwork pipeline scripts dvc.yaml "$d"/
-  ln -sfn "$W/data/prepared" "$d/data/prepared"
-  ln -sfn "$W/data/trajectories" "$d/data/trajectories"
+  side_dir "$d"
   cp metrics/schedule.json "$d/metrics/" 2>/dev/null || true
   python - "$d/params.yaml" "$2" <<'PY'
 import sys, yaml

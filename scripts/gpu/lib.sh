@@ -9,6 +9,14 @@ gpu_workdir() {  # gpu_workdir SRC W: a work directory with the repository's cod
   cp -r "$1"/clockwork "$1"/pipeline "$1"/scripts "$1"/dvc.yaml "$2"/
 }
 
+side_dir() {  # side_dir D: a folder beside the work directory (the current one) with the code, sharing its prepared
+  # data and trajectories (symbolic links), for a second process with other params
+  gpu_workdir . "$1"
+  mkdir -p "$1/data" "$1/metrics" "$1/logs"
+  ln -sfn "$PWD/data/prepared" "$1/data/prepared"
+  ln -sfn "$PWD/data/trajectories" "$1/data/trajectories"
+}
+
 gpu_enter() {  # gpu_enter SRC W OUT: OUT made; W holding the repository's code, entered; the run's environment set
   mkdir -p "$3"
   gpu_workdir "$1" "$2"
