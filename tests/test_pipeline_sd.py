@@ -118,8 +118,7 @@ def test_sd_stages_on_a_tiny_local_pipeline(tmp_path: Path, kind: str) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")  # a pipeline's working directory: the evaluate stage's row cache
-    validate(p, root=work, files_for="prepare")       # hashes the stage's code as dvc.yaml lists it
+    validate(p, root=work, files_for="prepare")
     _run_stages(work, ("prepare", "trajectories", "distill", "evaluate"))
     prompts = json.loads((work / "data/prepared/prompts.json").read_text())
     assert prompts["world"] == "sd" and prompts["pipeline"] == "StableDiffusionPipeline"
