@@ -26,6 +26,7 @@
 # STASH (/root/stash), WORK (/root/full), PREP (/root/prep).
 set -uo pipefail
 BUDGET=${1:?usage: device_call.sh SECONDS}
+: "${OUT:?OUT: the folder whose files come back (the device machine sets it)}"
 END=$(( $(date +%s) + BUDGET ))
 STASH=${STASH:-/root/stash} WORK=${WORK:-/root/full} PREP=${PREP:-/root/prep}
 mkdir -p "$STASH" "$PREP" "$STASH/bin"
@@ -56,6 +57,6 @@ run() {  # run SECONDS STAGES ("" = gpu_full.sh's default: every stage)
     ABLATE_GROUPS=${ABLATE_GROUPS:-adaptor_type schedule;cut inputs;training sampler steps;levers} \
     bash scripts/gpu/gpu_full.sh "$WORK" "$STASH/fm" "$PREP" "$OUT" "$1" 2>&1 | grep --line-buffered -v "it/s\]$" | tee -a "$LOG"
 }
-run $(( END - $(date +%s) )) "${FIRST_STAGES:-trajectories distill evaluate}"
+run $(( END - $(date +%s) )) "${FIRST_STAGES:-trajectories distill evaluate}" || { echo "== first phase failed" | tee -a "$LOG"; exit 1; }
 left=$(( END - $(date +%s) ))
 if [ "$left" -gt 90 ]; then run "$left" ""; else echo "== ${left}s left: the other stages next call" | tee -a "$LOG"; fi
