@@ -119,7 +119,8 @@ def markdown(c: dict) -> str:
         return r.get("status") or "-" if r["dfid_at_flops"] is None else f"{r['dfid_at_flops']:+.2f} ± {r['std']:.2f}"
 
     d = c["auto_minus_hand"]
-    lines = [f"# Auto-chosen vs hand-found schedule, and the Clockwork fronts (n = {c['n_samples']} {c['split']} prompts)",
+    title = "Auto-chosen vs hand-found schedule" + (", and the Clockwork fronts" if c["fronts"] else "")
+    lines = [f"# {title} (n = {c['n_samples']} {c['split']} prompts)",
              "", "| Clockwork | adaptor steps | GFLOPs | FID | dFID@FLOPs |", "|---|---|---|---|---|"]
     for k in ("auto", "hand"):
         r = c[k]
@@ -130,18 +131,20 @@ def markdown(c: dict) -> str:
         f = c["finetune_vs_all_steps"]
         lines += [f"Fine-tuned on the chosen steps minus the all-steps adaptor there ({f['all_steps_row']}): FID "
                   f"{f['fid_diff']:+.2f} (paired std {f['paired_std']:.2f}).", ""]
-    lines += ["| front | budget | adaptor steps | GFLOPs | FID | dFID@FLOPs | beats plain |", "|---|---|---|---|---|---|---|"]
-    for kind, rows in c["fronts"].items():
-        for r in rows:
-            lines.append(f"| {kind} | {r['budget']} | {r['adaptor_steps']} | {r['gflops_x']:.3f}x | {r['fid']:.2f} ± "
-                         f"{r['fid_std']:.2f} | {vs(r)} | {'yes' if _beats(r) else 'no'} |")
-    lines += ["", c["rule"] + "."]
+    if c["fronts"]:
+        lines += ["| front | budget | adaptor steps | GFLOPs | FID | dFID@FLOPs | beats plain |",
+                  "|---|---|---|---|---|---|---|"]
+        for kind, rows in c["fronts"].items():
+            for r in rows:
+                lines.append(f"| {kind} | {r['budget']} | {r['adaptor_steps']} | {r['gflops_x']:.3f}x | {r['fid']:.2f} ± "
+                             f"{r['fid_std']:.2f} | {vs(r)} | {'yes' if _beats(r) else 'no'} |")
+        lines += ["", c["rule"] + "."]
     if "trained" in c["fronts"]:
         lines += ["", "`trained`: each budget's schedule chosen by the all-steps adaptor on validation prompts, with an "
                   "adaptor trained for it (auto: fine-tuned from the all-steps adaptor; the others: distilled on that "
                   "schedule alone, as the hand-found one is)."]
     if c.get("others"):
-        lines += ["", "Other runs on the same prompts and noise:", "", "| run | adaptor steps | GFLOPs | FID | dFID@FLOPs |",
+        lines += ([""] if lines[-1] else []) + ["Other runs on the same prompts and noise:", "", "| run | adaptor steps | GFLOPs | FID | dFID@FLOPs |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['run']} | {r['adaptor_steps']} | {r['gflops_x']:.3f}x | {r['fid']:.2f} ± {r['fid_std']:.2f} | "
                   f"{vs(r)} |" for r in c["others"]]
