@@ -104,8 +104,17 @@ def _f(x, d=2) -> str:
     return "-" if is_missing(x) else f"{x:.{d}f}"
 
 
-def _arrow(a, b, d=2, rel=True) -> str:
-    s = f"{_f(a, d)} → {_f(b, d)}"
+def _pm(x, std=None, d=2) -> str:
+    """x, with '± std' where the row has a std (ours; the paper's numbers have none)."""
+    return _f(x, d) + ("" if std is None or is_missing(std) else f" ± {std:.{d}f}")
+
+
+def _fid(r) -> str:
+    return _pm(r["fid"], r.get("fid_std"))
+
+
+def _arrow(a, b, d=2, rel=True, sa=None, sb=None) -> str:
+    s = f"{_pm(a, sa, d)} → {_pm(b, sb, d)}"
     if rel and not is_missing(a) and not is_missing(b) and a:
         s += f" ({100 * (b / a - 1):+.0f}%)"
     return s
@@ -135,9 +144,12 @@ def _t1(metric: str, verdict: Callable, fmt: Callable | None = None):
         pairs = [(t, b, c) for t, b, c in _t1_pairs(fr) if not is_missing(b[metric]) and not is_missing(c[metric])]
         if not pairs:
             return None
-        f = fmt(pairs) if fmt else (lambda x: _f(x, 2 if metric == "fid" else 4))
-        nums = "; ".join(f"{t}: {f(b[metric])} → {f(c[metric])} ({100 * (c[metric] / b[metric] - 1):+.0f}%)"
-                         for t, b, c in pairs)
+        if fmt:
+            g = fmt(pairs)
+            f = lambda r: g(r[metric])  # noqa: E731
+        else:  # FID / CLIP with the row's std where it has one
+            f = lambda r: _pm(r[metric], r.get(f"{metric}_std"), 2 if metric == "fid" else 4)  # noqa: E731
+        nums = "; ".join(f"{t}: {f(b)} → {f(c)} ({100 * (c[metric] / b[metric] - 1):+.0f}%)" for t, b, c in pairs)
         return Outcome(nums, combine([verdict(b, c) for _, b, c in pairs]))
     return measure
 
@@ -176,7 +188,7 @@ def _fewer_steps(fr: Frames) -> Outcome | None:
             continue
         scale, unit = flops_unit([c["gflops"]])
         nums.append(f"{teacher}: ΔFID@FLOPs {fmt_vs(v)} at {sig(c['gflops'] / scale)} {unit} (≈ {fmt_steps(v)} plain "
-                    f"steps; Clockwork {_f(c['fid'])} vs front {fmt_front(v)})")
+                    f"steps; Clockwork {_fid(c)} vs front {fmt_front(v)})")
         if kind == "beats":
             verdicts.append(HOLDS)
         elif kind == "loses":
@@ -245,7 +257,7 @@ def _pair(get_a, get_b, verdict, label_a, label_b):
         a, b = get_a(fr), get_b(fr)
         if a is None or b is None:
             return None
-        return Outcome(f"{label_a} {_f(a['fid'])} vs {label_b} {_f(b['fid'])}",
+        return Outcome(f"{label_a} {_fid(a)} vs {label_b} {_fid(b)}",
                        verdict(a["fid"], b["fid"], a.get("fid_std"), b.get("fid_std")))
     return measure
 
@@ -260,7 +272,7 @@ def _pair_labelled(get_a, get_b, verdict):
         a, b = get_a(fr), get_b(fr)
         if a is None or b is None:
             return None
-        return Outcome(f"{lab(a)} {_f(a['fid'])} vs {lab(b)} {_f(b['fid'])}",
+        return Outcome(f"{lab(a)} {_fid(a)} vs {lab(b)} {_fid(b)}",
                        verdict(a["fid"], b["fid"], a.get("fid_std"), b.get("fid_std")))
     return measure
 
@@ -286,7 +298,7 @@ def _schedule(fr: Frames) -> Outcome | None:
     if alt is None or others.empty:
         return None
     lab = lambda r: "{" + ",".join(str(s + 1) for s in r["adaptor_steps"]) + "}"  # noqa: E731
-    nums = f"{lab(alt)} {_f(alt['fid'])} vs " + ", ".join(f"{lab(r)} {_f(r['fid'])}" for _, r in others.iterrows())
+    nums = f"{lab(alt)} {_fid(alt)} vs " + ", ".join(f"{lab(r)} {_fid(r)}" for _, r in others.iterrows())
     return Outcome(nums, combine([lower(alt["fid"], r["fid"], alt.get("fid_std"), r.get("fid_std"))
                                   for _, r in others.iterrows()]))
 
@@ -332,7 +344,7 @@ def _sampler(name: str, worse: bool):
         r = p.iloc[0]
         a, b, sa, sb = r["fid_cw"], r["fid_base"], r.get("fid_cw_std"), r.get("fid_base_std")
         v = lower(b, a, sb, sa) if worse else not_worse(a, b, sa, sb)
-        return Outcome(f"{_arrow(b, a)}", v)
+        return Outcome(_arrow(b, a, sa=sb, sb=sa), v)
     return measure
 
 
@@ -389,7 +401,7 @@ def _training(steps_set, better: bool):
         nums, verdicts = [], []
         for s in steps:
             a, b = u[u["steps"] == s].iloc[0], f[f["steps"] == s].iloc[0]
-            nums.append(f"{int(s)} steps: unrolled {_f(a['fid'])} vs forward-noised {_f(b['fid'])}")
+            nums.append(f"{int(s)} steps: unrolled {_fid(a)} vs forward-noised {_fid(b)}")
             verdicts.append(lower(a["fid"], b["fid"], a.get("fid_std"), b.get("fid_std")) if better
                             else close(a["fid"], b["fid"], a.get("fid_std"), b.get("fid_std")))
         return Outcome("; ".join(nums), combine(verdicts))
@@ -436,7 +448,8 @@ def paper_vs_ours_table(df: pd.DataFrame) -> Table:
                         "analysis/claims.py with the same predicate on both sides: 'no worse' / 'about equal' allow "
                         f"{FID_REL_TOL:.0%} of FID (or {NOISE_SIGMAS:g}σ of the difference where stds exist) and "
                         f"{CLIP_REL_TOL:.0%} of CLIP; '(within noise)' marks a strict comparison whose difference is "
-                        f"below {NOISE_SIGMAS:g}σ. F4: read from evaluate.json's vs_fewer_steps (the plain-steps front at "
+                        f"below {NOISE_SIGMAS:g}σ. ±: our rows' FID std over bootstrap resamples of the generated "
+                        "images (CLIP: standard error over images). F4: read from evaluate.json's vs_fewer_steps (the plain-steps front at "
                         f"Clockwork's GFLOPs); holds when ΔFID@FLOPs ≥ +{VS_MARGIN:.1f} and ≥ {VS_SIGMAS:g}σ."),
                  source="metrics/evaluate.json, metrics/ablate.json, analysis/paper.py; verdicts by analysis/claims.py",
                  colspec=r"llp{0.22\linewidth}p{0.22\linewidth}p{0.22\linewidth}l")

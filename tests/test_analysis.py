@@ -129,7 +129,10 @@ def test_paper_vs_ours_has_a_row_per_claim(full_run, full_results):
     # "ours" shows the numbers of the results, not typed ones
     ev = json.loads((full_results / "metrics" / "evaluate.json").read_text())
     fid_row = next(r for r in rows if r[0] == "T1-fid")
-    assert f"{ev['baseline']['fid']:.2f} → {ev['clockwork']['fid']:.2f}" in fid_row[4]
+    b, c = ev["baseline"], ev["clockwork"]
+    assert f"{b['fid']:.2f} ± {b['fid_std']:.2f} → {c['fid']:.2f} ± {c['fid_std']:.2f}" in fid_row[4]
+    paper_row = next(r for r in rows if r[0] == "T3-resnet-vs-identity")
+    assert "±" not in paper_row[3] and "±" in paper_row[4]  # our rows carry their std, the paper's have none
 
 
 def test_table1_numbers_come_from_evaluate_json(full_run, full_results):
