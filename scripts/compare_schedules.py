@@ -144,7 +144,8 @@ def markdown(c: dict) -> str:
                   "adaptor trained for it (auto: fine-tuned from the all-steps adaptor; the others: distilled on that "
                   "schedule alone, as the hand-found one is)."]
     if c.get("others"):
-        lines += ([""] if lines[-1] else []) + ["Other runs on the same prompts and noise:", "", "| run | adaptor steps | GFLOPs | FID | dFID@FLOPs |",
+        lines += [""] if lines[-1] else []
+        lines += ["Other runs on the same prompts and noise:", "", "| run | adaptor steps | GFLOPs | FID | dFID@FLOPs |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['run']} | {r['adaptor_steps']} | {r['gflops_x']:.3f}x | {r['fid']:.2f} ± {r['fid_std']:.2f} | "
                   f"{vs(r)} |" for r in c["others"]]
